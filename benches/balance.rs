@@ -1,0 +1,54 @@
+//! Cost of one backend pick through a real pool (atomics, lock, policy) for
+//! pools of 2, 8 and 64 backends under each balance policy.
+
+// A benchmark with a broken setup should stop loudly.
+#![allow(clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dbsplice::cluster::{Registry, Snapshot};
+use dbsplice::config::{resolve_system, Config};
+use dbsplice::health::Health;
+
+fn main() {
+    divan::main();
+}
+
+fn pool_config(n: usize, balance: &str) -> Config {
+    let mut text = format!(
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nbalance = \"{balance}\"\n"
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[pool.p.backend]]\naddress = \"127.0.0.1:{}\"\nweight = {}\n",
+            10_000 + i,
+            1 + i % 4
+        ));
+    }
+    Config::from_toml(Path::new("bench.toml"), &text, &resolve_system)
+        .expect("bench config is valid")
+}
+
+fn snapshot(n: usize, balance: &str) -> Snapshot {
+    let mut registry = Registry::default();
+    let snapshot = Snapshot::build(Arc::new(pool_config(n, balance)), 1, &mut registry);
+    for state in registry.iter() {
+        state.set_health(Health::Up, "bench");
+    }
+    snapshot
+}
+
+#[divan::bench(args = [2, 8, 64])]
+fn least_connections(bencher: divan::Bencher<'_, '_>, n: usize) {
+    let snapshot = snapshot(n, "least-connections");
+    let pool = snapshot.pool("p").expect("pool p exists");
+    bencher.bench_local(|| pool.pick(&[]));
+}
+
+#[divan::bench(args = [2, 8, 64])]
+fn weighted_round_robin(bencher: divan::Bencher<'_, '_>, n: usize) {
+    let snapshot = snapshot(n, "weighted-round-robin");
+    let pool = snapshot.pool("p").expect("pool p exists");
+    bencher.bench_local(|| pool.pick(&[]));
+}

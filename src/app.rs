@@ -1,0 +1,178 @@
+//! Wiring: bind listeners, build the first snapshot, start checkers and
+//! accept loops, and drain on shutdown. The library never installs signal
+//! handlers or picks ports itself; `main.rs` and tests pass those in.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Socket, Type};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{BackendState, Registry, Snapshot};
+use crate::config::Config;
+use crate::health::Supervisor;
+use crate::proxy::{AcceptLoop, ListenerStats};
+
+/// Pending connections the kernel queues per listener before accept.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listener socket bound for the config's `[[listener]]` of that name.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// The listener's name.
+    pub name: String,
+    /// The bound, non-blocking socket.
+    pub socket: std::net::TcpListener,
+}
+
+/// Binds every listener of `config` (port 0 picks a free port).
+pub fn bind(config: &Config) -> io::Result<Vec<BoundListener>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let socket = bind_one(l.addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listener '{}': cannot bind {}: {e}", l.name, l.listen),
+                )
+            })?;
+            Ok(BoundListener {
+                name: l.name.clone(),
+                socket,
+            })
+        })
+        .collect()
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Raises the soft open-files limit to the hard one; returns the new limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// A running dbsplice: its tasks and the handles to observe and stop them.
+#[derive(Debug)]
+pub struct App {
+    routes: Arc<ArcSwap<Snapshot>>,
+    registry: Registry,
+    supervisor: Supervisor,
+    listeners: HashMap<String, (SocketAddr, Arc<ListenerStats>)>,
+    tasks: TaskTracker,
+    sessions: TaskTracker,
+    stop_accepting: CancellationToken,
+    kill_sessions: CancellationToken,
+    stop_checks: CancellationToken,
+}
+
+impl App {
+    /// Starts checkers and accept loops for `config` on the `bound` sockets.
+    /// Must be called inside a tokio runtime.
+    pub fn start(config: Config, bound: Vec<BoundListener>) -> io::Result<App> {
+        let mut registry = Registry::default();
+        let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry);
+        let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+        let mut app = App {
+            routes,
+            registry,
+            supervisor: Supervisor::default(),
+            listeners: HashMap::new(),
+            tasks: TaskTracker::new(),
+            sessions: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            kill_sessions: CancellationToken::new(),
+            stop_checks: CancellationToken::new(),
+        };
+        app.supervisor.reconcile(
+            &app.routes.load().config,
+            &app.registry,
+            &app.tasks,
+            &app.stop_checks,
+        );
+        for b in bound {
+            app.spawn_listener(b)?;
+        }
+        Ok(app)
+    }
+
+    fn spawn_listener(&mut self, bound: BoundListener) -> io::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(bound.socket)?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(ListenerStats::default());
+        tracing::info!(listener = %bound.name, %addr, "listening");
+        self.listeners
+            .insert(bound.name.clone(), (addr, Arc::clone(&stats)));
+        let accept = AcceptLoop {
+            name: bound.name,
+            listener,
+            routes: Arc::clone(&self.routes),
+            stats,
+            sessions: self.sessions.clone(),
+            stop: self.stop_accepting.child_token(),
+            kill: self.kill_sessions.clone(),
+        };
+        self.tasks.spawn(accept.run());
+        Ok(())
+    }
+
+    /// The address a listener is bound to.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners.get(listener).map(|(a, _)| *a)
+    }
+
+    /// A listener's counters.
+    pub fn listener_stats(&self, listener: &str) -> Option<Arc<ListenerStats>> {
+        self.listeners.get(listener).map(|(_, s)| Arc::clone(s))
+    }
+
+    /// The live state of a backend, by its address as written in the config.
+    pub fn backend(&self, address: &str) -> Option<Arc<BackendState>> {
+        self.registry.get(address).cloned()
+    }
+
+    /// The current routing snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.routes.load_full()
+    }
+
+    /// Stops accepting, lets open sessions finish for up to `grace`, closes the
+    /// rest, then stops the checkers. Returns the number of sessions closed by force.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        self.stop_accepting.cancel();
+        self.sessions.close();
+        let open = self.sessions.len();
+        if open > 0 {
+            tracing::info!(sessions = open, "draining sessions for up to {grace:?}");
+        }
+        let mut forced = 0;
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            forced = self.sessions.len();
+            tracing::warn!(
+                sessions = forced,
+                "shutdown grace over, closing the remaining sessions"
+            );
+            self.kill_sessions.cancel();
+            self.sessions.wait().await;
+        }
+        self.stop_checks.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        forced
+    }
+}

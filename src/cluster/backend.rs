@@ -1,0 +1,148 @@
+//! Per-backend live state: atomics written by one checker and read by every
+//! session, kept across reloads so an edit never resets health or counts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::health::state::Health;
+
+/// What is known about one backend address right now.
+#[derive(Debug)]
+pub struct BackendState {
+    /// The address as written in the config: the backend's identity.
+    pub address: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+    health: AtomicU8,
+    active: AtomicU64,
+    total: AtomicU64,
+    connect_failures: AtomicU64,
+    reason: Mutex<Arc<str>>,
+    probe_now: Notify,
+}
+
+impl BackendState {
+    /// A backend that has not been probed: [`Health::Unknown`], no sessions.
+    pub fn new(address: String, addr: SocketAddr) -> BackendState {
+        BackendState {
+            address,
+            addr,
+            health: AtomicU8::new(Health::Unknown as u8),
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            reason: Mutex::new(Arc::from("not probed yet")),
+            probe_now: Notify::new(),
+        }
+    }
+
+    /// The checker's current verdict.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    /// Whether new sessions may go here.
+    pub fn is_eligible(&self) -> bool {
+        self.health() == Health::Up
+    }
+
+    /// Sessions open to this backend now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Sessions ever started to this backend.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Failed connects from the data path.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// Why the backend is in its state, in plain words.
+    pub fn reason(&self) -> Arc<str> {
+        Arc::clone(&self.reason.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Records the checker's verdict; only the backend's checker calls this.
+    pub fn set_health(&self, health: Health, reason: &str) {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Arc::from(reason);
+        self.health.store(health as u8, Ordering::Release);
+    }
+
+    /// Counts a session for as long as the returned guard lives.
+    pub fn session(self: &Arc<Self>) -> SessionGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        SessionGuard {
+            backend: Arc::clone(self),
+        }
+    }
+
+    /// Reports a failed connect from the data path and asks the checker to
+    /// probe now rather than at its next tick.
+    pub fn connect_failed(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.probe_now.notify_one();
+    }
+
+    /// Resolves when the data path asked for an early probe.
+    pub async fn probe_requested(&self) {
+        self.probe_now.notified().await;
+    }
+}
+
+/// One open (or opening) session to a backend; dropping it ends the count.
+#[derive(Debug)]
+pub struct SessionGuard {
+    backend: Arc<BackendState>,
+}
+
+impl SessionGuard {
+    /// The backend this session belongs to.
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.backend
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_count_by_ownership() {
+        let b = Arc::new(BackendState::new(
+            "x:1".into(),
+            "127.0.0.1:1".parse().unwrap(),
+        ));
+        let g1 = b.session();
+        let g2 = b.session();
+        assert_eq!((b.active(), b.total()), (2, 2));
+        drop(g1);
+        assert_eq!((b.active(), b.total()), (1, 2));
+        drop(g2);
+        assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn starts_ineligible_until_up() {
+        let b = BackendState::new("x:1".into(), "127.0.0.1:1".parse().unwrap());
+        assert!(!b.is_eligible());
+        b.set_health(Health::Up, "connect ok");
+        assert!(b.is_eligible());
+        assert_eq!(&*b.reason(), "connect ok");
+        b.set_health(Health::Down, "refused");
+        assert!(!b.is_eligible());
+    }
+}

@@ -1,0 +1,116 @@
+//! The routing snapshot: an immutable picture of listeners, pools and their
+//! backends, replaced whole by the control loop. A session loads it once and
+//! reads live health and counts through each member's `Arc<BackendState>`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::balance::{self, Candidate, PickState};
+use crate::config::{Config, ListenerConfig, PoolConfig, Tier};
+
+use super::backend::BackendState;
+use super::registry::Registry;
+
+/// One generation of the routing structure.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with each applied config.
+    pub generation: u64,
+    /// The config this snapshot was built from.
+    pub config: Arc<Config>,
+    pools: HashMap<String, Arc<Pool>>,
+}
+
+/// A pool ready to route: its settings, members and balancing state.
+#[derive(Debug)]
+pub struct Pool {
+    /// Settings from the config.
+    pub config: PoolConfig,
+    /// Backends in config order.
+    pub members: Vec<Member>,
+    pick_state: Mutex<PickState>,
+}
+
+/// One backend as a member of a pool.
+#[derive(Debug)]
+pub struct Member {
+    /// The backend's name in this pool.
+    pub name: String,
+    /// Its weight in this pool.
+    pub weight: u32,
+    /// Its tier in this pool.
+    pub tier: Tier,
+    /// Live state shared with the checker and other pools.
+    pub state: Arc<BackendState>,
+}
+
+impl Candidate for Member {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn tier(&self) -> Tier {
+        self.tier
+    }
+    fn active(&self) -> u64 {
+        self.state.active()
+    }
+    fn eligible(&self) -> bool {
+        self.state.is_eligible()
+    }
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `config`, taking each backend's state from the
+    /// registry (created there if the address is new).
+    pub fn build(config: Arc<Config>, generation: u64, registry: &mut Registry) -> Snapshot {
+        let pools = config
+            .pools
+            .values()
+            .map(|p| (p.name.clone(), Arc::new(Pool::build(p, registry))))
+            .collect();
+        Snapshot {
+            generation,
+            config,
+            pools,
+        }
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    /// A listener's settings by name.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.config.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+impl Pool {
+    fn build(config: &PoolConfig, registry: &mut Registry) -> Pool {
+        let members = config
+            .backends
+            .iter()
+            .map(|b| Member {
+                name: b.name.clone(),
+                weight: b.weight,
+                tier: b.tier,
+                state: registry.get_or_insert(&b.address.text, b.addr),
+            })
+            .collect();
+        Pool {
+            config: config.clone(),
+            members,
+            pick_state: Mutex::new(PickState::default()),
+        }
+    }
+
+    /// Picks a member for a new session, skipping the `excluded` indexes.
+    pub fn pick(&self, excluded: &[usize]) -> Option<usize> {
+        let mut state = self
+            .pick_state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        balance::pick(self.config.balance, &self.members, excluded, &mut state)
+    }
+}

@@ -1,0 +1,274 @@
+//! The validated configuration and how it is loaded from a TOML file.
+//!
+//! Loading is read, parse (`raw`), validate (`validate`); every failure is a
+//! [`ConfigError`] naming the file, the line or key, and what to write instead.
+//! Nothing here binds or connects: host names are resolved through a resolver
+//! passed in, so the same code checks a file, loads it at start and reloads it.
+
+mod duration;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{format_duration, parse_duration};
+pub use raw::{Address, Balance, CheckKind, Tier, MAX_WEIGHT};
+pub use validate::validate;
+
+/// A complete, valid configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// How long sessions may run on after SIGTERM before they are closed.
+    pub shutdown_grace: Duration,
+    /// Listeners in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// One listening address and the pool it routes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name, used in logs, metrics and socket activation.
+    pub name: String,
+    /// The address as written.
+    pub listen: Address,
+    /// The address to bind, resolved.
+    pub addr: SocketAddr,
+    /// Name of the pool that serves this listener's clients.
+    pub pool: String,
+    /// Sessions beyond this many are closed at accept.
+    pub max_connections: u32,
+    /// Close a session after this long without a byte either way; `None` leaves
+    /// idle sessions to the server's `wait_timeout`.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A set of backends with a balance policy and a health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// The pool's name (its key under `[pool]`).
+    pub name: String,
+    /// How a backend is chosen.
+    pub balance: Balance,
+    /// Time allowed for one TCP connect to a backend.
+    pub connect_timeout: Duration,
+    /// Distinct backends tried for one client before it gets an error.
+    pub connect_attempts: u32,
+    /// How backends are checked.
+    pub check: CheckConfig,
+    /// Backends in file order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A pool's health check settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckConfig {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Deadline for one whole probe.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+/// One backend server of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// Name shown in logs and used by the admin API; defaults to the address.
+    pub name: String,
+    /// The address as written: the backend's identity across reloads.
+    pub address: Address,
+    /// The address to connect to, resolved.
+    pub addr: SocketAddr,
+    /// Relative share of new sessions, `1..=256`.
+    pub weight: u32,
+    /// Primary, or standby for when no primary is eligible.
+    pub tier: Tier,
+}
+
+/// One thing wrong with a config, found after parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, such as `pool.main.backend[1].weight`.
+    pub key: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the config file: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the config's shape.
+    #[error("{}:{line}:{column}: {message}\n    {source_line}", file.display())]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the mistake.
+        line: usize,
+        /// 1-based column of the mistake.
+        column: usize,
+        /// What is wrong and, where the parser knows, what was expected.
+        message: String,
+        /// The offending line as written.
+        source_line: String,
+    },
+    /// The file parsed but its content is inconsistent.
+    #[error("{}", ProblemList { file, problems })]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// Every problem found, in file order where possible.
+        problems: Vec<Problem>,
+    },
+}
+
+struct ProblemList<'a> {
+    file: &'a Path,
+    problems: &'a [Problem],
+}
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: key `{}`: {}", self.file.display(), p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads, parses, validates and resolves the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(path, &text, &resolve_system)
+    }
+
+    /// Parses and validates `text`, naming `path` in errors.
+    pub fn from_toml(
+        path: &Path,
+        text: &str,
+        resolve: &Resolver<'_>,
+    ) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        validate(raw, resolve).map_err(|problems| ConfigError::Invalid {
+            file: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// A few lines describing what the config sets up, for `dbsplice check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for l in &self.listeners {
+            out.push_str(&format!(
+                "listener {} on {} -> pool {}\n",
+                l.name, l.listen, l.pool
+            ));
+        }
+        for p in self.pools.values() {
+            let backends: Vec<String> = p
+                .backends
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{} ({}, weight {}, {:?})",
+                        b.name, b.address, b.weight, b.tier
+                    )
+                    .to_lowercase()
+                })
+                .collect();
+            out.push_str(&format!(
+                "pool {}: {:?}, check {:?} every {}; backends: {}\n",
+                p.name,
+                p.balance,
+                p.check.kind,
+                format_duration(p.check.interval),
+                backends.join(", ")
+            ));
+        }
+        out.trim_end().to_owned()
+    }
+
+    /// The pool a listener routes to.
+    pub fn pool_of(&self, listener: &ListenerConfig) -> Option<&PoolConfig> {
+        self.pools.get(&listener.pool)
+    }
+}
+
+/// Turns a written address into a socket address, or says why it cannot.
+pub type Resolver<'a> = dyn Fn(&Address) -> Result<SocketAddr, String> + 'a;
+
+/// Resolves through the system resolver; literal IPs never touch DNS.
+pub fn resolve_system(address: &Address) -> Result<SocketAddr, String> {
+    if let Ok(ip) = address.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, address.port));
+    }
+    match (address.host.as_str(), address.port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("host \"{}\" resolved to no address", address.host)),
+        Err(e) => Err(format!(
+            "host \"{}\" cannot be resolved ({e}); write an IP address or a name this host can resolve",
+            address.host
+        )),
+    }
+}
+
+fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let offset = err.span().map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    let source_line = text
+        .lines()
+        .nth(line - 1)
+        .unwrap_or("")
+        .trim_end()
+        .to_owned();
+    ConfigError::Parse {
+        file: path.to_owned(),
+        line,
+        column,
+        message: plain_types(err.message().trim_end()),
+        source_line,
+    }
+}
+
+/// Says "a whole number" where the parser names a Rust integer type.
+fn plain_types(message: &str) -> String {
+    ["u16", "u32", "u64", "i64"]
+        .iter()
+        .fold(message.to_owned(), |m, t| {
+            m.replace(
+                &format!("expected {t}"),
+                "expected a whole number (integer), written without quotes",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests;

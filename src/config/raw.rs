@@ -1,0 +1,228 @@
+//! The config file as written: serde structures that mirror the TOML.
+//!
+//! Every table denies unknown keys, and the value types check what they can
+//! while the parser still knows the line (weights, durations, addresses), so
+//! most mistakes are reported with a line number. Cross-references (a listener
+//! naming a pool, duplicate names) are checked in `validate`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::duration::ConfigDuration;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub shutdown_grace: Option<ConfigDuration>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub pool: BTreeMap<String, RawPool>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub listen: Address,
+    pub pool: String,
+    pub max_connections: Option<u32>,
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+/// One `[pool.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub balance: Option<Balance>,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub connect_attempts: Option<u32>,
+    pub check: Option<RawCheck>,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+}
+
+/// One `[pool.NAME.check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub kind: Option<CheckKind>,
+    pub interval: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+/// One `[[pool.NAME.backend]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: Address,
+    pub name: Option<String>,
+    pub weight: Option<Weight>,
+    pub tier: Option<Tier>,
+}
+
+/// How a pool chooses among its eligible backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Fewest active sessions per unit of weight.
+    LeastConnections,
+    /// Smooth weighted round robin: picks interleaved in proportion to weight.
+    WeightedRoundRobin,
+}
+
+/// Whether a backend takes traffic normally or only when no primary can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Takes traffic whenever it is eligible.
+    Primary,
+    /// Takes traffic only while no primary of its pool is eligible.
+    Standby,
+}
+
+/// How a backend's health is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A TCP connect. Cheap, but MySQL servers count each one as an aborted
+    /// handshake; the MySQL-protocol check replaces it as the default.
+    Tcp,
+}
+
+/// A backend weight, `1..=256`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weight(pub u32);
+
+/// Highest weight accepted: keeps weighted sums far from overflow.
+pub const MAX_WEIGHT: u32 = 256;
+
+impl<'de> Deserialize<'de> for Weight {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WeightVisitor;
+        impl de::Visitor<'_> for WeightVisitor {
+            type Value = Weight;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "a whole number (integer) from 1 to {MAX_WEIGHT}, written without quotes"
+                )
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Weight, E> {
+                match u32::try_from(value) {
+                    Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(Weight(w)),
+                    _ => Err(E::custom(format!(
+                        "weight {value} is out of range; write a whole number from 1 to {MAX_WEIGHT} \
+                         (to take a backend out of rotation, remove it or make it a standby)"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_i64(WeightVisitor)
+    }
+}
+
+/// A `host:port` pair, checked for shape; host names are resolved later.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address {
+    /// The text as written, which is also the backend's identity.
+    pub text: String,
+    /// The host part, without brackets around an IPv6 literal.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Address {
+    /// Splits `host:port` (or `[v6]:port`) and checks both halves.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let hint = "write host:port, for example \"10.0.0.11:3306\", \"db1.example:3306\" or \"[::1]:3306\"";
+        let (host, port) = match text.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => (h, p),
+            _ => return Err(format!("\"{text}\" is not an address; {hint}")),
+        };
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            inner
+                .strip_suffix(']')
+                .filter(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+                .ok_or_else(|| format!("\"{text}\" has a malformed IPv6 host; {hint}"))?
+        } else if host.contains(':') {
+            return Err(format!(
+                "\"{text}\": put an IPv6 address in brackets, as in \"[::1]:3306\""
+            ));
+        } else {
+            host
+        };
+        let valid_name = host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        if !valid_name {
+            return Err(format!("\"{text}\" has an invalid host \"{host}\"; {hint}"));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("\"{text}\" has an invalid port \"{port}\"; {hint}"))?;
+        Ok(Address {
+            text: text.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Address::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let ok = [
+            ("10.0.0.11:3306", "10.0.0.11", 3306),
+            ("db1.example:3307", "db1.example", 3307),
+            ("[::1]:3306", "::1", 3306),
+            ("127.0.0.1:0", "127.0.0.1", 0),
+        ];
+        for (text, host, port) in ok {
+            let a = Address::parse(text).unwrap();
+            assert_eq!((a.host.as_str(), a.port), (host, port), "{text}");
+        }
+        for bad in [
+            "10.0.0.11",
+            ":3306",
+            "db:",
+            "db:99999",
+            "::1:3306",
+            "[::1:3306",
+            "d b:1",
+            "[zz]:1",
+        ] {
+            assert!(Address::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

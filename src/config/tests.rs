@@ -1,0 +1,320 @@
+//! Table tests for loading configs: defaults, and every kind of mistake an
+//! operator makes, each reported with the file, the line or key, and a fix.
+
+use super::*;
+
+const GOOD: &str = r#"
+shutdown_grace = "10s"
+
+[[listener]]
+name = "rw"
+listen = "127.0.0.1:3306"
+pool = "main"
+max_connections = 100
+
+[pool.main]
+balance = "weighted-round-robin"
+connect_timeout = "500ms"
+connect_attempts = 2
+
+[pool.main.check]
+kind = "tcp"
+interval = "1s"
+timeout = "300ms"
+rise = 1
+fall = 2
+
+[[pool.main.backend]]
+address = "10.0.0.11:3306"
+name = "db1"
+weight = 3
+
+[[pool.main.backend]]
+address = "db2.example:3306"
+tier = "standby"
+"#;
+
+fn fake_resolver(address: &Address) -> Result<SocketAddr, String> {
+    match address.host.as_str() {
+        "db2.example" => Ok(SocketAddr::from(([10, 0, 0, 12], address.port))),
+        "nowhere.invalid" => Err("host \"nowhere.invalid\" cannot be resolved".into()),
+        host => host
+            .parse()
+            .map(|ip| SocketAddr::new(ip, address.port))
+            .map_err(|_| "unknown host".into()),
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(Path::new("/etc/dbsplice/test.toml"), text, &fake_resolver)
+}
+
+fn error_text(text: &str) -> String {
+    load(text)
+        .expect_err("config should be refused")
+        .to_string()
+}
+
+#[test]
+fn a_full_config_loads() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    let l = &c.listeners[0];
+    assert_eq!(
+        (l.name.as_str(), l.max_connections, l.pool.as_str()),
+        ("rw", 100, "main")
+    );
+    let p = &c.pools["main"];
+    assert_eq!(p.balance, Balance::WeightedRoundRobin);
+    assert_eq!(
+        (p.connect_timeout, p.connect_attempts),
+        (Duration::from_millis(500), 2)
+    );
+    assert_eq!(
+        (p.check.rise, p.check.fall, p.check.timeout),
+        (1, 2, Duration::from_millis(300))
+    );
+    assert_eq!(p.backends[0].name, "db1");
+    assert_eq!(p.backends[0].weight, 3);
+    assert_eq!(
+        p.backends[1].name, "db2.example:3306",
+        "name defaults to the address"
+    );
+    assert_eq!(
+        p.backends[1].addr,
+        "10.0.0.12:3306".parse().unwrap(),
+        "host names are resolved"
+    );
+    assert_eq!(p.backends[1].tier, Tier::Standby);
+    assert!(c.summary().contains("pool main"));
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let c = load(
+        "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.listeners[0].max_connections, 10_000);
+    assert_eq!(c.listeners[0].idle_timeout, None);
+    let p = &c.pools["p"];
+    assert_eq!(p.balance, Balance::LeastConnections);
+    assert_eq!(
+        (p.connect_timeout, p.connect_attempts),
+        (Duration::from_secs(1), 3)
+    );
+    assert_eq!(
+        p.check,
+        CheckConfig {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3
+        }
+    );
+    assert_eq!(
+        (p.backends[0].weight, p.backends[0].tier),
+        (1, Tier::Primary)
+    );
+}
+
+/// Each mistake, whether it is reported by line (else by key) and words the
+/// message must contain.
+#[test]
+fn each_mistake_is_named_with_a_fix() {
+    let table: [(&str, &str, &str, bool, &[&str]); 18] = [
+        (
+            "unknown key",
+            "weight = 3",
+            "weigth = 3",
+            true,
+            &["unknown field `weigth`", "weight"],
+        ),
+        (
+            "wrong type",
+            "weight = 3",
+            "weight = \"3\"",
+            true,
+            &["invalid type", "integer"],
+        ),
+        (
+            "weight zero",
+            "weight = 3",
+            "weight = 0",
+            true,
+            &["weight 0", "1 to 256"],
+        ),
+        (
+            "weight too big",
+            "weight = 3",
+            "weight = 300",
+            true,
+            &["weight 300", "1 to 256"],
+        ),
+        (
+            "bad balance",
+            "\"weighted-round-robin\"",
+            "\"round-robin\"",
+            true,
+            &["round-robin", "least-connections"],
+        ),
+        (
+            "bad tier",
+            "tier = \"standby\"",
+            "tier = \"backup\"",
+            true,
+            &["backup", "standby"],
+        ),
+        (
+            "bare duration",
+            "interval = \"1s\"",
+            "interval = 1",
+            true,
+            &["no unit", "\"1s\""],
+        ),
+        (
+            "bad unit",
+            "\"500ms\"",
+            "\"500us\"",
+            true,
+            &["unit", "500ms"],
+        ),
+        (
+            "bad address",
+            "\"10.0.0.11:3306\"",
+            "\"10.0.0.11\"",
+            true,
+            &["host:port"],
+        ),
+        (
+            "bad port",
+            "\"10.0.0.11:3306\"",
+            "\"10.0.0.11:x\"",
+            true,
+            &["invalid port"],
+        ),
+        (
+            "not toml",
+            "[pool.main]",
+            "[pool.main",
+            true,
+            &["pool.main", ""],
+        ),
+        (
+            "missing pool",
+            "pool = \"main\"",
+            "pool = \"mian\"",
+            false,
+            &["listener[0].pool", "\"mian\" is not defined", "main"],
+        ),
+        (
+            "no primary",
+            "weight = 3",
+            "weight = 3\ntier = \"standby\"",
+            false,
+            &["pool.main.backend", "no primary", "tier = \"primary\""],
+        ),
+        (
+            "duplicate name",
+            "name = \"db1\"",
+            "name = \"db2.example:3306\"",
+            false,
+            &["backend[1].name", "used twice"],
+        ),
+        (
+            "unresolvable",
+            "db2.example",
+            "nowhere.invalid",
+            false,
+            &["backend[1].address", "cannot be resolved"],
+        ),
+        (
+            "zero attempts",
+            "connect_attempts = 2",
+            "connect_attempts = 0",
+            false,
+            &["pool.main.connect_attempts", "1 or more"],
+        ),
+        (
+            "limit as string",
+            "max_connections = 100",
+            "max_connections = \"100\"",
+            true,
+            &["whole number", "without quotes"],
+        ),
+        (
+            "zero rise",
+            "rise = 1",
+            "rise = 0",
+            false,
+            &["pool.main.check.rise", "1 or more"],
+        ),
+    ];
+    for (what, from, to, by_line, words) in table {
+        let at = GOOD
+            .find(from)
+            .unwrap_or_else(|| panic!("{what}: the good config has no {from}"));
+        let line = GOOD[..at].matches('\n').count() + 1;
+        let err = error_text(&GOOD.replacen(from, to, 1));
+        assert!(
+            err.starts_with("/etc/dbsplice/test.toml"),
+            "{what}: names the file: {err}"
+        );
+        if by_line {
+            assert!(
+                err.contains(&format!("test.toml:{line}:")),
+                "{what}: names line {line}: {err}"
+            );
+        } else {
+            assert!(err.contains("key `"), "{what}: names the key: {err}");
+        }
+        for w in words {
+            assert!(err.contains(w), "{what}: mentions {w:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn duplicate_listeners_and_empty_files_are_refused() {
+    let twice = format!(
+        "{GOOD}\n[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:3306\"\npool = \"main\"\n"
+    );
+    let err = error_text(&twice);
+    assert!(
+        err.contains("listener[1].name") && err.contains("used twice"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listener[1].listen") && err.contains("already used"),
+        "{err}"
+    );
+    let err = error_text("");
+    assert!(
+        err.contains("no listener") && err.contains("no pool"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let text = GOOD
+        .replace("connect_attempts = 2", "connect_attempts = 0")
+        .replace("pool = \"main\"", "pool = \"x\"");
+    let ConfigError::Invalid { problems, .. } = load(&text).unwrap_err() else {
+        panic!("expected Invalid")
+    };
+    assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+#[test]
+fn a_missing_file_names_the_file() {
+    let err = Config::load(Path::new("/nonexistent/dbsplice.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/dbsplice.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}

@@ -1,0 +1,272 @@
+//! From the file's shape to a usable [`Config`]: defaults, cross-references,
+//! uniqueness and resolution, collecting every problem rather than the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use super::raw::{
+    Address, Balance, CheckKind, RawBackend, RawCheck, RawConfig, RawListener, RawPool, Tier,
+};
+use super::{BackendConfig, CheckConfig, Config, ListenerConfig, PoolConfig, Problem, Resolver};
+
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn resolve(
+        &mut self,
+        key: String,
+        address: &Address,
+        resolve: &Resolver<'_>,
+    ) -> Option<std::net::SocketAddr> {
+        resolve(address).map_err(|m| self.add(key, m)).ok()
+    }
+}
+
+/// Checks a parsed file and fills in defaults; returns every problem found.
+pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Problem>> {
+    let mut problems = Problems(Vec::new());
+    if raw.listener.is_empty() {
+        problems.add(
+            "listener",
+            "no listener is defined; add a [[listener]] table with name, listen and pool",
+        );
+    }
+    if raw.pool.is_empty() {
+        problems.add(
+            "pool",
+            "no pool is defined; add a [pool.NAME] table with at least one [[pool.NAME.backend]]",
+        );
+    }
+    let pools: BTreeMap<String, PoolConfig> = raw
+        .pool
+        .into_iter()
+        .filter_map(|(name, pool)| {
+            pool_config(&name, pool, resolve, &mut problems).map(|p| (name, p))
+        })
+        .collect();
+    let listeners = listener_configs(raw.listener, &pools, resolve, &mut problems);
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+    Ok(Config {
+        shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        listeners,
+        pools,
+    })
+}
+
+fn listener_configs(
+    raw: Vec<RawListener>,
+    pools: &BTreeMap<String, PoolConfig>,
+    resolve: &Resolver<'_>,
+    problems: &mut Problems,
+) -> Vec<ListenerConfig> {
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    let mut out = Vec::new();
+    for (i, l) in raw.into_iter().enumerate() {
+        let key = format!("listener[{i}]");
+        check_name(&format!("{key}.name"), &l.name, problems);
+        if !names.insert(l.name.clone()) {
+            problems.add(
+                format!("{key}.name"),
+                format!(
+                    "listener name \"{}\" is used twice; give each listener its own name",
+                    l.name
+                ),
+            );
+        }
+        if !pools.contains_key(&l.pool) {
+            let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+            problems.add(
+                format!("{key}.pool"),
+                format!(
+                    "pool \"{}\" is not defined; write one of {known:?} or add a [pool.{}] table",
+                    l.pool, l.pool
+                ),
+            );
+        }
+        if l.max_connections == Some(0) {
+            problems.add(
+                format!("{key}.max_connections"),
+                "0 would refuse every client; write a number of 1 or more",
+            );
+        }
+        if l.idle_timeout.is_some_and(|d| d.0.is_zero()) {
+            problems.add(
+                format!("{key}.idle_timeout"),
+                "0s would close every session; remove the key to keep idle sessions open",
+            );
+        }
+        let Some(addr) = problems.resolve(format!("{key}.listen"), &l.listen, resolve) else {
+            continue;
+        };
+        if addr.port() != 0 && !addrs.insert(addr) {
+            problems.add(
+                format!("{key}.listen"),
+                format!(
+                    "{} is already used by another listener; give each listener its own address",
+                    l.listen
+                ),
+            );
+        }
+        out.push(ListenerConfig {
+            name: l.name,
+            listen: l.listen,
+            addr,
+            pool: l.pool,
+            max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            idle_timeout: l.idle_timeout.map(|d| d.0),
+        });
+    }
+    out
+}
+
+fn pool_config(
+    name: &str,
+    raw: RawPool,
+    resolve: &Resolver<'_>,
+    problems: &mut Problems,
+) -> Option<PoolConfig> {
+    let key = format!("pool.{name}");
+    check_name(&key, name, problems);
+    if raw.connect_attempts == Some(0) {
+        problems.add(
+            format!("{key}.connect_attempts"),
+            "0 would never connect; write 1 or more (3 is the default)",
+        );
+    }
+    if raw.connect_timeout.is_some_and(|d| d.0.is_zero()) {
+        problems.add(
+            format!("{key}.connect_timeout"),
+            "0s would fail every connect; write for example \"1s\"",
+        );
+    }
+    let check = check_config(&format!("{key}.check"), raw.check, problems);
+    let backends = backend_configs(&key, raw.backend, resolve, problems);
+    if backends.is_empty() {
+        problems.add(
+            format!("{key}.backend"),
+            format!("pool \"{name}\" has no backend; add a [[{key}.backend]] with an address"),
+        );
+    } else if !backends.iter().any(|b| b.tier == Tier::Primary) {
+        problems.add(
+            format!("{key}.backend"),
+            format!("pool \"{name}\" has no primary backend; write tier = \"primary\" on at least one backend"),
+        );
+    }
+    Some(PoolConfig {
+        name: name.to_owned(),
+        balance: raw.balance.unwrap_or(Balance::LeastConnections),
+        connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+        connect_attempts: raw.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+        check,
+        backends,
+    })
+}
+
+fn check_config(key: &str, raw: Option<RawCheck>, problems: &mut Problems) -> CheckConfig {
+    let raw = raw.unwrap_or(RawCheck {
+        kind: None,
+        interval: None,
+        timeout: None,
+        rise: None,
+        fall: None,
+    });
+    for (field, value) in [("interval", raw.interval), ("timeout", raw.timeout)] {
+        if value.is_some_and(|d| d.0.is_zero()) {
+            problems.add(
+                format!("{key}.{field}"),
+                "0s is not usable; write for example \"2s\" or \"500ms\"",
+            );
+        }
+    }
+    for (field, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if value == Some(0) {
+            problems.add(
+                format!("{key}.{field}"),
+                "0 would never change state; write 1 or more",
+            );
+        }
+    }
+    CheckConfig {
+        kind: raw.kind.unwrap_or(CheckKind::Tcp),
+        interval: raw.interval.map_or(DEFAULT_INTERVAL, |d| d.0),
+        timeout: raw.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
+        rise: raw.rise.unwrap_or(DEFAULT_RISE),
+        fall: raw.fall.unwrap_or(DEFAULT_FALL),
+    }
+}
+
+fn backend_configs(
+    pool_key: &str,
+    raw: Vec<RawBackend>,
+    resolve: &Resolver<'_>,
+    problems: &mut Problems,
+) -> Vec<BackendConfig> {
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    let mut out = Vec::new();
+    for (i, b) in raw.into_iter().enumerate() {
+        let key = format!("{pool_key}.backend[{i}]");
+        let name = b.name.unwrap_or_else(|| b.address.text.clone());
+        check_name(&format!("{key}.name"), &name, problems);
+        if !names.insert(name.clone()) {
+            problems.add(format!("{key}.name"), format!("backend name \"{name}\" is used twice in this pool; give each backend its own name"));
+        }
+        if !addresses.insert(b.address.text.clone()) {
+            problems.add(
+                format!("{key}.address"),
+                format!(
+                    "{} is listed twice in this pool; remove one (raise weight instead)",
+                    b.address
+                ),
+            );
+        }
+        let Some(addr) = problems.resolve(format!("{key}.address"), &b.address, resolve) else {
+            continue;
+        };
+        if addr.port() == 0 {
+            problems.add(
+                format!("{key}.address"),
+                format!(
+                    "{}: port 0 cannot be connected to; write the server's port",
+                    b.address
+                ),
+            );
+        }
+        out.push(BackendConfig {
+            name,
+            address: b.address,
+            addr,
+            weight: b.weight.map_or(1, |w| w.0),
+            tier: b.tier.unwrap_or(Tier::Primary),
+        });
+    }
+    out
+}
+
+/// Names appear in logs, metrics labels and URLs: keep them plain.
+fn check_name(key: &str, name: &str, problems: &mut Problems) {
+    let plain =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '[' | ']');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
+        problems.add(key, format!("\"{name}\" is not a usable name; use 1 to 64 letters, digits, '-', '_', '.' or ':'"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Backend health: thresholds (`state`, pure), one probe (`probe`), the
+//! checker task per address (`checker`) and the set of checkers (`supervisor`).
+
+pub mod checker;
+pub mod probe;
+pub mod state;
+pub mod supervisor;
+
+pub use state::{Health, Tracker, Transition};
+pub use supervisor::Supervisor;

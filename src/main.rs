@@ -1,0 +1,138 @@
+//! The dbsplice command: `run` (the default) and `check`.
+//!
+//! A lifecycle script: parse the config without binding (exit 64 when it is
+//! wrong), raise the open-files limit, bind, start, wait for SIGTERM or
+//! SIGINT, drain within `shutdown_grace`; a second signal exits at once.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use dbsplice::app::{self, App};
+use dbsplice::config::Config;
+
+/// Exit code for a config that cannot be used (EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+const DEFAULT_CONFIG: &str = "/etc/dbsplice/dbsplice.toml";
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A layer-4 load balancer for MySQL-compatible clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients (the default).
+    Run(RunArgs),
+    /// Validate a config file, print a summary, exit 0; or print the errors and exit 64.
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The config file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, such as "info" or "dbsplice=debug" (default: RUST_LOG, else info).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.run),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}: OK\n{}",
+                path.display(),
+                config.summary()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    dbsplice::logging::init(
+        matches!(args.log_format, LogFormat::Json),
+        args.log_level.as_deref(),
+    );
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    match app::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let grace = config.shutdown_grace;
+        let bound = app::bind(&config)?;
+        let app = App::start(config, bound)?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        tokio::select! {
+            forced = app.shutdown(grace) => tracing::info!(forced, "stopped"),
+            _ = term.recv() => tracing::warn!("second signal: exiting now"),
+            _ = int.recv() => tracing::warn!("second signal: exiting now"),
+        }
+        Ok(())
+    })
+}

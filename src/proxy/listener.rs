@@ -1,0 +1,140 @@
+//! The accept loop of one listener: enforce its connection limit, find its
+//! pool in the current snapshot and hand each client to a session task.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::session;
+use crate::cluster::Snapshot;
+use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
+
+/// Back-off bounds after a failed accept (EMFILE and the like).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Counters of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Clients accepted and handed to a session.
+    pub accepted: AtomicU64,
+    /// Clients closed at once because `max_connections` were open.
+    pub rejected_limit: AtomicU64,
+    /// Accept calls that failed (for example out of file descriptors).
+    pub accept_errors: AtomicU64,
+    active: AtomicU64,
+}
+
+impl ListenerStats {
+    /// Sessions open now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+struct ActiveGuard(Arc<ListenerStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an accept loop needs from the rest of the process.
+pub struct AcceptLoop {
+    /// The listener's name in the config.
+    pub name: String,
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// The current routing snapshot.
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    /// This listener's counters.
+    pub stats: Arc<ListenerStats>,
+    /// Where session tasks are tracked for draining.
+    pub sessions: TaskTracker,
+    /// Cancelled to stop accepting.
+    pub stop: CancellationToken,
+    /// Cancelled to close open sessions.
+    pub kill: CancellationToken,
+}
+
+impl AcceptLoop {
+    /// Accepts until `stop` is cancelled; accept errors back off, never end it.
+    pub async fn run(self) {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        loop {
+            let accepted = tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = self.listener.accept() => r,
+            };
+            match accepted {
+                Ok((client, peer)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    self.admit(client, peer);
+                }
+                Err(e) => {
+                    self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    log_accept_error(&self.name, &e, backoff);
+                    if self
+                        .stop
+                        .run_until_cancelled(tokio::time::sleep(backoff))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn admit(&self, client: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        let snapshot = self.routes.load();
+        // A listener removed from the config, or its pool: the socket closes on drop.
+        let Some(listener) = snapshot.listener(&self.name) else {
+            return;
+        };
+        let Some(pool) = snapshot.pool(&listener.pool) else {
+            return;
+        };
+        if self.stats.active.load(Ordering::Relaxed) >= u64::from(listener.max_connections) {
+            self.stats.rejected_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %self.name, client = %peer, "max_connections reached, closing client");
+            // Best effort and never waiting: the limit exists to shed load.
+            let message = format!(
+                "dbsplice: listener '{}' is at max_connections ({})",
+                self.name, listener.max_connections
+            );
+            let _ = client.try_write(&err_packet(ER_CON_COUNT_ERROR, &message));
+            return;
+        }
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&self.stats));
+        let pool = Arc::clone(pool);
+        let idle_timeout = listener.idle_timeout;
+        let kill = self.kill.clone();
+        self.sessions.spawn(async move {
+            session::serve(client, peer, pool, idle_timeout, kill).await;
+            drop(guard);
+        });
+    }
+}
+
+fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
+    if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) {
+        tracing::warn!(
+            listener,
+            "accept failed, out of file descriptors; retrying in {backoff:?}"
+        );
+    } else {
+        tracing::warn!(listener, "accept failed: {e}; retrying in {backoff:?}");
+    }
+}

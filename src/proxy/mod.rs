@@ -1,0 +1,8 @@
+//! The data path: accept loops, sessions, splicing and socket options.
+
+pub mod listener;
+pub mod session;
+pub mod sockopt;
+pub mod splice;
+
+pub use listener::{AcceptLoop, ListenerStats};

@@ -1,0 +1,106 @@
+//! One client session: pick a backend, connect (retrying other backends while
+//! the client has seen nothing), then splice until either side is done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{sockopt, splice};
+use crate::cluster::{Pool, SessionGuard};
+use crate::config::format_duration;
+use crate::health::probe::describe_connect_error;
+use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
+
+/// How long dbsplice spends handing a refused client its error packet.
+const ERR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one accepted client until it ends.
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    pool: Arc<Pool>,
+    idle_timeout: Option<Duration>,
+    kill: CancellationToken,
+) {
+    sockopt::tune(&client);
+    let (mut backend, guard) = match connect(&pool).await {
+        Ok(connected) => connected,
+        Err(message) => {
+            tracing::warn!(client = %peer, pool = %pool.config.name, "refusing client: {message}");
+            refuse(&mut client, &message).await;
+            return;
+        }
+    };
+    sockopt::tune(&backend);
+    let started = Instant::now();
+    let outcome = splice::splice(&mut client, &mut backend, idle_timeout, &kill).await;
+    tracing::debug!(
+        client = %peer,
+        backend = %guard.backend().address,
+        to_backend = outcome.to_backend,
+        to_client = outcome.to_client,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        reason = %outcome.reason,
+        "session closed"
+    );
+}
+
+/// Connects to an eligible backend, trying up to `connect_attempts` distinct
+/// ones. A MySQL server speaks first, so a retry is invisible to the client.
+async fn connect(pool: &Pool) -> Result<(TcpStream, SessionGuard), String> {
+    let mut excluded = Vec::new();
+    let mut failures = Vec::new();
+    for _ in 0..pool.config.connect_attempts {
+        let Some(member) = pool.pick(&excluded).and_then(|i| {
+            excluded.push(i);
+            pool.members.get(i)
+        }) else {
+            break;
+        };
+        // Counted before the connect so least-connections sees pending ones.
+        let guard = member.state.session();
+        let error = match tokio::time::timeout(
+            pool.config.connect_timeout,
+            TcpStream::connect(member.state.addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => return Ok((stream, guard)),
+            Ok(Err(e)) => describe_connect_error(&e),
+            Err(_) => format!(
+                "connect timed out after {}",
+                format_duration(pool.config.connect_timeout)
+            ),
+        };
+        tracing::info!(backend = %member.state.address, pool = %pool.config.name, "connect failed, trying another backend: {error}");
+        member.state.connect_failed();
+        failures.push(format!("{}: {error}", member.name));
+    }
+    Err(if failures.is_empty() {
+        format!(
+            "dbsplice: no backend of pool '{}' is available",
+            pool.config.name
+        )
+    } else {
+        format!(
+            "dbsplice: no backend of pool '{}' accepted a connection ({})",
+            pool.config.name,
+            failures.join("; ")
+        )
+    })
+}
+
+/// Tells a client that no server can take it, as a server would.
+pub async fn refuse(client: &mut TcpStream, message: &str) {
+    let packet = err_packet(ER_CON_COUNT_ERROR, message);
+    let send = async {
+        client.write_all(&packet).await?;
+        client.shutdown().await
+    };
+    let _ = tokio::time::timeout(ERR_WRITE_TIMEOUT, send).await;
+}
