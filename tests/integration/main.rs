@@ -1,0 +1,13 @@
+//! End-to-end tests: dbsplice in-process in front of real MariaDB servers,
+//! driven by real clients (mysql_async and the `mariadb` command).
+
+// A test crate: nothing here is a public API, and a failed unwrap in the
+// support code is a failed test, which is what it should be.
+#![allow(unreachable_pub, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+mod balancing;
+mod data_path;
+mod failover;

@@ -1,0 +1,289 @@
+//! Real MariaDB servers for tests: one `mariadb-install-db` into a template
+//! datadir (kept under the target directory and reused), copied per server;
+//! `mariadbd` on a loopback port below 32768; killed and removed on drop, also
+//! when a test panics.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::wait_until;
+
+/// The account every test server has.
+pub const USER: &str = "dbsplice";
+/// Its password.
+pub const PASSWORD: &str = "secret";
+
+const SERVER_ARGS: &[&str] = &[
+    "--no-defaults",
+    "--bind-address=127.0.0.1",
+    "--skip-name-resolve",
+    "--innodb-log-file-size=4M",
+    "--innodb-buffer-pool-size=16M",
+    "--performance-schema=OFF",
+    "--max-connections=500",
+    "--max-allowed-packet=1G",
+];
+
+/// A running (or killed, restartable) MariaDB server.
+pub struct MariaDb {
+    /// Loopback port it listens on.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    /// Starts a fresh server and waits until it sends its greeting.
+    pub async fn start() -> MariaDb {
+        let template = template();
+        let dir = scratch_root().join(format!(
+            "dbsplice-test-{}-{}",
+            std::process::id(),
+            next_port_seed()
+        ));
+        copy_dir(template, &dir.join("data"));
+        std::fs::write(
+            dir.join("init.sql"),
+            format!("CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\nGRANT ALL ON *.* TO '{USER}'@'%';\n"),
+        )
+        .unwrap();
+        for _ in 0..20 {
+            let mut server = MariaDb {
+                port: free_port(),
+                dir: dir.clone(),
+                child: None,
+            };
+            if server.restart_inner().await {
+                return server;
+            }
+            server.dir = PathBuf::new(); // keep the datadir for the next try
+        }
+        panic!(
+            "could not start mariadbd in {}: {}",
+            dir.display(),
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+    }
+
+    /// The address to connect to.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the killed server again on the same port and datadir.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.restart_inner().await,
+            "mariadbd did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// Starts mariadbd; false when the port turned out to be taken.
+    async fn restart_inner(&mut self) -> bool {
+        self.kill();
+        let log = self.dir.join("error.log");
+        let _ = std::fs::remove_file(&log);
+        let child = Command::new("mariadbd")
+            .args(SERVER_ARGS)
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .arg(format!("--pid-file={}", self.dir.join("pid").display()))
+            .arg(format!("--log-error={}", log.display()))
+            .arg(format!(
+                "--init-file={}",
+                self.dir.join("init.sql").display()
+            ))
+            .arg(format!("--user={}", current_user()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd runs (install mariadb-server)");
+        self.child = Some(child);
+        let addr = self.addr();
+        let ready = wait_until(Duration::from_secs(60), || async {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            if log.contains("Bind on TCP/IP port") || log.contains("Aborting") {
+                return Some(false);
+            }
+            if !log.contains("ready for connections") {
+                return None;
+            }
+            greets(addr).await.then_some(true)
+        })
+        .await;
+        if ready != Some(true) {
+            self.kill();
+        }
+        ready == Some(true)
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// True when a MySQL greeting (protocol 10) arrives from `addr`.
+async fn greets(addr: SocketAddr) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head[4] == 10)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        == Some(true)
+}
+
+/// Datadirs live in memory where possible: servers start in about 2 s there.
+fn scratch_root() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Builds the template datadir once per target directory and version.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        remove_stale_dirs();
+        let version = Command::new("mariadbd")
+            .arg("--version")
+            .output()
+            .expect("mariadbd runs (install mariadb-server)");
+        let version = String::from_utf8_lossy(&version.stdout);
+        let tag: String = version
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("unknown")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mariadb-template-{tag}"));
+        if dir.join("mysql").is_dir() {
+            return dir;
+        }
+        let building = dir.with_extension(format!("building-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&building);
+        let out = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .args([
+                "--innodb-log-file-size=4M",
+                "--innodb-data-file-path=ibdata1:4M:autoextend",
+            ])
+            .arg(format!("--datadir={}", building.display()))
+            .arg(format!("--user={}", current_user()))
+            .output()
+            .expect("mariadb-install-db runs (install mariadb-server)");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another test binary may have finished first; either copy is good.
+        if std::fs::rename(&building, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        dir
+    })
+}
+
+/// Removes datadirs left by test processes that no longer run.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(scratch_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("dbsplice-test-")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "copying {} to {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// mariadbd refuses to run as root unless told to with `--user=root`.
+fn current_user() -> String {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    if uid == 0 {
+        return "root".to_owned();
+    }
+    std::env::var("USER").unwrap_or_else(|_| uid.to_string())
+}
+
+fn next_port_seed() -> u16 {
+    static SEED: AtomicU16 = AtomicU16::new(0);
+    SEED.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A port below the ephemeral range (32768+) that is free right now; each
+/// test process walks its own stretch of 10000..32000.
+fn free_port() -> u16 {
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let pid = u16::try_from(std::process::id() % 200).unwrap();
+        AtomicU16::new(10_000 + pid * 100)
+    });
+    loop {
+        let port = next.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + (port - 10_000) % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

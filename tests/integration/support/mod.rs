@@ -1,0 +1,161 @@
+//! Test support: real MariaDB servers, dbsplice in-process on port 0, real
+//! clients, and waiting on conditions with deadlines instead of sleeps.
+
+#![allow(dead_code)] // each test module uses a different part
+
+pub mod mariadb;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbsplice::app::{self, App};
+use dbsplice::cluster::BackendState;
+use dbsplice::config::{resolve_system, Config};
+use dbsplice::health::Health;
+use mysql_async::prelude::Queryable;
+
+pub use mariadb::MariaDb;
+
+/// Polls `check` every 20 ms until it returns `Some`, or `None` after `limit`.
+pub async fn wait_until<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Routes test logs to the test's captured output (shown when it fails).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "dbsplice=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// dbsplice running inside the test process.
+pub struct Proxy {
+    /// The running app; `None` once shut down.
+    pub app: Option<App>,
+}
+
+impl Proxy {
+    /// Starts dbsplice with a config written by the test (listen on port 0).
+    pub fn start(toml: &str) -> Proxy {
+        init_logs();
+        let config = Config::from_toml(Path::new("test.toml"), toml, &resolve_system)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bound = app::bind(&config).unwrap();
+        Proxy {
+            app: Some(App::start(config, bound).unwrap()),
+        }
+    }
+
+    fn app(&self) -> &App {
+        self.app.as_ref().expect("proxy is running")
+    }
+
+    /// Where the named listener accepts clients.
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.app().local_addr(listener).expect("listener exists")
+    }
+
+    /// Live state of a backend by its configured address.
+    pub fn backend(&self, address: impl std::fmt::Display) -> Arc<BackendState> {
+        self.app()
+            .backend(&address.to_string())
+            .expect("backend exists")
+    }
+
+    /// Waits until the backend's checker says `health`.
+    pub async fn wait_health(&self, address: impl std::fmt::Display, health: Health) {
+        let backend = self.backend(&address);
+        let reached = wait_until(Duration::from_secs(20), || async {
+            (backend.health() == health).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "{address} never became {health}: {}",
+            backend.reason()
+        );
+    }
+}
+
+/// A backend table for a test config.
+pub fn backend(addr: SocketAddr, weight: u32, tier: &str) -> String {
+    format!("[[pool.main.backend]]\naddress = \"{addr}\"\nweight = {weight}\ntier = \"{tier}\"\n")
+}
+
+/// A config with one listener `rw` on port 0, pool `main` and the given
+/// pool settings and backend tables.
+pub fn config(pool_settings: &str, backends: &[String]) -> String {
+    format!(
+        "shutdown_grace = \"5s\"\n[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:0\"\npool = \"main\"\n\n[pool.main]\n{pool_settings}\n{}",
+        backends.concat()
+    )
+}
+
+/// Client options for the test account through `addr`.
+pub fn client_opts(addr: SocketAddr) -> mysql_async::Opts {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some(mariadb::USER))
+        .pass(Some(mariadb::PASSWORD))
+        .prefer_socket(false)
+        .into()
+}
+
+/// A client connection through `addr`.
+pub async fn connect(addr: SocketAddr) -> Result<mysql_async::Conn, mysql_async::Error> {
+    mysql_async::Conn::new(client_opts(addr)).await
+}
+
+/// Which server answers a connection: its `@@port`.
+pub async fn server_port(conn: &mut mysql_async::Conn) -> u16 {
+    conn.query_first::<u16, _>("SELECT @@port")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs `sql` through the `mariadb` command-line client.
+pub async fn cli(addr: SocketAddr, sql: &str) -> Output {
+    tokio::process::Command::new("mariadb")
+        .args([
+            "--protocol=tcp",
+            "-h",
+            &addr.ip().to_string(),
+            "-P",
+            &addr.port().to_string(),
+        ])
+        .args([
+            "-u",
+            mariadb::USER,
+            &format!("-p{}", mariadb::PASSWORD),
+            "--batch",
+            "--skip-column-names",
+            "-e",
+            sql,
+        ])
+        .output()
+        .await
+        .expect("the mariadb client runs (install mariadb-client)")
+}
