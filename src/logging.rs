@@ -1,6 +1,8 @@
 //! Log output through `tracing`: readable text by default, JSON lines on
 //! request. The level comes from `--log-level` or `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; call once, from `main`.
@@ -11,7 +13,8 @@ pub fn init(json: bool, level: Option<&str>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {

@@ -201,10 +201,10 @@ impl Config {
                 })
                 .collect();
             out.push_str(&format!(
-                "pool {}: {:?}, check {:?} every {}; backends: {}\n",
+                "pool {}: {}, check {} every {}; backends: {}\n",
                 p.name,
-                p.balance,
-                p.check.kind,
+                p.balance.as_str(),
+                p.check.kind.as_str(),
                 format_duration(p.check.interval),
                 backends.join(", ")
             ));

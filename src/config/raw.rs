@@ -78,6 +78,16 @@ pub enum Balance {
     WeightedRoundRobin,
 }
 
+impl Balance {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::LeastConnections => "least-connections",
+            Balance::WeightedRoundRobin => "weighted-round-robin",
+        }
+    }
+}
+
 /// Whether a backend takes traffic normally or only when no primary can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -95,6 +105,25 @@ pub enum CheckKind {
     /// A TCP connect. Cheap, but MySQL servers count each one as an aborted
     /// handshake; the MySQL-protocol check replaces it as the default.
     Tcp,
+}
+
+impl Tier {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Primary => "primary",
+            Tier::Standby => "standby",
+        }
+    }
+}
+
+impl CheckKind {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+        }
+    }
 }
 
 /// A backend weight, `1..=256`.

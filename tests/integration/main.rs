@@ -9,5 +9,6 @@
 mod support;
 
 mod balancing;
+mod cli;
 mod data_path;
 mod failover;
