@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::session;
 use crate::cluster::Snapshot;
@@ -26,6 +27,8 @@ pub struct ListenerStats {
     pub accepted: AtomicU64,
     /// Clients closed at once because `max_connections` were open.
     pub rejected_limit: AtomicU64,
+    /// Clients refused because no backend of the pool could take them.
+    pub rejected_no_backend: AtomicU64,
     /// Accept calls that failed (for example out of file descriptors).
     pub accept_errors: AtomicU64,
     active: AtomicU64,
@@ -121,10 +124,14 @@ impl AcceptLoop {
         let pool = Arc::clone(pool);
         let idle_timeout = listener.idle_timeout;
         let kill = self.kill.clone();
-        self.sessions.spawn(async move {
-            session::serve(client, peer, pool, idle_timeout, kill).await;
+        let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
+        let session = async move {
+            if !session::serve(client, peer, pool, idle_timeout, kill).await {
+                guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+            }
             drop(guard);
-        });
+        };
+        self.sessions.spawn(session.instrument(span));
     }
 }
 

@@ -19,23 +19,25 @@ use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 /// How long dbsplice spends handing a refused client its error packet.
 const ERR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one accepted client until it ends.
+/// Serves one accepted client until it ends; false when it was refused
+/// because no backend could take it.
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     pool: Arc<Pool>,
     idle_timeout: Option<Duration>,
     kill: CancellationToken,
-) {
+) -> bool {
     sockopt::tune(&client);
     let (mut backend, guard) = match connect(&pool).await {
         Ok(connected) => connected,
         Err(message) => {
             tracing::warn!(client = %peer, pool = %pool.config.name, "refusing client: {message}");
             refuse(&mut client, &message).await;
-            return;
+            return false;
         }
     };
+    tracing::Span::current().record("backend", tracing::field::display(&guard.backend().address));
     sockopt::tune(&backend);
     let started = Instant::now();
     let outcome = splice::splice(&mut client, &mut backend, idle_timeout, &kill).await;
@@ -48,6 +50,7 @@ pub async fn serve(
         reason = %outcome.reason,
         "session closed"
     );
+    true
 }
 
 /// Connects to an eligible backend, trying up to `connect_attempts` distinct

@@ -174,6 +174,48 @@ async fn a_backend_half_close_reaches_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_only_silent_sessions() {
+    let db = MariaDb::start().await;
+    let toml = config(CHECK, &[backend(db.addr(), 1, "primary")]).replace(
+        "pool = \"main\"\n",
+        "pool = \"main\"\nidle_timeout = \"400ms\"\n",
+    );
+    let proxy = Proxy::start(&toml);
+    proxy.wait_health(db.addr(), Health::Up).await;
+    // A busy session outlives the timeout many times over.
+    let mut busy = connect(proxy.addr("rw")).await.unwrap();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        busy.query_drop("DO 1")
+            .await
+            .expect("an active session is never idle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A silent one (greeting read, then nothing) is closed after the timeout.
+    let mut silent = TcpStream::connect(proxy.addr("rw")).await.unwrap();
+    let opened = tokio::time::Instant::now();
+    let mut greeting_and_rest = Vec::new();
+    // Within 5 s: the server's own handshake timeout (10 s) must not be what closes it.
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        silent.read_to_end(&mut greeting_and_rest),
+    )
+    .await
+    .expect("dbsplice closed the idle session")
+    .unwrap();
+    assert!(
+        opened.elapsed() >= Duration::from_millis(400),
+        "not before the timeout: {:?}",
+        opened.elapsed()
+    );
+    assert!(
+        !greeting_and_rest.is_empty(),
+        "the greeting came through first"
+    );
+    busy.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_result_arrives_byte_exact() {
     let db = MariaDb::start().await;
     let proxy = Proxy::start(&config(CHECK, &[backend(db.addr(), 1, "primary")]));

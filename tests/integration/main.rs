@@ -4,7 +4,12 @@
 // A test crate: nothing here is a public API, and a failed unwrap in the
 // support code is a failed test, which is what it should be.
 #![allow(unreachable_pub, missing_docs)]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 
