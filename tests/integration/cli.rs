@@ -2,9 +2,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{backend, config, connect, server_port, MariaDb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{backend, config, connect, server_port, wait_until, MariaDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbsplice");
 
@@ -76,6 +80,83 @@ fn broken_configs_exit_64_naming_the_mistake() {
     assert!(out.contains("/nonexistent/dbsplice.toml"), "{out}");
 }
 
+/// The binary running in the background, with the logs it has written so far.
+struct Running {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Running {
+    /// Starts the binary (optionally under `prlimit`) and waits for its listener.
+    fn start(config_path: &std::path::Path, nofile: Option<u32>) -> Running {
+        let mut command = Command::new(if nofile.is_some() { "prlimit" } else { BIN });
+        if let Some(n) = nofile {
+            command.arg(format!("--nofile={n}:{n}")).arg(BIN);
+        }
+        let mut child = command
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--log-level",
+                "info",
+                "--config",
+            ])
+            .arg(config_path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    let addr = line
+                        .split("\"addr\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next());
+                    let _ = addr_tx.send(addr.unwrap().to_owned());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .parse()
+            .unwrap();
+        Running { child, addr, logs }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    async fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        exit.code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_then_exits_0_on_sigterm() {
     let db = MariaDb::start().await;
@@ -86,61 +167,97 @@ async fn run_serves_then_exits_0_on_sigterm() {
             &[backend(db.addr(), 1, "primary")],
         ),
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "--config",
-        ])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let logs = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("\"listening\"") {
-                let addr = line
-                    .split("\"addr\":\"")
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-                    .unwrap()
-                    .to_owned();
-                let _ = addr_tx.send(addr);
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let addr: std::net::SocketAddr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut conn = crate::support::wait_until(Duration::from_secs(20), || async {
+    let running = Running::start(&path, None);
+    let addr = running.addr;
+    let mut conn = wait_until(Duration::from_secs(20), || async {
         connect(addr).await.ok()
     })
     .await
     .expect("dbsplice serves clients");
     assert_eq!(server_port(&mut conn).await, db.port);
     conn.disconnect().await.unwrap();
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+    assert!(logs.lock().unwrap().contains("SIGTERM"));
+}
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
+/// Sends `ping` through a connection and waits for the echo.
+async fn echoes(stream: &mut TcpStream) -> bool {
+    let round_trip = async {
+        stream.write_all(b"ping").await.ok()?;
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.ok()?;
+        (&buf == b"ping").then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(2), round_trip)
         .await
-        .unwrap()
-        .unwrap();
-    let logs = logs.join().unwrap();
-    assert_eq!(exit.code(), Some(0), "{logs}");
-    assert!(logs.contains("SIGTERM"), "{logs}");
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_survives_running_out_of_file_descriptors() {
+    // An echo backend that holds every connection open.
+    let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend_listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let path = scratch(
+        "emfile.toml",
+        &config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"1h\"\n",
+            &[backend(backend_addr, 1, "primary")],
+        ),
+    );
+    let running = Running::start(&path, Some(48));
+    let addr = running.addr;
+    wait_until(Duration::from_secs(20), || async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        echoes(&mut s).await.then_some(())
+    })
+    .await
+    .expect("dbsplice serves before the flood");
+
+    // Far more clients than 48 descriptors allow: some are served, the rest
+    // wait in the backlog while accept fails with EMFILE.
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        clients.push(TcpStream::connect(addr).await.unwrap());
+    }
+    wait_until(Duration::from_secs(20), || async {
+        running
+            .logs()
+            .contains("out of file descriptors")
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("accept hit EMFILE: {}", running.logs()));
+    drop(clients);
+
+    // Once the load is gone, new clients are served again.
+    wait_until(Duration::from_secs(30), || async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        echoes(&mut s).await.then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("dbsplice recovered: {}", running.logs()));
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
 }
