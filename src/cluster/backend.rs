@@ -8,6 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
 use crate::health::state::Health;
+use crate::mysql::{Facts, Lag, Role};
+
+/// `lag` value when no lag is known (not asked, NULL, or no privilege).
+const LAG_UNKNOWN: u64 = u64::MAX;
+/// `lag` value for a server that replicates from no one.
+const LAG_NOT_REPLICA: u64 = u64::MAX - 1;
 
 /// What is known about one backend address right now.
 #[derive(Debug)]
@@ -17,6 +23,8 @@ pub struct BackendState {
     /// Where to connect.
     pub addr: SocketAddr,
     health: AtomicU8,
+    role: AtomicU8,
+    lag: AtomicU64,
     active: AtomicU64,
     total: AtomicU64,
     connect_failures: AtomicU64,
@@ -31,6 +39,8 @@ impl BackendState {
             address,
             addr,
             health: AtomicU8::new(Health::Unknown as u8),
+            role: AtomicU8::new(0),
+            lag: AtomicU64::new(LAG_UNKNOWN),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -42,6 +52,42 @@ impl BackendState {
     /// The checker's current verdict.
     pub fn health(&self) -> Health {
         Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    /// Writable or read-only, as last learned by a MySQL probe.
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Acquire) {
+            1 => Role::Writable,
+            2 => Role::ReadOnly,
+            _ => Role::Unknown,
+        }
+    }
+
+    /// Replication lag as last learned: `None` when unknown or not asked.
+    pub fn lag(&self) -> Option<Lag> {
+        match self.lag.load(Ordering::Acquire) {
+            LAG_UNKNOWN => None,
+            LAG_NOT_REPLICA => Some(Lag::NotReplica),
+            s => Some(Lag::Seconds(s)),
+        }
+    }
+
+    /// Records what a probe learned; returns the previous role when it changed.
+    pub fn set_facts(&self, facts: &Facts) -> Option<Role> {
+        let lag = match &facts.lag {
+            Some(Lag::Seconds(s)) => (*s).min(LAG_NOT_REPLICA - 1),
+            Some(Lag::NotReplica) => LAG_NOT_REPLICA,
+            Some(Lag::Unknown(_)) | None => LAG_UNKNOWN,
+        };
+        self.lag.store(lag, Ordering::Release);
+        let code = match facts.role {
+            Role::Unknown => 0,
+            Role::Writable => 1,
+            Role::ReadOnly => 2,
+        };
+        let before = self.role();
+        self.role.store(code, Ordering::Release);
+        (before != facts.role).then_some(before)
     }
 
     /// Whether new sessions may go here.

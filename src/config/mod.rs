@@ -5,6 +5,7 @@
 //! Nothing here binds or connects: host names are resolved through a resolver
 //! passed in, so the same code checks a file, loads it at start and reloads it.
 
+mod check;
 mod duration;
 mod raw;
 mod validate;
@@ -15,8 +16,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use check::{CheckConfig, MysqlCheck, Secret};
 pub use duration::{format_duration, parse_duration};
-pub use raw::{Address, Balance, CheckKind, Tier, MAX_WEIGHT};
+pub use raw::{Address, Balance, CheckKind, Tier, TlsSetting, Verify, MAX_WEIGHT};
 pub use validate::validate;
 
 /// A complete, valid configuration.
@@ -63,21 +65,6 @@ pub struct PoolConfig {
     pub check: CheckConfig,
     /// Backends in file order.
     pub backends: Vec<BackendConfig>,
-}
-
-/// A pool's health check settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckConfig {
-    /// What a probe does.
-    pub kind: CheckKind,
-    /// Time between probes.
-    pub interval: Duration,
-    /// Deadline for one whole probe.
-    pub timeout: Duration,
-    /// Consecutive passes that bring a down backend up.
-    pub rise: u32,
-    /// Consecutive failures that take an up backend down.
-    pub fall: u32,
 }
 
 /// One backend server of a pool.
@@ -163,7 +150,22 @@ impl Config {
             file: path.to_owned(),
             source,
         })?;
-        Config::from_toml(path, &text, &resolve_system)
+        let mut config = Config::from_toml(path, &text, &resolve_system)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let problems: Vec<Problem> = config
+            .pools
+            .values_mut()
+            .filter_map(|p| Some((format!("pool.{}.check", p.name), p.check.mysql.as_mut()?)))
+            .flat_map(|(key, mysql)| mysql.load_files(&key, base))
+            .collect();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                file: path.to_owned(),
+                problems,
+            })
+        }
     }
 
     /// Parses and validates `text`, naming `path` in errors.

@@ -48,14 +48,50 @@ pub struct RawPool {
 }
 
 /// One `[pool.NAME.check]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCheck {
     pub kind: Option<CheckKind>,
     pub interval: Option<ConfigDuration>,
+    pub fast_interval: Option<ConfigDuration>,
+    pub down_interval: Option<ConfigDuration>,
     pub timeout: Option<ConfigDuration>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+    pub tls: Option<TlsSetting>,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub verify: Option<Verify>,
+    pub server_public_key_file: Option<std::path::PathBuf>,
+    pub lag: Option<bool>,
+    pub galera: Option<bool>,
+    pub galera_donor_ok: Option<bool>,
+}
+
+/// `check.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsSetting {
+    /// Plain text only.
+    Disabled,
+    /// TLS when the server offers it.
+    Preferred,
+    /// TLS or the check fails.
+    Required,
+}
+
+/// `check.verify`: how much of the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verify {
+    /// Chain to `ca_file` and the host name.
+    Full,
+    /// Chain to `ca_file` only (servers whose certificate names another host).
+    Ca,
+    /// Nothing: encryption without authentication.
+    None,
 }
 
 /// One `[[pool.NAME.backend]]`.
@@ -102,8 +138,9 @@ pub enum Tier {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CheckKind {
-    /// A TCP connect. Cheap, but MySQL servers count each one as an aborted
-    /// handshake; the MySQL-protocol check replaces it as the default.
+    /// Log in as the check user, COM_PING, learn the role, COM_QUIT.
+    Mysql,
+    /// A TCP connect. MySQL servers count each one as an aborted handshake.
     Tcp,
 }
 
@@ -121,6 +158,7 @@ impl CheckKind {
     /// The spelling used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
+            CheckKind::Mysql => "mysql",
             CheckKind::Tcp => "tcp",
         }
     }

@@ -92,7 +92,8 @@ fn a_full_config_loads() {
 #[test]
 fn defaults_fill_what_is_left_out() {
     let c = load(
-        "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n",
+        "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[pool.p.check]\nuser = \"check\"\n\
+         [[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n",
     )
     .unwrap();
     assert_eq!(c.shutdown_grace, Duration::from_secs(30));
@@ -104,20 +105,119 @@ fn defaults_fill_what_is_left_out() {
         (p.connect_timeout, p.connect_attempts),
         (Duration::from_secs(1), 3)
     );
+    let check = &p.check;
     assert_eq!(
-        p.check,
-        CheckConfig {
-            kind: CheckKind::Tcp,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 3
-        }
+        check.kind,
+        CheckKind::Mysql,
+        "the MySQL-protocol check is the default"
+    );
+    assert_eq!(
+        (check.interval, check.timeout, check.rise, check.fall),
+        (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
+    );
+    assert_eq!(
+        (check.fast_interval, check.down_interval),
+        (check.interval, check.interval)
+    );
+    let mysql = check.mysql.as_ref().unwrap();
+    assert_eq!(
+        (mysql.user.as_str(), mysql.password.expose()),
+        ("check", "")
+    );
+    assert_eq!(
+        (mysql.tls, mysql.verify, mysql.lag, mysql.galera),
+        (TlsSetting::Disabled, Verify::Full, false, false)
     );
     assert_eq!(
         (p.backends[0].weight, p.backends[0].tier),
         (1, Tier::Primary)
     );
+}
+
+#[test]
+fn check_settings_are_validated() {
+    let with_check = |check: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[pool.p.check]\n{check}\n\
+             [[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n"
+        )
+    };
+    let table = [
+        ("", "pool.p.check.user", "kind = \"tcp\""),
+        (
+            "user = \"c\"\npassword = \"x\"\npassword_file = \"/p\"",
+            "pool.p.check.password_file",
+            "not both",
+        ),
+        (
+            "user = \"c\"\ntls = \"required\"",
+            "pool.p.check.ca_file",
+            "verify = \"none\"",
+        ),
+        (
+            "kind = \"tcp\"\nuser = \"c\"",
+            "pool.p.check.user",
+            "only the \"mysql\" check",
+        ),
+        (
+            "user = \"c\"\nfast_interval = \"0s\"",
+            "pool.p.check.fast_interval",
+            "not usable",
+        ),
+    ];
+    for (check, key, words) in table {
+        let err = error_text(&with_check(check));
+        assert!(
+            err.contains(&format!("key `{key}`")) && err.contains(words),
+            "{check}: {err}"
+        );
+    }
+    let err = error_text(&with_check("user = \"c\"\ntls = \"sometimes\""));
+    assert!(
+        err.contains("sometimes") && err.contains("required"),
+        "{err}"
+    );
+    let ok = load(&with_check(
+        "user = \"c\"\ntls = \"required\"\nverify = \"none\"\nlag = true",
+    ))
+    .unwrap();
+    assert!(ok.pools["p"].check.mysql.as_ref().unwrap().lag);
+    let debug = format!(
+        "{:?}",
+        load(&with_check("user = \"c\"\npassword = \"hunter2\"")).unwrap()
+    );
+    assert!(
+        !debug.contains("hunter2"),
+        "passwords never reach Debug output"
+    );
+}
+
+#[test]
+fn password_and_key_files_are_read_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("dbsplice-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("check.pw"), "s3cret\n").unwrap();
+    let text = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[pool.p.check]\n\
+                user = \"c\"\npassword_file = \"check.pw\"\n[[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n";
+    std::fs::write(dir.join("ok.toml"), text).unwrap();
+    let c = Config::load(&dir.join("ok.toml")).unwrap();
+    assert_eq!(
+        c.pools["p"].check.mysql.as_ref().unwrap().password.expose(),
+        "s3cret"
+    );
+    std::fs::write(
+        dir.join("missing.toml"),
+        text.replace("check.pw", "nope.pw"),
+    )
+    .unwrap();
+    let err = Config::load(&dir.join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pool.p.check.password_file") && err.contains("nope.pw"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Each mistake, whether it is reported by line (else by key) and words the

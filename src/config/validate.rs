@@ -4,24 +4,18 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use super::raw::{
-    Address, Balance, CheckKind, RawBackend, RawCheck, RawConfig, RawListener, RawPool, Tier,
-};
-use super::{BackendConfig, CheckConfig, Config, ListenerConfig, PoolConfig, Problem, Resolver};
+use super::raw::{Address, Balance, RawBackend, RawConfig, RawListener, RawPool, Tier};
+use super::{BackendConfig, Config, ListenerConfig, PoolConfig, Problem, Resolver};
 
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
-const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_RISE: u32 = 2;
-const DEFAULT_FALL: u32 = 3;
 
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(pub(super) Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -158,7 +152,11 @@ fn pool_config(
             "0s would fail every connect; write for example \"1s\"",
         );
     }
-    let check = check_config(&format!("{key}.check"), raw.check, problems);
+    let check = super::check::check_config(
+        &format!("{key}.check"),
+        raw.check.unwrap_or_default(),
+        problems,
+    );
     let backends = backend_configs(&key, raw.backend, resolve, problems);
     if backends.is_empty() {
         problems.add(
@@ -179,39 +177,6 @@ fn pool_config(
         check,
         backends,
     })
-}
-
-fn check_config(key: &str, raw: Option<RawCheck>, problems: &mut Problems) -> CheckConfig {
-    let raw = raw.unwrap_or(RawCheck {
-        kind: None,
-        interval: None,
-        timeout: None,
-        rise: None,
-        fall: None,
-    });
-    for (field, value) in [("interval", raw.interval), ("timeout", raw.timeout)] {
-        if value.is_some_and(|d| d.0.is_zero()) {
-            problems.add(
-                format!("{key}.{field}"),
-                "0s is not usable; write for example \"2s\" or \"500ms\"",
-            );
-        }
-    }
-    for (field, value) in [("rise", raw.rise), ("fall", raw.fall)] {
-        if value == Some(0) {
-            problems.add(
-                format!("{key}.{field}"),
-                "0 would never change state; write 1 or more",
-            );
-        }
-    }
-    CheckConfig {
-        kind: raw.kind.unwrap_or(CheckKind::Tcp),
-        interval: raw.interval.map_or(DEFAULT_INTERVAL, |d| d.0),
-        timeout: raw.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
-        rise: raw.rise.unwrap_or(DEFAULT_RISE),
-        fall: raw.fall.unwrap_or(DEFAULT_FALL),
-    }
 }
 
 fn backend_configs(

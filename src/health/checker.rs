@@ -1,13 +1,14 @@
 //! The checker task of one backend address: probe on an interval with jitter,
-//! apply rise/fall, publish the verdict into the backend's atomics and log each
-//! transition once.
+//! apply rise/fall, publish the verdict and what the probe learned into the
+//! backend's atomics, and log each transition once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::probe;
+use super::probe::{Outcome, Prober};
 use super::state::{Health, Tracker};
 use crate::cluster::BackendState;
 use crate::config::CheckConfig;
@@ -15,58 +16,98 @@ use crate::config::CheckConfig;
 /// Least time between two probes, however often the data path asks.
 const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// Probes `state`'s address until `stop` is cancelled.
-pub async fn run(state: Arc<BackendState>, check: CheckConfig, stop: CancellationToken) {
-    let mut tracker = Tracker::resume(state.health(), check.rise, check.fall);
-    // Spread the first probes of many backends a little, without leaving a
-    // new backend unprobed for long.
-    let first = jitter(check.interval.min(Duration::from_secs(1)) / 4);
-    if stop
-        .run_until_cancelled(tokio::time::sleep(first))
-        .await
-        .is_none()
-    {
-        return;
-    }
-    loop {
-        let Some(result) = stop
-            .run_until_cancelled(probe(check.kind, state.addr, check.timeout))
-            .await
-        else {
-            return;
-        };
-        observe(&state, &mut tracker, result);
-        let pause = (check.interval + jitter(check.interval / 10)).max(MIN_GAP);
-        let wait = async {
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = async {
-                    state.probe_requested().await;
-                    tokio::time::sleep(MIN_GAP).await;
-                } => {}
-            }
-        };
-        if stop.run_until_cancelled(wait).await.is_none() {
-            return;
-        }
-    }
+/// One backend's checker.
+#[derive(Debug)]
+pub struct Checker {
+    /// The backend.
+    pub state: Arc<BackendState>,
+    /// The check settings.
+    pub check: CheckConfig,
+    /// Prepared probe (TLS config, options).
+    pub prober: Prober,
+    /// Shared cap on probes in flight across all backends.
+    pub slots: Arc<Semaphore>,
 }
 
-fn observe(state: &BackendState, tracker: &mut Tracker, result: Result<String, String>) {
-    let passed = result.is_ok();
-    let reason = match result {
-        Ok(detail) | Err(detail) => detail,
-    };
-    let transition = tracker.observe(passed);
-    state.set_health(tracker.health(), &reason);
-    match transition {
-        Some(t) if t.to == Health::Up => {
-            tracing::info!(backend = %state.address, from = %t.from, "backend up: {reason}");
+impl Checker {
+    /// Probes until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut tracker = Tracker::resume(self.state.health(), self.check.rise, self.check.fall);
+        // Spread the first probes of many backends a little, without leaving
+        // a new backend unprobed for long.
+        let first = jitter(self.check.interval.min(Duration::from_secs(1)) / 4);
+        if stop
+            .run_until_cancelled(tokio::time::sleep(first))
+            .await
+            .is_none()
+        {
+            return;
         }
-        Some(t) => {
-            tracing::warn!(backend = %state.address, from = %t.from, "backend down: {reason}");
+        loop {
+            let Some(outcome) = stop.run_until_cancelled(self.probe_once()).await else {
+                return;
+            };
+            self.observe(&mut tracker, outcome);
+            let interval = if tracker.settling() {
+                self.check.fast_interval
+            } else if tracker.health() == Health::Up {
+                self.check.interval
+            } else {
+                self.check.down_interval
+            };
+            let pause = (interval + jitter(interval / 10)).max(MIN_GAP);
+            let wait = async {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = async {
+                        self.state.probe_requested().await;
+                        tokio::time::sleep(MIN_GAP).await;
+                    } => {}
+                }
+            };
+            if stop.run_until_cancelled(wait).await.is_none() {
+                return;
+            }
         }
-        None => {}
+    }
+
+    async fn probe_once(&self) -> Outcome {
+        // A closed semaphore never happens (it is never closed); probing
+        // without a permit would still be correct.
+        let _permit = self.slots.acquire().await.ok();
+        self.prober.probe(self.state.addr).await
+    }
+
+    fn observe(&self, tracker: &mut Tracker, outcome: Outcome) {
+        let state = &self.state;
+        let (passed, reason, misconfigured) = match outcome {
+            Outcome::Pass { detail, facts } => {
+                if let Some(facts) = facts {
+                    if let Some(before) = state.set_facts(&facts) {
+                        tracing::info!(backend = %state.address, from = before.as_str(), to = facts.role.as_str(), "backend role changed");
+                    }
+                }
+                (true, detail, false)
+            }
+            Outcome::Fail {
+                reason,
+                misconfigured,
+            } => (false, reason, misconfigured),
+        };
+        let transition = tracker.observe(passed);
+        state.set_health(tracker.health(), &reason);
+        match transition {
+            Some(t) if t.to == Health::Up => {
+                tracing::info!(backend = %state.address, from = %t.from, "backend up: {reason}");
+            }
+            Some(t) if misconfigured => {
+                tracing::error!(backend = %state.address, from = %t.from, "health check misconfigured, backend taken out: {reason}");
+            }
+            Some(t) => {
+                tracing::warn!(backend = %state.address, from = %t.from, "backend down: {reason}")
+            }
+            None => {}
+        }
     }
 }
 

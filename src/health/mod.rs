@@ -5,6 +5,7 @@ pub mod checker;
 pub mod probe;
 pub mod state;
 pub mod supervisor;
+pub mod tls;
 
 pub use state::{Health, Tracker, Transition};
 pub use supervisor::Supervisor;

@@ -1,42 +1,214 @@
-//! One probe of one backend, bounded by one deadline.
-//!
-//! The TCP probe only connects. It is the explicit `kind = "tcp"` choice; the
-//! MySQL-protocol probe (log in, COM_PING, COM_QUIT) slots in beside it as
-//! another [`CheckKind`] arm, because a bare connect-and-close counts as an
-//! aborted handshake on a MySQL server.
+//! One probe of one backend, bounded by one deadline: the thin tokio driver
+//! around [`crate::mysql::Probe`], or a bare TCP connect for `kind = "tcp"`.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
-use crate::config::{format_duration, CheckKind};
+use crate::config::{format_duration, CheckConfig, CheckKind, TlsSetting};
+use crate::mysql::{Action, Facts, Probe, ProbeError, ProbeOptions, TlsMode};
 
-/// Runs one probe of `kind` against `addr`; `Err` carries the reason in words.
-pub async fn probe(
-    kind: CheckKind,
-    addr: SocketAddr,
-    deadline: Duration,
-) -> Result<String, String> {
-    let work = async {
-        match kind {
-            CheckKind::Tcp => tcp(addr).await,
+/// What one probe concluded.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The backend answered as it should.
+    Pass {
+        /// In words, for the backend's reason.
+        detail: String,
+        /// What a MySQL probe learned.
+        facts: Option<Facts>,
+    },
+    /// It did not.
+    Fail {
+        /// Why, in words an operator can act on.
+        reason: String,
+        /// The check's own settings are wrong (bad password, unknown plugin),
+        /// as opposed to the server being down.
+        misconfigured: bool,
+    },
+}
+
+impl Outcome {
+    fn fail(reason: impl Into<String>) -> Outcome {
+        Outcome::Fail {
+            reason: reason.into(),
+            misconfigured: false,
         }
-    };
-    match tokio::time::timeout(deadline, work).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "no answer within the check timeout ({})",
-            format_duration(deadline)
-        )),
     }
 }
 
-async fn tcp(addr: SocketAddr) -> Result<String, String> {
+/// Probes one backend with one pool's check settings.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    kind: CheckKind,
+    timeout: Duration,
+    mysql: Option<MysqlProber>,
+}
+
+#[derive(Clone)]
+struct MysqlProber {
+    opts: Arc<ProbeOptions>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl std::fmt::Debug for MysqlProber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlProber")
+            .field("opts", &self.opts)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Prober {
+    /// Prepares probes of the backend whose host (as written) is `host`; the
+    /// host is the name a TLS certificate is checked against.
+    pub fn new(check: &CheckConfig, host: &str) -> Result<Prober, String> {
+        let mysql = match (&check.kind, &check.mysql) {
+            (CheckKind::Mysql, Some(m)) => {
+                let tls = match m.tls {
+                    TlsSetting::Disabled => None,
+                    TlsSetting::Preferred | TlsSetting::Required => {
+                        let config = super::tls::client_config(m)?;
+                        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+                            format!("\"{host}\" cannot be checked against a certificate: {e}")
+                        })?;
+                        Some((TlsConnector::from(config), name))
+                    }
+                };
+                let opts = ProbeOptions {
+                    user: m.user.clone(),
+                    password: m.password.expose().to_owned(),
+                    tls: match m.tls {
+                        TlsSetting::Disabled => TlsMode::Disabled,
+                        TlsSetting::Preferred => TlsMode::Preferred,
+                        TlsSetting::Required => TlsMode::Required,
+                    },
+                    lag: m.lag,
+                    galera: m.galera,
+                    galera_donor_ok: m.galera_donor_ok,
+                    server_public_key: m.server_public_key.clone(),
+                };
+                Some(MysqlProber {
+                    opts: Arc::new(opts),
+                    tls,
+                })
+            }
+            (CheckKind::Mysql, None) => return Err("the mysql check has no settings".to_owned()),
+            (CheckKind::Tcp, _) => None,
+        };
+        Ok(Prober {
+            kind: check.kind,
+            timeout: check.timeout,
+            mysql,
+        })
+    }
+
+    /// Runs one probe against `addr` within the check's timeout.
+    pub async fn probe(&self, addr: SocketAddr) -> Outcome {
+        let work = async {
+            match &self.mysql {
+                Some(m) => mysql(m, addr).await,
+                None => tcp(addr).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::fail(format!(
+                "timeout: no complete answer within {}",
+                format_duration(self.timeout)
+            )),
+        }
+    }
+
+    /// The kind of check.
+    pub fn kind(&self) -> CheckKind {
+        self.kind
+    }
+}
+
+async fn tcp(addr: SocketAddr) -> Outcome {
     match TcpStream::connect(addr).await {
-        Ok(_stream) => Ok("tcp connect succeeded".to_owned()),
-        Err(e) => Err(describe_connect_error(&e)),
+        Ok(_stream) => Outcome::Pass {
+            detail: "tcp connect succeeded".to_owned(),
+            facts: None,
+        },
+        Err(e) => Outcome::fail(describe_connect_error(&e)),
+    }
+}
+
+async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
+    let mut stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::fail(describe_connect_error(&e)),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut probe = Probe::new(Arc::clone(&m.opts));
+    let result = match drive(&mut probe, &mut stream).await {
+        Ok(Some(result)) => result,
+        Ok(None) => {
+            let Some((connector, name)) = &m.tls else {
+                return Outcome::fail("protocol error: TLS requested without TLS settings");
+            };
+            let mut tls = match connector.connect(name.clone(), stream).await {
+                Ok(tls) => tls,
+                Err(e) => return Outcome::fail(format!("TLS handshake failed: {e}")),
+            };
+            probe.on_tls_ready();
+            match drive(&mut probe, &mut tls).await {
+                Ok(Some(result)) => result,
+                Ok(None) => return Outcome::fail("protocol error: TLS requested twice"),
+                Err(e) => return Outcome::fail(format!("connection error over TLS: {e}")),
+            }
+        }
+        Err(e) => return Outcome::fail(format!("connection error: {e}")),
+    };
+    match result {
+        Ok(facts) => {
+            let detail = format!(
+                "mysql check passed ({}, {})",
+                facts.server_version,
+                facts.role.as_str()
+            );
+            Outcome::Pass {
+                detail,
+                facts: Some(facts),
+            }
+        }
+        Err(e) => Outcome::Fail {
+            misconfigured: e.is_check_misconfigured(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Runs the probe over `stream` until it is done (`Some`) or asks for TLS (`None`).
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    probe: &mut Probe,
+    stream: &mut S,
+) -> io::Result<Option<Result<Facts, ProbeError>>> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match probe.next_action() {
+            Action::Write(bytes) => stream.write_all(&bytes).await?,
+            Action::Read => match stream.read(&mut buf).await? {
+                0 => probe.on_eof(),
+                n => probe.on_data(buf.get(..n).unwrap_or_default()),
+            },
+            Action::StartTls => return Ok(None),
+            Action::Done(result) => {
+                // After COM_QUIT the server closes; shutting our side down
+                // first would only race it.
+                let _ = stream.flush().await;
+                return Ok(Some(result));
+            }
+        }
     }
 }
 
@@ -62,13 +234,15 @@ mod tests {
     async fn tcp_probe_passes_on_a_listening_port_and_fails_on_a_closed_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        assert!(probe(CheckKind::Tcp, addr, Duration::from_secs(5))
-            .await
-            .is_ok());
+        assert!(matches!(tcp(addr).await, Outcome::Pass { .. }));
         drop(listener);
-        let err = probe(CheckKind::Tcp, addr, Duration::from_secs(5))
-            .await
-            .unwrap_err();
-        assert!(err.contains("refused"), "{err}");
+        let Outcome::Fail {
+            reason,
+            misconfigured,
+        } = tcp(addr).await
+        else {
+            panic!("closed port passed")
+        };
+        assert!(reason.contains("refused") && !misconfigured, "{reason}");
     }
 }

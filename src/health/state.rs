@@ -87,6 +87,12 @@ impl Tracker {
         self.health
     }
 
+    /// True while results disagree with the state (on the way to `rise` or
+    /// `fall`): the time to probe faster.
+    pub fn settling(&self) -> bool {
+        self.streak > 0
+    }
+
     /// Feeds one probe result; returns the transition it caused, if any.
     pub fn observe(&mut self, passed: bool) -> Option<Transition> {
         let to = match (self.health, passed) {

@@ -2,17 +2,37 @@
 //! of the first pool (by name) that lists the address.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::checker::Checker;
+use super::probe::Prober;
+use super::state::Health;
 use crate::cluster::Registry;
-use crate::config::{CheckConfig, Config};
+use crate::config::{BackendConfig, CheckConfig, Config};
+
+/// Probes in flight at once across all backends: a large pool does not open
+/// hundreds of connections in the same instant.
+const MAX_PROBES_IN_FLIGHT: usize = 64;
 
 /// The running checkers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Supervisor {
     checkers: HashMap<String, (CheckConfig, CancellationToken)>,
+    slots: Arc<Semaphore>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor {
+            checkers: HashMap::new(),
+            slots: Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT)),
+        }
+    }
 }
 
 impl Supervisor {
@@ -25,20 +45,24 @@ impl Supervisor {
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) {
-        let mut wanted: HashMap<&str, &CheckConfig> = HashMap::new();
+        let mut wanted: HashMap<&str, (&CheckConfig, &BackendConfig)> = HashMap::new();
         for pool in config.pools.values() {
             for b in &pool.backends {
-                wanted.entry(b.address.text.as_str()).or_insert(&pool.check);
+                wanted
+                    .entry(b.address.text.as_str())
+                    .or_insert((&pool.check, b));
             }
         }
         self.checkers.retain(|address, (check, stop)| {
-            let keep = wanted.get(address.as_str()).is_some_and(|w| *w == check);
+            let keep = wanted
+                .get(address.as_str())
+                .is_some_and(|(w, _)| *w == check);
             if !keep {
                 stop.cancel();
             }
             keep
         });
-        for (address, check) in wanted {
+        for (address, (check, backend)) in wanted {
             if self.checkers.contains_key(address) {
                 continue;
             }
@@ -46,11 +70,22 @@ impl Supervisor {
                 continue;
             };
             let stop = parent.child_token();
-            tasks.spawn(super::checker::run(
-                state.clone(),
-                check.clone(),
-                stop.clone(),
-            ));
+            match Prober::new(check, &backend.address.host) {
+                Ok(prober) => {
+                    let slots = Arc::clone(&self.slots);
+                    let checker = Checker {
+                        state: Arc::clone(state),
+                        check: check.clone(),
+                        prober,
+                        slots,
+                    };
+                    tasks.spawn(checker.run(stop.clone()));
+                }
+                Err(reason) => {
+                    tracing::error!(backend = %address, "health check misconfigured: {reason}");
+                    state.set_health(Health::Down, &format!("check misconfigured: {reason}"));
+                }
+            }
             self.checkers
                 .insert(address.to_owned(), (check.clone(), stop));
         }

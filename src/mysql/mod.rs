@@ -1,7 +1,15 @@
 //! The small part of the MySQL protocol that dbsplice speaks itself, sans-IO.
-//! Client traffic is never parsed: these packets are what dbsplice sends when
-//! it must answer a client on its own, and (later) what its probes exchange.
+//! Client traffic is never parsed: these are the packets dbsplice sends when it
+//! answers a client on its own, and what its health probe exchanges:
+//! framing (`packet`), text result sets (`resultset`), authentication
+//! (`auth`) and the probe state machine (`probe`).
 
+pub mod auth;
+pub mod facts;
 pub mod packet;
+pub mod probe;
+pub mod resultset;
 
-pub use packet::{err_packet, ER_CON_COUNT_ERROR};
+pub use facts::{Facts, Lag, ProbeError, Role};
+pub use packet::{err_packet, ProtocolError, ServerError, ER_CON_COUNT_ERROR};
+pub use probe::{Action, Probe, ProbeOptions, TlsMode};

@@ -14,6 +14,7 @@
 mod support;
 
 mod balancing;
+mod checks;
 mod cli;
 mod data_path;
 mod failover;

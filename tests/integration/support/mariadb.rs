@@ -15,10 +15,20 @@ use tokio::io::AsyncReadExt;
 
 use super::wait_until;
 
-/// The account every test server has.
+/// The account every test server has, with every privilege.
 pub const USER: &str = "dbsplice";
 /// Its password.
 pub const PASSWORD: &str = "secret";
+/// A check user with no privileges and a native password.
+pub const CHECK_USER: &str = "check";
+/// Its password.
+pub const CHECK_PASSWORD: &str = "checkpw";
+/// A check user with no password.
+pub const NOPW_USER: &str = "nopw";
+/// A check user authenticated by ed25519.
+pub const ED_USER: &str = "edcheck";
+/// Its password.
+pub const ED_PASSWORD: &str = "edpw";
 
 const SERVER_ARGS: &[&str] = &[
     "--no-defaults",
@@ -29,6 +39,7 @@ const SERVER_ARGS: &[&str] = &[
     "--performance-schema=OFF",
     "--max-connections=500",
     "--max-allowed-packet=1G",
+    "--plugin-load-add=auth_ed25519",
 ];
 
 /// A running (or killed, restartable) MariaDB server.
@@ -42,6 +53,11 @@ pub struct MariaDb {
 impl MariaDb {
     /// Starts a fresh server and waits until it sends its greeting.
     pub async fn start() -> MariaDb {
+        MariaDb::start_with(&[]).await
+    }
+
+    /// Starts a fresh server with extra `mariadbd` arguments.
+    pub async fn start_with(extra_args: &[String]) -> MariaDb {
         let template = template();
         let dir = scratch_root().join(format!(
             "dbsplice-test-{}-{}",
@@ -49,11 +65,8 @@ impl MariaDb {
             next_port_seed()
         ));
         copy_dir(template, &dir.join("data"));
-        std::fs::write(
-            dir.join("init.sql"),
-            format!("CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\nGRANT ALL ON *.* TO '{USER}'@'%';\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.join("init.sql"), init_sql()).unwrap();
+        std::fs::write(dir.join("extra-args"), extra_args.join("\n")).unwrap();
         for _ in 0..20 {
             let mut server = MariaDb {
                 port: free_port(),
@@ -75,6 +88,54 @@ impl MariaDb {
     /// The address to connect to.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The server's own directory (datadir, logs), for test files such as certificates.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Freezes the server (SIGSTOP): connects still succeed, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("server is running")
+            .id()
+            .to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// A direct connection (not through dbsplice) with every privilege.
+    pub async fn admin(&self) -> mysql_async::Conn {
+        mysql_async::Conn::new(super::client_opts(self.addr()))
+            .await
+            .unwrap()
+    }
+
+    /// A global status counter, read directly from the server.
+    pub async fn status(&self, name: &str) -> u64 {
+        use mysql_async::prelude::Queryable;
+        let mut conn = self.admin().await;
+        let row: Option<(String, u64)> = conn
+            .exec_first("SHOW GLOBAL STATUS WHERE Variable_name = ?", (name,))
+            .await
+            .unwrap();
+        conn.disconnect().await.unwrap();
+        row.unwrap().1
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -111,6 +172,11 @@ impl MariaDb {
                 self.dir.join("init.sql").display()
             ))
             .arg(format!("--user={}", current_user()))
+            .args(
+                std::fs::read_to_string(self.dir.join("extra-args"))
+                    .unwrap_or_default()
+                    .lines(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -237,6 +303,20 @@ fn remove_stale_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Accounts every test server has. mariadbd runs an init file one
+/// statement per line.
+fn init_sql() -> String {
+    [
+        format!("CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';"),
+        format!("GRANT ALL ON *.* TO '{USER}'@'%' WITH GRANT OPTION;"),
+        format!("CREATE USER IF NOT EXISTS '{CHECK_USER}'@'%' IDENTIFIED BY '{CHECK_PASSWORD}';"),
+        format!("CREATE USER IF NOT EXISTS '{NOPW_USER}'@'%';"),
+        format!("CREATE USER IF NOT EXISTS '{ED_USER}'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('{ED_PASSWORD}');"),
+    ]
+    .join("\n")
+        + "\n"
 }
 
 fn copy_dir(from: &Path, to: &Path) {

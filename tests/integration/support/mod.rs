@@ -98,6 +98,15 @@ impl Proxy {
     }
 }
 
+/// A `[pool.main.check]` table for the MySQL check as `user` with `password`
+/// and extra lines, probing every 100 ms with rise and fall of 1.
+pub fn mysql_check(user: &str, password: &str, extra: &str) -> String {
+    format!(
+        "[pool.main.check]\nkind = \"mysql\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
+         interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n{extra}\n"
+    )
+}
+
 /// A backend table for a test config.
 pub fn backend(addr: SocketAddr, weight: u32, tier: &str) -> String {
     format!("[[pool.main.backend]]\naddress = \"{addr}\"\nweight = {weight}\ntier = \"{tier}\"\n")

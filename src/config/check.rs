@@ -1,0 +1,233 @@
+//! `[pool.NAME.check]`: how a pool's backends are probed, validated from the
+//! file, and the files a check refers to (password, CA, server key), read
+//! relative to the config file's directory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{CheckKind, RawCheck, TlsSetting, Verify};
+use super::validate::Problems;
+use super::Problem;
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+
+/// A pool's health check settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckConfig {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// Time between probes of a backend in a steady state.
+    pub interval: Duration,
+    /// Time between probes while a backend is between states (some passes
+    /// towards `rise`, or failures towards `fall`).
+    pub fast_interval: Duration,
+    /// Time between probes while a backend is down.
+    pub down_interval: Duration,
+    /// Deadline for one whole probe.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// MySQL-protocol settings, for `kind = "mysql"`.
+    pub mysql: Option<MysqlCheck>,
+}
+
+/// How the MySQL-protocol check logs in and what it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MysqlCheck {
+    /// The check user.
+    pub user: String,
+    /// Its password, from `password` or `password_file`.
+    pub password: Secret,
+    /// Where the password is read from, if from a file.
+    pub password_file: Option<PathBuf>,
+    /// TLS use.
+    pub tls: TlsSetting,
+    /// CA certificates (PEM file) that the server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// How much of the certificate is verified.
+    pub verify: Verify,
+    /// The CA file's content, read at load.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The server's RSA public key file, for caching_sha2 without TLS.
+    pub server_public_key_file: Option<PathBuf>,
+    /// That key's content, read at load.
+    pub server_public_key: Option<Vec<u8>>,
+    /// Ask for replication lag.
+    pub lag: bool,
+    /// Ask for Galera state.
+    pub galera: bool,
+    /// A Galera donor counts as ready.
+    pub galera_donor_ok: bool,
+}
+
+/// A password: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The password itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+pub(super) fn check_config(key: &str, raw: RawCheck, problems: &mut Problems) -> CheckConfig {
+    for (field, value) in [
+        ("interval", raw.interval),
+        ("fast_interval", raw.fast_interval),
+        ("down_interval", raw.down_interval),
+        ("timeout", raw.timeout),
+    ] {
+        if value.is_some_and(|d| d.0.is_zero()) {
+            problems.add(
+                format!("{key}.{field}"),
+                "0s is not usable; write for example \"2s\" or \"500ms\"",
+            );
+        }
+    }
+    for (field, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if value == Some(0) {
+            problems.add(
+                format!("{key}.{field}"),
+                "0 would never change state; write 1 or more",
+            );
+        }
+    }
+    let kind = raw.kind.unwrap_or(CheckKind::Mysql);
+    let interval = raw.interval.map_or(DEFAULT_INTERVAL, |d| d.0);
+    let mysql = match kind {
+        CheckKind::Mysql => mysql_check(key, &raw, problems),
+        CheckKind::Tcp => {
+            refuse_mysql_keys(key, &raw, problems);
+            None
+        }
+    };
+    CheckConfig {
+        kind,
+        interval,
+        fast_interval: raw.fast_interval.map_or(interval, |d| d.0),
+        down_interval: raw.down_interval.map_or(interval, |d| d.0),
+        timeout: raw.timeout.map_or(DEFAULT_CHECK_TIMEOUT, |d| d.0),
+        rise: raw.rise.unwrap_or(DEFAULT_RISE),
+        fall: raw.fall.unwrap_or(DEFAULT_FALL),
+        mysql,
+    }
+}
+
+fn mysql_check(key: &str, raw: &RawCheck, problems: &mut Problems) -> Option<MysqlCheck> {
+    let Some(user) = raw.user.clone().filter(|u| !u.is_empty()) else {
+        problems.add(
+            format!("{key}.user"),
+            "the \"mysql\" check logs in as a check user: add user = \"dbsplice_check\" (a user with no \
+             privileges is enough: CREATE USER 'dbsplice_check'@'%' IDENTIFIED BY '...'), \
+             or set kind = \"tcp\"",
+        );
+        return None;
+    };
+    if raw.password.is_some() && raw.password_file.is_some() {
+        problems.add(
+            format!("{key}.password_file"),
+            "give password or password_file, not both",
+        );
+    }
+    let tls = raw.tls.unwrap_or(TlsSetting::Disabled);
+    let verify = raw.verify.unwrap_or(Verify::Full);
+    if tls != TlsSetting::Disabled && verify != Verify::None && raw.ca_file.is_none() {
+        problems.add(
+            format!("{key}.ca_file"),
+            "TLS with verify = \"full\" or \"ca\" needs the CA that signed the servers' certificates: \
+             add ca_file = \"/etc/dbsplice/ca.pem\", or set verify = \"none\" to encrypt without verifying",
+        );
+    }
+    Some(MysqlCheck {
+        user,
+        password: Secret::new(raw.password.clone().unwrap_or_default()),
+        password_file: raw.password_file.clone(),
+        tls,
+        ca_file: raw.ca_file.clone(),
+        verify,
+        ca_pem: None,
+        server_public_key_file: raw.server_public_key_file.clone(),
+        server_public_key: None,
+        lag: raw.lag.unwrap_or(false),
+        galera: raw.galera.unwrap_or(false),
+        galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
+    })
+}
+
+/// MySQL settings on a TCP check would silently do nothing: say so.
+fn refuse_mysql_keys(key: &str, raw: &RawCheck, problems: &mut Problems) {
+    let set = [
+        ("user", raw.user.is_some()),
+        ("password", raw.password.is_some()),
+        ("password_file", raw.password_file.is_some()),
+        ("tls", raw.tls.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("verify", raw.verify.is_some()),
+        (
+            "server_public_key_file",
+            raw.server_public_key_file.is_some(),
+        ),
+        ("lag", raw.lag.is_some()),
+        ("galera", raw.galera.is_some()),
+        ("galera_donor_ok", raw.galera_donor_ok.is_some()),
+    ];
+    for (field, _) in set.iter().filter(|(_, present)| *present) {
+        problems.add(
+            format!("{key}.{field}"),
+            "only the \"mysql\" check uses this; remove it or set kind = \"mysql\"",
+        );
+    }
+}
+
+impl MysqlCheck {
+    /// Reads the files this check names, relative to `base`; `key` is the
+    /// check's key path for error messages.
+    pub(super) fn load_files(&mut self, key: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut read = |field: &str, path: &Path| {
+            let full = base.join(path);
+            std::fs::read(&full)
+                .map_err(|e| {
+                    problems.push(Problem {
+                        key: format!("{key}.{field}"),
+                        message: format!(
+                            "cannot read {}: {e}; fix the path or the file's permissions",
+                            full.display()
+                        ),
+                    });
+                })
+                .ok()
+        };
+        if let Some(path) = self.password_file.clone() {
+            if let Some(bytes) = read("password_file", &path) {
+                let text = String::from_utf8_lossy(&bytes);
+                self.password = Secret::new(text.trim_end_matches(['\n', '\r']));
+            }
+        }
+        if let Some(path) = self.ca_file.clone() {
+            self.ca_pem = read("ca_file", &path);
+        }
+        if let Some(path) = self.server_public_key_file.clone() {
+            self.server_public_key = read("server_public_key_file", &path);
+        }
+        problems
+    }
+}

@@ -1,0 +1,467 @@
+//! The health probe as a sans-IO state machine: fed bytes, it says what to
+//! write, when to read, when to start TLS and, at the end, what it learned.
+//!
+//! greeting -> (SSL request -> TLS) -> handshake response -> auth exchange
+//! (switch, caching_sha2 more data) -> COM_PING -> queries -> COM_QUIT.
+//!
+//! A probe that logged in always ends with COM_QUIT, so the server counts
+//! neither an aborted connect nor an aborted client.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{
+    AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse, SslRequest,
+};
+use mysql_common::proto::MySerialize;
+
+use super::auth;
+use super::facts::{self, Facts, ProbeError, Query};
+use super::packet::{frame, parse_err, Packet, PacketBuffer, ProtocolError};
+use super::resultset::ResultReader;
+
+/// Largest packet a probe accepts: greetings and check results are small.
+const MAX_PACKET: usize = 64 * 1024;
+const MAX_PACKET_SIZE_ANNOUNCED: u32 = 16 * 1024 * 1024;
+/// utf8mb4_general_ci: understood by every supported server.
+const COLLATION: u8 = 45;
+const COM_QUIT: u8 = 0x01;
+const COM_QUERY: u8 = 0x03;
+const COM_PING: u8 = 0x0e;
+
+/// Whether the probe uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Never.
+    Disabled,
+    /// When the server offers it.
+    Preferred,
+    /// Always; a server without TLS fails the check.
+    Required,
+}
+
+/// What a probe needs to know; shared by every probe of a backend.
+#[derive(Clone)]
+pub struct ProbeOptions {
+    /// The check user.
+    pub user: String,
+    /// Its password (never logged).
+    pub password: String,
+    /// TLS use.
+    pub tls: TlsMode,
+    /// Ask for replication lag.
+    pub lag: bool,
+    /// Ask for Galera state.
+    pub galera: bool,
+    /// Accept a Galera donor (state 2) as ready.
+    pub galera_donor_ok: bool,
+    /// The server's RSA public key (PEM) for caching_sha2 full authentication without TLS.
+    pub server_public_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ProbeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeOptions")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("lag", &self.lag)
+            .field("galera", &self.galera)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Write these bytes.
+    Write(Vec<u8>),
+    /// Read more bytes and call [`Probe::on_data`] (or [`Probe::on_eof`]).
+    Read,
+    /// Start TLS on the connection, then call [`Probe::on_tls_ready`].
+    StartTls,
+    /// Close the connection; the probe is over.
+    Done(Result<Facts, ProbeError>),
+}
+
+#[derive(Debug)]
+enum State {
+    Greeting,
+    AwaitTls,
+    Auth,
+    Ping,
+    Query(Query, ResultReader),
+    Over,
+}
+
+/// One probe of one backend.
+#[derive(Debug)]
+pub struct Probe {
+    opts: Arc<ProbeOptions>,
+    state: State,
+    input: PacketBuffer,
+    actions: VecDeque<Action>,
+    handshake: Option<HandshakePacket<'static>>,
+    plugin: AuthPlugin<'static>,
+    nonce: Vec<u8>,
+    tls: bool,
+    switched: bool,
+    awaiting_key: bool,
+    queries: VecDeque<Query>,
+    facts: Facts,
+}
+
+impl Probe {
+    /// A probe that waits for the server's greeting.
+    pub fn new(opts: Arc<ProbeOptions>) -> Probe {
+        let queries = facts::queries(&opts);
+        Probe {
+            opts,
+            state: State::Greeting,
+            input: PacketBuffer::new(MAX_PACKET),
+            actions: VecDeque::new(),
+            handshake: None,
+            plugin: AuthPlugin::MysqlNativePassword,
+            nonce: Vec::new(),
+            tls: false,
+            switched: false,
+            awaiting_key: false,
+            queries,
+            facts: Facts::default(),
+        }
+    }
+
+    /// Bytes received from the server.
+    pub fn on_data(&mut self, bytes: &[u8]) {
+        self.input.push(bytes);
+    }
+
+    /// The server closed the connection.
+    pub fn on_eof(&mut self) {
+        if !matches!(self.state, State::Over) {
+            let during = self.stage_name();
+            self.fail(ProbeError::Closed(during), false);
+        }
+    }
+
+    /// TLS is established; the login continues inside it.
+    pub fn on_tls_ready(&mut self) {
+        self.tls = true;
+        self.send_handshake_response(2);
+    }
+
+    /// The next thing to do.
+    pub fn next_action(&mut self) -> Action {
+        loop {
+            if let Some(action) = self.actions.pop_front() {
+                return action;
+            }
+            if matches!(self.state, State::Over | State::AwaitTls) {
+                // Over: Done was already handed out; AwaitTls: StartTls was.
+                return Action::Read;
+            }
+            match self.input.next_packet() {
+                Ok(Some(packet)) => self.on_packet(packet),
+                Ok(None) => return Action::Read,
+                Err(e) => self.protocol_error(e),
+            }
+        }
+    }
+
+    fn stage_name(&self) -> &'static str {
+        match self.state {
+            State::Greeting => "before the greeting",
+            State::AwaitTls => "during TLS setup",
+            State::Auth => "during login",
+            State::Ping => "after COM_PING",
+            State::Query(..) => "during a check query",
+            State::Over => "after the probe",
+        }
+    }
+
+    fn on_packet(&mut self, packet: Packet) {
+        let result = match std::mem::replace(&mut self.state, State::Over) {
+            State::Greeting => self.on_greeting(&packet.payload),
+            State::Auth => self.on_auth(packet),
+            State::Ping => self.on_ping(&packet.payload),
+            State::Query(query, reader) => self.on_query_packet(query, reader, &packet.payload),
+            state @ (State::AwaitTls | State::Over) => {
+                self.state = state;
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            self.protocol_error(e);
+        }
+    }
+
+    fn on_greeting(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+        match payload.first() {
+            Some(0xff) => {
+                let error = parse_err(payload)?;
+                self.fail(facts::greeting_error(error), false);
+                return Ok(());
+            }
+            Some(10) => {}
+            Some(v) => {
+                return Err(ProtocolError(format!(
+                    "not a MySQL greeting (protocol version {v})"
+                )))
+            }
+            None => return Err(ProtocolError("empty greeting".into())),
+        }
+        let handshake: HandshakePacket<'_> = ParseBuf(payload)
+            .parse(())
+            .map_err(|e| ProtocolError(format!("malformed greeting: {e}")))?;
+        let handshake = handshake.into_owned();
+        let caps = handshake.capabilities();
+        if !caps.contains(
+            CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SECURE_CONNECTION,
+        ) {
+            return Err(ProtocolError(
+                "the server is too old: it lacks the 4.1 protocol".into(),
+            ));
+        }
+        self.nonce = handshake.nonce();
+        self.plugin = match handshake.auth_plugin_name_ref() {
+            Some(name) => AuthPlugin::from_bytes(name).into_owned(),
+            None => AuthPlugin::MysqlNativePassword,
+        };
+        // MariaDB prefixes "5.5.5-" for the sake of old clients.
+        let version = handshake.server_version_str();
+        self.facts.server_version = version
+            .strip_prefix("5.5.5-")
+            .unwrap_or(&version)
+            .to_owned();
+        let offers_tls = caps.contains(CapabilityFlags::CLIENT_SSL);
+        self.handshake = Some(handshake);
+        match (self.opts.tls, offers_tls) {
+            (TlsMode::Required | TlsMode::Preferred, true) => {
+                let request =
+                    SslRequest::new(self.capabilities(), MAX_PACKET_SIZE_ANNOUNCED, COLLATION);
+                let mut payload = Vec::new();
+                request.serialize(&mut payload);
+                self.actions.push_back(Action::Write(frame(1, &payload)));
+                self.actions.push_back(Action::StartTls);
+                self.state = State::AwaitTls;
+            }
+            (TlsMode::Required, false) => self.fail(ProbeError::TlsUnavailable, false),
+            _ => self.send_handshake_response(1),
+        }
+        Ok(())
+    }
+
+    fn capabilities(&self) -> CapabilityFlags {
+        let wanted = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | CapabilityFlags::CLIENT_LONG_PASSWORD
+            | CapabilityFlags::CLIENT_LONG_FLAG
+            | CapabilityFlags::CLIENT_TRANSACTIONS
+            | CapabilityFlags::CLIENT_SSL;
+        let server = self
+            .handshake
+            .as_ref()
+            .map_or(CapabilityFlags::empty(), HandshakePacket::capabilities);
+        let mut caps = wanted & server;
+        if self.opts.tls == TlsMode::Disabled {
+            caps.remove(CapabilityFlags::CLIENT_SSL);
+        }
+        caps
+    }
+
+    fn send_handshake_response(&mut self, seq: u8) {
+        let plugin = match auth::plugin(self.plugin.as_bytes()) {
+            Ok(p) => p,
+            // The greeting's default plugin is only a suggestion: answer with
+            // native and let the server switch to the user's plugin.
+            Err(_) => AuthPlugin::MysqlNativePassword,
+        };
+        let data = auth::scramble(&plugin, &self.opts.password, &self.nonce);
+        let server_version = self
+            .handshake
+            .as_ref()
+            .and_then(HandshakePacket::server_version_parsed)
+            .unwrap_or((5, 7, 0));
+        let response = HandshakeResponse::new(
+            Some(data),
+            server_version,
+            Some(self.opts.user.as_bytes()),
+            None::<&[u8]>,
+            Some(plugin.clone()),
+            self.capabilities(),
+            None,
+            MAX_PACKET_SIZE_ANNOUNCED,
+        );
+        self.plugin = plugin;
+        let mut payload = Vec::new();
+        response.serialize(&mut payload);
+        self.actions.push_back(Action::Write(frame(seq, &payload)));
+        self.state = State::Auth;
+    }
+
+    fn on_auth(&mut self, packet: Packet) -> Result<(), ProtocolError> {
+        let payload = &packet.payload;
+        let reply_seq = packet.seq.wrapping_add(1);
+        match payload.first() {
+            Some(0x00) => {
+                self.actions.push_back(Action::Write(frame(0, &[COM_PING])));
+                self.state = State::Ping;
+            }
+            Some(0xff) => {
+                let error = parse_err(payload)?;
+                self.fail(facts::login_error(error, self.tls), false);
+            }
+            Some(0xfe) if !self.switched => self.on_auth_switch(payload, reply_seq)?,
+            Some(0x01) => self.on_more_data(payload, reply_seq)?,
+            _ => return Err(ProtocolError("unexpected packet during login".into())),
+        }
+        Ok(())
+    }
+
+    fn on_auth_switch(&mut self, payload: &[u8], seq: u8) -> Result<(), ProtocolError> {
+        self.switched = true;
+        let request: AuthSwitchRequest<'_> = ParseBuf(payload)
+            .parse(())
+            .map_err(|e| ProtocolError(format!("malformed auth switch: {e}")))?;
+        let plugin = match auth::plugin(request.auth_plugin().as_bytes()) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.fail(ProbeError::Unsupported(reason), false);
+                return Ok(());
+            }
+        };
+        self.nonce = request.plugin_data().to_vec();
+        let data = auth::scramble(&plugin, &self.opts.password, &self.nonce);
+        self.plugin = plugin;
+        self.actions.push_back(Action::Write(frame(seq, &data)));
+        self.state = State::Auth;
+        Ok(())
+    }
+
+    /// caching_sha2_password: 3 is "fast path passed", 4 "send the password";
+    /// after asking for the key, the data is the server's PEM public key.
+    fn on_more_data(&mut self, payload: &[u8], seq: u8) -> Result<(), ProtocolError> {
+        if self.plugin != AuthPlugin::CachingSha2Password {
+            return Err(ProtocolError("unexpected auth data for this plugin".into()));
+        }
+        let data = payload.get(1..).unwrap_or_default();
+        self.state = State::Auth;
+        if self.awaiting_key {
+            self.awaiting_key = false;
+            return self.send_encrypted(data, seq);
+        }
+        match data {
+            [3] => {}
+            [4] if self.tls => self.actions.push_back(Action::Write(frame(
+                seq,
+                &auth::cleartext(&self.opts.password),
+            ))),
+            [4] => match self.opts.server_public_key.clone() {
+                Some(key) => self.send_encrypted(&key, seq)?,
+                None => {
+                    self.awaiting_key = true;
+                    self.actions.push_back(Action::Write(frame(seq, &[0x02])));
+                }
+            },
+            _ => {
+                return Err(ProtocolError(
+                    "unexpected caching_sha2_password data".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn send_encrypted(&mut self, pem: &[u8], seq: u8) -> Result<(), ProtocolError> {
+        let encrypted =
+            auth::rsa_encrypted(&self.opts.password, &self.nonce, pem).map_err(ProtocolError)?;
+        self.actions
+            .push_back(Action::Write(frame(seq, &encrypted)));
+        Ok(())
+    }
+
+    fn on_ping(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+        match payload.first() {
+            Some(0x00) => {
+                self.next_query();
+                Ok(())
+            }
+            Some(0xff) => {
+                let error = parse_err(payload)?;
+                self.fail(
+                    ProbeError::Query {
+                        what: "COM_PING",
+                        error,
+                    },
+                    true,
+                );
+                Ok(())
+            }
+            _ => Err(ProtocolError("unexpected answer to COM_PING".into())),
+        }
+    }
+
+    fn next_query(&mut self) {
+        match self.queries.pop_front() {
+            Some(query) => {
+                let mut payload = vec![COM_QUERY];
+                payload.extend_from_slice(query.sql().as_bytes());
+                self.actions.push_back(Action::Write(frame(0, &payload)));
+                self.state = State::Query(query, ResultReader::default());
+            }
+            None => {
+                let facts = std::mem::take(&mut self.facts);
+                self.finish(facts.verdict(&self.opts), true);
+            }
+        }
+    }
+
+    fn on_query_packet(
+        &mut self,
+        query: Query,
+        mut reader: ResultReader,
+        payload: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let Some(outcome) = reader.feed(payload)? else {
+            self.state = State::Query(query, reader);
+            return Ok(());
+        };
+        match self.facts.learn(query, outcome) {
+            Ok(Some(retry)) => self.queries.push_front(retry),
+            Ok(None) => {}
+            Err(e) => {
+                self.fail(e, true);
+                return Ok(());
+            }
+        }
+        self.next_query();
+        Ok(())
+    }
+
+    fn protocol_error(&mut self, e: ProtocolError) {
+        let logged_in = matches!(self.state, State::Ping | State::Query(..));
+        self.fail(ProbeError::Protocol(e.0), logged_in);
+    }
+
+    fn fail(&mut self, error: ProbeError, logged_in: bool) {
+        self.finish(Err(error), logged_in);
+    }
+
+    /// Ends the probe: COM_QUIT first when logged in, so the server records
+    /// a clean disconnect.
+    fn finish(&mut self, result: Result<Facts, ProbeError>, logged_in: bool) {
+        self.actions.clear();
+        if logged_in {
+            self.actions.push_back(Action::Write(frame(0, &[COM_QUIT])));
+        }
+        self.actions.push_back(Action::Done(result));
+        self.state = State::Over;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,389 @@
+//! The probe against a scripted server: each exchange a MySQL or MariaDB
+//! server can produce, and the hostile ones it should not.
+
+use std::sync::Arc;
+
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::packets::HandshakePacket;
+use mysql_common::proto::MySerialize;
+
+use super::*;
+use crate::mysql::facts::{Lag, ProbeError, Role};
+use crate::mysql::resultset::tests::result_set;
+
+const TEST_KEY: &[u8] = include_bytes!("test_rsa_public.pem");
+
+fn opts(tls: TlsMode) -> ProbeOptions {
+    ProbeOptions {
+        user: "check".into(),
+        password: "pw".into(),
+        tls,
+        lag: false,
+        galera: false,
+        galera_donor_ok: false,
+        server_public_key: None,
+    }
+}
+
+fn caps(tls: bool) -> CapabilityFlags {
+    let mut c = CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+        | CapabilityFlags::CLIENT_LONG_PASSWORD;
+    if tls {
+        c |= CapabilityFlags::CLIENT_SSL;
+    }
+    c
+}
+
+fn greeting(plugin: &str, tls: bool) -> Vec<u8> {
+    let packet = HandshakePacket::new(
+        10,
+        &b"8.0.36"[..],
+        7,
+        *b"abcdefgh",
+        Some(&b"ijklmnopqrst\0"[..]),
+        caps(tls),
+        45,
+        StatusFlags::empty(),
+        Some(plugin.as_bytes()),
+    );
+    let mut payload = Vec::new();
+    packet.serialize(&mut payload);
+    frame(0, &payload)
+}
+
+const OK: &[u8] = &[0, 0, 0, 2, 0, 0, 0];
+
+/// Drives a probe, answering with `replies` one per Read, and records what
+/// it wrote (payloads with their sequence ids).
+struct Script {
+    probe: Probe,
+    written: Vec<(u8, Vec<u8>)>,
+}
+
+impl Script {
+    fn new(opts: ProbeOptions) -> Script {
+        Script {
+            probe: Probe::new(Arc::new(opts)),
+            written: Vec::new(),
+        }
+    }
+
+    /// Runs until the probe wants to read, start TLS or is done.
+    fn run(&mut self) -> Action {
+        loop {
+            match self.probe.next_action() {
+                Action::Write(bytes) => self.written.push((bytes[3], bytes[4..].to_vec())),
+                other => return other,
+            }
+        }
+    }
+
+    fn reply(&mut self, bytes: &[u8]) -> Action {
+        self.probe.on_data(bytes);
+        self.run()
+    }
+
+    fn reply_packet(&mut self, seq: u8, payload: &[u8]) -> Action {
+        self.reply(&frame(seq, payload))
+    }
+
+    fn last(&self) -> &(u8, Vec<u8>) {
+        self.written.last().expect("something was written")
+    }
+
+    /// Answers COM_PING and the role query, reaching the end.
+    fn finish_writable(&mut self) -> Action {
+        let seq = self.last().0 + 1;
+        assert!(matches!(self.reply_packet(seq, OK), Action::Read));
+        assert_eq!(self.last(), &(0, vec![COM_PING]));
+        assert!(matches!(self.reply_packet(1, OK), Action::Read));
+        assert_eq!(self.last().1[0], COM_QUERY);
+        self.reply_rows(
+            &["Variable_name", "Value"],
+            &[&[Some("read_only"), Some("OFF")]],
+        )
+    }
+
+    fn reply_rows(&mut self, columns: &[&str], rows: &[&[Option<&str>]]) -> Action {
+        let mut wire = Vec::new();
+        for (i, p) in result_set(columns, rows).iter().enumerate() {
+            wire.extend(frame(u8::try_from(i + 1).unwrap(), p));
+        }
+        self.reply(&wire)
+    }
+}
+
+fn done(action: Action) -> Result<Facts, ProbeError> {
+    match action {
+        Action::Done(result) => result,
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+#[test]
+fn native_login_ping_role_quit() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    assert!(matches!(s.run(), Action::Read));
+    assert!(matches!(
+        s.reply(&greeting("mysql_native_password", false)),
+        Action::Read
+    ));
+    let (seq, response) = s.last().clone();
+    assert_eq!(seq, 1);
+    assert!(
+        response.windows(6).any(|w| w == b"check\0"),
+        "the user is sent"
+    );
+    assert!(
+        response.windows(21).any(|w| w == b"mysql_native_password"),
+        "and the plugin"
+    );
+    let facts = done(s.finish_writable()).unwrap();
+    assert_eq!(facts.role, Role::Writable);
+    assert_eq!(facts.server_version, "8.0.36");
+    assert_eq!(s.last(), &(0, vec![COM_QUIT]), "ends with COM_QUIT");
+}
+
+#[test]
+fn err_greetings_are_kept_with_their_code() {
+    for (code, blocked) in [(1129u16, true), (1040, false), (1047, false)] {
+        let mut s = Script::new(opts(TlsMode::Disabled));
+        s.run();
+        let mut payload = vec![0xff];
+        payload.extend_from_slice(&code.to_le_bytes());
+        payload.extend_from_slice(b"nope");
+        let err = done(s.reply_packet(0, &payload)).unwrap_err();
+        assert_eq!(matches!(err, ProbeError::HostBlocked(_)), blocked, "{code}");
+        assert!(err.to_string().contains(&code.to_string()) || blocked);
+        if blocked {
+            assert!(err.to_string().contains("FLUSH HOSTS"), "{err}");
+        }
+        assert!(
+            s.written.is_empty(),
+            "nothing is sent to a server that refused"
+        );
+    }
+}
+
+#[test]
+fn garbage_stalls_and_absurd_lengths_are_protocol_errors() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    let err = done(s.reply(b"HTTP/1.1 400 Bad Request\r\n\r\n")).unwrap_err();
+    assert!(matches!(err, ProbeError::Protocol(_)), "{err}");
+
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    let err = done(s.reply(&[0xff, 0xff, 0xff, 0, 10])).unwrap_err();
+    assert!(err.to_string().contains("16777215"), "{err}");
+
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    assert!(
+        matches!(
+            s.reply(&greeting("mysql_native_password", false)[..20]),
+            Action::Read
+        ),
+        "half a greeting: wait"
+    );
+    s.probe.on_eof();
+    let err = done(s.run()).unwrap_err();
+    assert_eq!(err, ProbeError::Closed("before the greeting"));
+}
+
+#[test]
+fn access_denied_is_auth_failed_with_a_tls_hint() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("mysql_native_password", false));
+    let err =
+        done(s.reply_packet(2, b"\xff\x15\x04#28000Access denied for user 'check'")).unwrap_err();
+    assert!(err.is_check_misconfigured());
+    let text = err.to_string();
+    assert!(
+        text.starts_with("auth failed") && text.contains("require_secure_transport"),
+        "{text}"
+    );
+}
+
+#[test]
+fn auth_switch_to_ed25519() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("mysql_native_password", false));
+    let mut switch = vec![0xfe];
+    switch.extend_from_slice(b"client_ed25519\0");
+    switch.extend_from_slice(&[5u8; 32]);
+    assert!(matches!(s.reply_packet(2, &switch), Action::Read));
+    assert_eq!(
+        (s.last().0, s.last().1.len()),
+        (3, 64),
+        "a signature, in sequence"
+    );
+    assert!(done(s.finish_writable()).is_ok());
+}
+
+#[test]
+fn an_unknown_plugin_is_a_check_problem() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("mysql_native_password", false));
+    let mut switch = vec![0xfe];
+    switch.extend_from_slice(b"auth_gssapi_client\0abc");
+    let err = done(s.reply_packet(2, &switch)).unwrap_err();
+    assert!(
+        err.is_check_misconfigured() && err.to_string().contains("auth_gssapi_client"),
+        "{err}"
+    );
+}
+
+#[test]
+fn caching_sha2_fast_path() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("caching_sha2_password", false));
+    assert_eq!(
+        s.last()
+            .1
+            .windows(21)
+            .filter(|w| w == b"caching_sha2_password")
+            .count(),
+        1
+    );
+    assert!(matches!(s.reply_packet(2, &[1, 3]), Action::Read));
+    assert_eq!(s.written.len(), 1, "fast path: nothing more to send");
+    assert!(done(s.finish_writable()).is_ok());
+}
+
+#[test]
+fn caching_sha2_full_auth_over_tls_sends_the_password() {
+    let mut s = Script::new(opts(TlsMode::Required));
+    s.run();
+    assert!(matches!(
+        s.reply(&greeting("caching_sha2_password", true)),
+        Action::StartTls
+    ));
+    assert_eq!(
+        (s.last().0, s.last().1.len()),
+        (1, 32),
+        "an SSL request first"
+    );
+    s.probe.on_tls_ready();
+    assert!(matches!(s.run(), Action::Read));
+    assert_eq!(s.last().0, 2, "the login continues at sequence 2");
+    s.reply_packet(3, &[1, 4]);
+    assert_eq!(s.last(), &(4, b"pw\0".to_vec()));
+    assert!(done(s.finish_writable()).is_ok());
+}
+
+#[test]
+fn caching_sha2_full_auth_without_tls_uses_the_rsa_key() {
+    // Key asked from the server...
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("caching_sha2_password", false));
+    s.reply_packet(2, &[1, 4]);
+    assert_eq!(s.last(), &(3, vec![2]), "asks for the public key");
+    let mut key = vec![1];
+    key.extend_from_slice(TEST_KEY);
+    s.reply_packet(4, &key);
+    assert_eq!(
+        (s.last().0, s.last().1.len()),
+        (5, 256),
+        "encrypted with a 2048-bit key"
+    );
+    assert!(done(s.finish_writable()).is_ok());
+
+    // ...or configured, and a bad key from the server is an error, not a panic.
+    let mut s = Script::new(ProbeOptions {
+        server_public_key: Some(TEST_KEY.to_vec()),
+        ..opts(TlsMode::Disabled)
+    });
+    s.run();
+    s.reply(&greeting("caching_sha2_password", false));
+    s.reply_packet(2, &[1, 4]);
+    assert_eq!((s.last().0, s.last().1.len()), (3, 256));
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("caching_sha2_password", false));
+    s.reply_packet(2, &[1, 4]);
+    assert!(matches!(
+        done(s.reply_packet(4, b"\x01not a key")).unwrap_err(),
+        ProbeError::Protocol(_)
+    ));
+}
+
+#[test]
+fn tls_required_but_not_offered() {
+    let mut s = Script::new(opts(TlsMode::Required));
+    s.run();
+    assert_eq!(
+        done(s.reply(&greeting("mysql_native_password", false))).unwrap_err(),
+        ProbeError::TlsUnavailable
+    );
+    // Preferred carries on in plain text.
+    let mut s = Script::new(opts(TlsMode::Preferred));
+    s.run();
+    assert!(matches!(
+        s.reply(&greeting("mysql_native_password", false)),
+        Action::Read
+    ));
+}
+
+#[test]
+fn lag_queries_and_their_fallbacks() {
+    let lagged = |rows: &[&[Option<&str>]]| {
+        let mut s = Script::new(ProbeOptions {
+            lag: true,
+            ..opts(TlsMode::Disabled)
+        });
+        s.run();
+        s.reply(&greeting("mysql_native_password", false));
+        s.finish_writable();
+        assert_eq!(
+            s.last().1,
+            [&[COM_QUERY][..], b"SHOW REPLICA STATUS"].concat()
+        );
+        let columns = [
+            "Slave_IO_Running",
+            "Slave_SQL_Running",
+            "Seconds_Behind_Master",
+        ];
+        done(s.reply_rows(&columns, rows)).unwrap().lag.unwrap()
+    };
+    assert_eq!(lagged(&[]), Lag::NotReplica);
+    assert_eq!(
+        lagged(&[&[Some("Yes"), Some("Yes"), Some("12")]]),
+        Lag::Seconds(12)
+    );
+    let Lag::Unknown(why) = lagged(&[&[Some("Yes"), Some("No"), None]]) else {
+        panic!("NULL is unknown")
+    };
+    assert!(why.contains("SQL thread No"), "{why}");
+
+    let mut s = Script::new(ProbeOptions {
+        lag: true,
+        ..opts(TlsMode::Disabled)
+    });
+    s.run();
+    s.reply(&greeting("mysql_native_password", false));
+    s.finish_writable();
+    s.reply_packet(1, b"\xff\x28\x04#42000You have an error in your SQL syntax");
+    assert_eq!(
+        s.last().1,
+        [&[COM_QUERY][..], b"SHOW SLAVE STATUS"].concat(),
+        "older servers"
+    );
+    let facts = done(s.reply_packet(
+        1,
+        b"\xff\xcb\x04#42000Access denied; you need SLAVE MONITOR",
+    ))
+    .unwrap();
+    let Some(Lag::Unknown(why)) = facts.lag else {
+        panic!("no privilege: unknown")
+    };
+    assert!(why.contains("SLAVE MONITOR"), "{why}");
+}

@@ -1,0 +1,179 @@
+//! The MySQL-protocol health check against real MariaDB servers: it logs in,
+//! pings and quits cleanly, learns the role, and names the reason when a
+//! backend is not up.
+
+use std::time::Duration;
+
+use dbsplice::health::Health;
+use dbsplice::mysql::{Lag, Role};
+use mysql_async::prelude::Queryable;
+
+use crate::support::mariadb::{CHECK_PASSWORD, CHECK_USER, ED_PASSWORD, ED_USER, NOPW_USER};
+use crate::support::{backend, config, mysql_check, wait_until, MariaDb, Proxy};
+
+fn proxy_for(db: &MariaDb, check: &str) -> Proxy {
+    Proxy::start(&config(check, &[backend(db.addr(), 1, "primary")]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_log_in_and_quit_without_aborting_anything() {
+    let db = MariaDb::start().await;
+    let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let aborted_connects = db.status("Aborted_connects").await;
+    let aborted_clients = db.status("Aborted_clients").await;
+    let connections = db.status("Connections").await;
+    // Thirty more probes (each is a connection), then look again.
+    wait_until(Duration::from_secs(30), || async {
+        (db.status("Connections").await >= connections + 30).then_some(())
+    })
+    .await
+    .expect("probes keep coming");
+    assert_eq!(
+        db.status("Aborted_connects").await,
+        aborted_connects,
+        "no probe aborted a connect"
+    );
+    assert_eq!(
+        db.status("Aborted_clients").await,
+        aborted_clients,
+        "no probe left without COM_QUIT"
+    );
+    let backend = proxy.backend(db.addr());
+    assert_eq!(backend.role(), Role::Writable);
+    assert!(
+        backend.reason().contains("mysql check passed"),
+        "{}",
+        backend.reason()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_empty_and_ed25519_passwords_all_log_in() {
+    let db = MariaDb::start().await;
+    for (user, password) in [
+        (CHECK_USER, CHECK_PASSWORD),
+        (NOPW_USER, ""),
+        (ED_USER, ED_PASSWORD),
+    ] {
+        let proxy = proxy_for(&db, &mysql_check(user, password, ""));
+        proxy.wait_health(db.addr(), Health::Up).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_check_password_is_auth_failed_not_down() {
+    let db = MariaDb::start().await;
+    let proxy = proxy_for(&db, &mysql_check(CHECK_USER, "wrong", ""));
+    proxy.wait_health(db.addr(), Health::Down).await;
+    let reason = proxy.backend(db.addr()).reason();
+    assert!(
+        reason.starts_with("auth failed (check misconfigured)") && reason.contains("1045"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_flips_are_learned_within_an_interval() {
+    let db = MariaDb::start().await;
+    let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let backend = proxy.backend(db.addr());
+    assert_eq!(backend.role(), Role::Writable);
+    let mut admin = db.admin().await;
+    admin.query_drop("SET GLOBAL read_only = 1").await.unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        (backend.role() == Role::ReadOnly).then_some(())
+    })
+    .await
+    .expect("read_only=1 is learned");
+    admin.query_drop("SET GLOBAL read_only = 0").await.unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        (backend.role() == Role::Writable).then_some(())
+    })
+    .await
+    .expect("read_only=0 is learned");
+    assert_eq!(
+        backend.health(),
+        Health::Up,
+        "a role change is not a health change"
+    );
+    admin.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_and_returns_after_sigcont() {
+    let db = MariaDb::start().await;
+    let proxy = proxy_for(
+        &db,
+        &mysql_check(CHECK_USER, CHECK_PASSWORD, "")
+            .replace("timeout = \"1s\"", "timeout = \"300ms\""),
+    );
+    proxy.wait_health(db.addr(), Health::Up).await;
+    db.pause();
+    proxy.wait_health(db.addr(), Health::Down).await;
+    let reason = proxy.backend(db.addr()).reason();
+    assert!(reason.contains("timeout"), "{reason}");
+    db.resume();
+    proxy.wait_health(db.addr(), Health::Up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_is_refused_and_a_full_one_names_1040() {
+    let mut db = MariaDb::start_with(&["--max-connections=10".to_owned()]).await;
+    let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    // Ordinary clients take every slot, until the server refuses one.
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(db.port)
+        .user(Some(CHECK_USER))
+        .pass(Some(CHECK_PASSWORD))
+        .prefer_socket(false);
+    let mut hogs = Vec::new();
+    loop {
+        match mysql_async::Conn::new(opts.clone()).await {
+            Ok(conn) => hogs.push(conn),
+            Err(mysql_async::Error::Server(e)) if e.code == 1040 => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            hogs.len() < 20,
+            "max_connections=10 (the lowest MariaDB takes) was not enforced"
+        );
+    }
+    proxy.wait_health(db.addr(), Health::Down).await;
+    let reason = proxy.backend(db.addr()).reason();
+    assert!(reason.contains("1040"), "{reason}");
+    for hog in hogs {
+        hog.disconnect().await.unwrap();
+    }
+    proxy.wait_health(db.addr(), Health::Up).await;
+    db.kill();
+    proxy.wait_health(db.addr(), Health::Down).await;
+    assert!(proxy.backend(db.addr()).reason().contains("refused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_unknown_without_the_privilege_and_absent_on_a_primary() {
+    let db = MariaDb::start().await;
+    let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, "lag = true"));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    assert_eq!(
+        proxy.backend(db.addr()).lag(),
+        None,
+        "no SLAVE MONITOR: unknown, never 0"
+    );
+    let mut admin = db.admin().await;
+    admin
+        .query_drop(format!("GRANT SLAVE MONITOR ON *.* TO '{CHECK_USER}'@'%'"))
+        .await
+        .unwrap();
+    admin.disconnect().await.unwrap();
+    let backend = proxy.backend(db.addr());
+    wait_until(Duration::from_secs(5), || async {
+        (backend.lag() == Some(Lag::NotReplica)).then_some(())
+    })
+    .await
+    .expect("with the privilege, a primary is known not to replicate");
+}
