@@ -17,7 +17,8 @@ fn main() {
 
 fn pool_config(n: usize, balance: &str) -> Config {
     let mut text = format!(
-        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nbalance = \"{balance}\"\n"
+        "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nbalance = \"{balance}\"\n\
+         [pool.p.check]\nkind = \"tcp\"\n"
     );
     for i in 0..n {
         text.push_str(&format!(

@@ -177,3 +177,56 @@ async fn lag_is_unknown_without_the_privilege_and_absent_on_a_primary() {
     .await
     .expect("with the privilege, a primary is known not to replicate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_requires_tls_is_checked_over_tls() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tls-{}", std::process::id()));
+    let pki = crate::support::certs::make(&dir, "good");
+    let other = crate::support::certs::make(&dir, "other");
+    let db = MariaDb::start_with(&[
+        format!("--ssl-ca={}", pki.ca.display()),
+        format!("--ssl-cert={}", pki.cert.display()),
+        format!("--ssl-key={}", pki.key.display()),
+        "--require-secure-transport=ON".to_owned(),
+    ])
+    .await;
+    let tls = |extra: &str| mysql_check(CHECK_USER, CHECK_PASSWORD, extra);
+
+    let verified = proxy_for(
+        &db,
+        &tls(&format!(
+            "tls = \"required\"\nca_file = \"{}\"",
+            pki.ca.display()
+        )),
+    );
+    verified.wait_health(db.addr(), Health::Up).await;
+    let preferred = proxy_for(
+        &db,
+        &tls(&format!(
+            "tls = \"preferred\"\nca_file = \"{}\"\nverify = \"ca\"",
+            pki.ca.display()
+        )),
+    );
+    preferred.wait_health(db.addr(), Health::Up).await;
+
+    let plain = proxy_for(&db, &tls("tls = \"disabled\""));
+    plain.wait_health(db.addr(), Health::Down).await;
+    let reason = plain.backend(db.addr()).reason();
+    assert!(
+        reason.contains("auth failed") && reason.contains("TLS"),
+        "the reason names TLS: {reason}"
+    );
+
+    let wrong_ca = proxy_for(
+        &db,
+        &tls(&format!(
+            "tls = \"required\"\nca_file = \"{}\"",
+            other.ca.display()
+        )),
+    );
+    wrong_ca.wait_health(db.addr(), Health::Down).await;
+    let reason = wrong_ca.backend(db.addr()).reason();
+    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,3 +18,4 @@ mod checks;
 mod cli;
 mod data_path;
 mod failover;
+mod fake_server;

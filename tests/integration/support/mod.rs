@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test module uses a different part
 
+pub mod certs;
+pub mod fake;
 pub mod mariadb;
 
 use std::future::Future;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use dbsplice::app::{self, App};
 use dbsplice::cluster::BackendState;
-use dbsplice::config::{resolve_system, Config};
+use dbsplice::config::Config;
 use dbsplice::health::Health;
 use mysql_async::prelude::Queryable;
 
@@ -59,8 +61,17 @@ impl Proxy {
     /// Starts dbsplice with a config written by the test (listen on port 0).
     pub fn start(toml: &str) -> Proxy {
         init_logs();
-        let config = Config::from_toml(Path::new("test.toml"), toml, &resolve_system)
-            .unwrap_or_else(|e| panic!("{e}"));
+        // Through a file, as in production: files the config names
+        // (password_file, ca_file) are read the same way.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("proxy-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dbsplice.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_dir_all(&dir);
         let bound = app::bind(&config).unwrap();
         Proxy {
             app: Some(App::start(config, bound).unwrap()),
