@@ -48,13 +48,7 @@ impl Checker {
                 return;
             };
             self.observe(&mut tracker, outcome);
-            let interval = if tracker.settling() {
-                self.check.fast_interval
-            } else if tracker.health() == Health::Up {
-                self.check.interval
-            } else {
-                self.check.down_interval
-            };
+            let interval = interval_for(&self.check, &tracker);
             let pause = (interval + jitter(interval / 10)).max(MIN_GAP);
             let wait = async {
                 tokio::select! {
@@ -111,8 +105,58 @@ impl Checker {
     }
 }
 
+/// Time until the next probe: `fast_interval` while results disagree with
+/// the state, `interval` while up, `down_interval` while down or unknown.
+fn interval_for(check: &CheckConfig, tracker: &Tracker) -> Duration {
+    if tracker.settling() {
+        check.fast_interval
+    } else if tracker.health() == Health::Up {
+        check.interval
+    } else {
+        check.down_interval
+    }
+}
+
 /// A random duration in `[0, max)`.
 fn jitter(max: Duration) -> Duration {
     let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(if ms == 0 { 0 } else { fastrand::u64(0..ms) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CheckKind;
+
+    #[test]
+    fn intervals_follow_the_state() {
+        let check = CheckConfig {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_secs(2),
+            fast_interval: Duration::from_millis(200),
+            down_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+            mysql: None,
+        };
+        let mut t = Tracker::new(2, 2);
+        assert_eq!(interval_for(&check, &t), check.down_interval, "unknown");
+        t.observe(true);
+        assert_eq!(interval_for(&check, &t), check.interval, "up");
+        t.observe(false);
+        assert_eq!(
+            interval_for(&check, &t),
+            check.fast_interval,
+            "one failure towards fall"
+        );
+        t.observe(false);
+        assert_eq!(interval_for(&check, &t), check.down_interval, "down");
+        t.observe(true);
+        assert_eq!(
+            interval_for(&check, &t),
+            check.fast_interval,
+            "one pass towards rise"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{format_duration, CheckConfig, CheckKind, TlsSetting};
-use crate::mysql::{Action, Facts, Probe, ProbeError, ProbeOptions, TlsMode};
+use crate::mysql::{Action, Facts, Lag, Probe, ProbeError, ProbeOptions, TlsMode};
 
 /// What one probe concluded.
 #[derive(Debug)]
@@ -171,8 +171,14 @@ async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
     };
     match result {
         Ok(facts) => {
+            let lag = match &facts.lag {
+                None => String::new(),
+                Some(Lag::NotReplica) => ", not a replica".to_owned(),
+                Some(Lag::Seconds(s)) => format!(", {s}s behind its primary"),
+                Some(Lag::Unknown(why)) => format!(", lag unknown: {why}"),
+            };
             let detail = format!(
-                "mysql check passed ({}, {})",
+                "mysql check passed ({}, {}{lag})",
                 facts.server_version,
                 facts.role.as_str()
             );

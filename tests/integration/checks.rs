@@ -230,3 +230,61 @@ async fn a_server_that_requires_tls_is_checked_over_tls() {
     assert!(reason.contains("TLS handshake failed"), "{reason}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_lag_from_a_real_replica() {
+    let primary_args = ["--log-bin=binlog".to_owned(), "--server-id=1".to_owned()];
+    let replica_args = ["--server-id=2".to_owned(), "--read-only=ON".to_owned()];
+    let (primary, replica) = tokio::join!(
+        MariaDb::start_with(&primary_args),
+        MariaDb::start_with(&replica_args)
+    );
+    let mut admin = replica.admin().await;
+    admin
+        .query_drop(format!("GRANT SLAVE MONITOR ON *.* TO '{CHECK_USER}'@'%'"))
+        .await
+        .unwrap();
+    admin
+        .query_drop(format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='{}', MASTER_PASSWORD='{}', \
+             MASTER_USE_GTID=slave_pos",
+            primary.port,
+            crate::support::mariadb::USER,
+            crate::support::mariadb::PASSWORD
+        ))
+        .await
+        .unwrap();
+    admin.query_drop("START SLAVE").await.unwrap();
+    let proxy = proxy_for(
+        &replica,
+        &mysql_check(CHECK_USER, CHECK_PASSWORD, "lag = true"),
+    );
+    proxy.wait_health(replica.addr(), Health::Up).await;
+    let backend = proxy.backend(replica.addr());
+    wait_until(Duration::from_secs(20), || async {
+        matches!(backend.lag(), Some(Lag::Seconds(_))).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("a running replica reports seconds: {}", backend.reason()));
+    assert_eq!(backend.role(), Role::ReadOnly);
+
+    // A stopped SQL thread makes Seconds_Behind_Master NULL: unknown, never 0.
+    admin.query_drop("STOP SLAVE SQL_THREAD").await.unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        (backend.lag().is_none()).then_some(())
+    })
+    .await
+    .expect("a stopped replica's lag is unknown");
+    let reason = backend.reason();
+    assert!(
+        reason.contains("lag unknown") && reason.contains("SQL thread No"),
+        "{reason}"
+    );
+    assert_eq!(
+        backend.health(),
+        Health::Up,
+        "lag is reported, not judged, by the check"
+    );
+    admin.query_drop("STOP SLAVE").await.unwrap();
+    admin.disconnect().await.unwrap();
+}

@@ -387,3 +387,52 @@ fn lag_queries_and_their_fallbacks() {
     };
     assert!(why.contains("SLAVE MONITOR"), "{why}");
 }
+
+mod robustness {
+    //! The fuzz target's property in the regular suite: any bytes, split
+    //! anywhere, end in Done or a request for more; never a panic or a loop.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn drive(mut probe: Probe, bytes: &[u8], chunk: usize) {
+        for piece in bytes.chunks(chunk.max(1)) {
+            probe.on_data(piece);
+            for _ in 0..1000 {
+                match probe.next_action() {
+                    Action::Write(_) => {}
+                    Action::StartTls => probe.on_tls_ready(),
+                    Action::Read => break,
+                    Action::Done(_) => return,
+                }
+            }
+        }
+        probe.on_eof();
+        assert!((0..10).any(|_| matches!(probe.next_action(), Action::Done(_) | Action::Read)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, rng_seed: proptest::test_runner::RngSeed::Fixed(11), ..ProptestConfig::default() })]
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600), chunk in 1usize..64, lag: bool) {
+            drive(Probe::new(Arc::new(ProbeOptions { lag, ..opts(TlsMode::Preferred) })), &bytes, chunk);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_valid_greeting(bytes in prop::collection::vec(any::<u8>(), 0..600), chunk in 1usize..64) {
+            let mut wire = greeting("caching_sha2_password", true);
+            wire.extend_from_slice(&bytes);
+            drive(Probe::new(Arc::new(opts(TlsMode::Preferred))), &wire, chunk);
+        }
+
+        #[test]
+        fn arbitrary_packets_after_login(payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..12)) {
+            let mut wire = greeting("mysql_native_password", false);
+            wire.extend(frame(2, OK));
+            for (i, p) in payloads.iter().enumerate() {
+                wire.extend(frame(u8::try_from(i % 250).unwrap(), p));
+            }
+            drive(Probe::new(Arc::new(ProbeOptions { lag: true, galera: true, ..opts(TlsMode::Disabled) })), &wire, 7);
+        }
+    }
+}
