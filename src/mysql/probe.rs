@@ -212,6 +212,7 @@ impl Probe {
             }
             None => return Err(ProtocolError("empty greeting".into())),
         }
+        precheck_greeting(payload)?;
         let handshake: HandshakePacket<'_> = ParseBuf(payload)
             .parse(())
             .map_err(|e| ProtocolError(format!("malformed greeting: {e}")))?;
@@ -281,11 +282,7 @@ impl Probe {
             Err(_) => AuthPlugin::MysqlNativePassword,
         };
         let data = auth::scramble(&plugin, &self.opts.password, &self.nonce);
-        let server_version = self
-            .handshake
-            .as_ref()
-            .and_then(HandshakePacket::server_version_parsed)
-            .unwrap_or((5, 7, 0));
+        let server_version = version_triple(&self.facts.server_version);
         let response = HandshakeResponse::new(
             Some(data),
             server_version,
@@ -460,6 +457,43 @@ impl Probe {
         }
         self.actions.push_back(Action::Done(result));
         self.state = State::Over;
+    }
+}
+
+/// The leading `major.minor.patch` of a version string, `(5, 7, 0)` when
+/// there is none. (`mysql_common`'s own parser panics on out-of-range numbers.)
+fn version_triple(version: &str) -> (u16, u16, u16) {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u16>().ok());
+    match (
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+    ) {
+        (Some(a), Some(b), Some(c)) => (a, b, c),
+        _ => (5, 7, 0),
+    }
+}
+
+/// Checks what `mysql_common`'s greeting parser trusts: it computes the
+/// second scramble's length from a byte that must be small, and overflows
+/// (panics in checked builds) on values above 127. Real servers send 21 or 0.
+fn precheck_greeting(payload: &[u8]) -> Result<(), ProtocolError> {
+    let version_end = payload
+        .iter()
+        .skip(1)
+        .position(|&b| b == 0)
+        .ok_or_else(|| ProtocolError("malformed greeting: unterminated server version".into()))?;
+    // protocol byte, version, NUL; then connection id (4), scramble (8),
+    // filler (1), capabilities (2), collation (1), status (2), capabilities (2).
+    let data_len_at = 1 + version_end + 1 + 20;
+    match payload.get(data_len_at) {
+        Some(&len) if len > 127 => Err(ProtocolError(format!(
+            "malformed greeting: auth data length {len}"
+        ))),
+        Some(_) => Ok(()),
+        None => Err(ProtocolError("malformed greeting: too short".into())),
     }
 }
 

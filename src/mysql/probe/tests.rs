@@ -195,6 +195,19 @@ fn garbage_stalls_and_absurd_lengths_are_protocol_errors() {
 }
 
 #[test]
+fn a_hostile_auth_data_length_is_refused_not_trusted() {
+    // Found by fuzzing: mysql_common's parser overflows on lengths over 127.
+    let mut wire = greeting("mysql_native_password", false);
+    let at = 4 + 1 + b"8.0.36".len() + 1 + 20;
+    assert_eq!(wire[at], 21, "the test writes a real greeting");
+    wire[at] = 0x80;
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    let err = done(s.reply(&wire)).unwrap_err();
+    assert!(err.to_string().contains("auth data length 128"), "{err}");
+}
+
+#[test]
 fn access_denied_is_auth_failed_with_a_tls_hint() {
     let mut s = Script::new(opts(TlsMode::Disabled));
     s.run();
@@ -435,4 +448,40 @@ mod robustness {
             drive(Probe::new(Arc::new(ProbeOptions { lag: true, galera: true, ..opts(TlsMode::Disabled) })), &wire, 7);
         }
     }
+}
+
+#[test]
+fn version_triples_never_panic() {
+    assert_eq!(version_triple("10.11.19-MariaDB-0+deb12u1"), (10, 11, 19));
+    assert_eq!(version_triple("8.0.36"), (8, 0, 36));
+    assert_eq!(version_triple("99999.1.1"), (5, 7, 0));
+    assert_eq!(version_triple("garbage"), (5, 7, 0));
+}
+
+#[test]
+fn galera_state_is_asked_and_judged() {
+    let run = |state: &str| {
+        let mut s = Script::new(ProbeOptions {
+            galera: true,
+            ..opts(TlsMode::Disabled)
+        });
+        s.run();
+        s.reply(&greeting("mysql_native_password", false));
+        s.finish_writable();
+        assert!(
+            s.last().1.ends_with(b"'wsrep_cluster_status')"),
+            "asks for wsrep status"
+        );
+        let rows: [&[Option<&str>]; 3] = [
+            &[Some("wsrep_cluster_status"), Some("Primary")],
+            &[Some("wsrep_local_state"), Some(state)],
+            &[Some("wsrep_ready"), Some("ON")],
+        ];
+        let result = done(s.reply_rows(&["Variable_name", "Value"], &rows));
+        assert_eq!(s.last(), &(0, vec![COM_QUIT]), "quits either way");
+        result
+    };
+    assert!(run("4").unwrap().galera.is_some());
+    let err = run("1").unwrap_err();
+    assert!(err.to_string().contains("wsrep_local_state=1"), "{err}");
 }
