@@ -59,12 +59,8 @@ async fn connect(pool: &Pool) -> Result<(TcpStream, SessionGuard), String> {
     let mut excluded = Vec::new();
     let mut failures = Vec::new();
     for _ in 0..pool.config.connect_attempts {
-        let Some(member) = pool.pick(&excluded).and_then(|i| {
-            excluded.push(i);
-            pool.members.get(i)
-        }) else {
-            break;
-        };
+        let Some(index) = pool.pick(&excluded) else { break };
+        let Some(member) = pool.members.get(index) else { break };
         // Counted before the connect so least-connections sees pending ones.
         let guard = member.state.session();
         let error = match tokio::time::timeout(
@@ -82,6 +78,9 @@ async fn connect(pool: &Pool) -> Result<(TcpStream, SessionGuard), String> {
         };
         tracing::info!(backend = %member.state.address, pool = %pool.config.name, "connect failed, trying another backend: {error}");
         member.state.connect_failed();
+        // Only failed backends are remembered: the usual first-try success
+        // allocates nothing here.
+        excluded.push(index);
         failures.push(format!("{}: {error}", member.name));
     }
     Err(if failures.is_empty() {
