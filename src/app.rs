@@ -85,10 +85,11 @@ impl App {
         let mut registry = Registry::default();
         let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry);
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+        let changed = Arc::new(tokio::sync::Notify::new());
         let mut app = App {
             routes,
             registry,
-            supervisor: Supervisor::default(),
+            supervisor: Supervisor::new(Arc::clone(&changed)),
             listeners: HashMap::new(),
             tasks: TaskTracker::new(),
             sessions: TaskTracker::new(),
@@ -102,6 +103,11 @@ impl App {
             &app.tasks,
             &app.stop_checks,
         );
+        app.tasks.spawn(crate::control::run(
+            Arc::clone(&app.routes),
+            changed,
+            app.stop_checks.clone(),
+        ));
         for b in bound {
             app.spawn_listener(b)?;
         }

@@ -19,6 +19,7 @@ pub mod app;
 pub mod balance;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod logging;
 pub mod mysql;

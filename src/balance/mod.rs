@@ -6,6 +6,7 @@
 //! weighted round robin ([`wrr`]). Backends already tried for this client are
 //! excluded, so a connect retry lands elsewhere.
 
+pub mod eligibility;
 pub mod least_conn;
 pub mod tier;
 pub mod wrr;

@@ -3,7 +3,10 @@
 //! reads live health and counts through each member's `Arc<BackendState>`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, Candidate, PickState};
 use crate::config::{Config, ListenerConfig, PoolConfig, Tier};
@@ -29,6 +32,21 @@ pub struct Pool {
     /// Backends in config order.
     pub members: Vec<Member>,
     pick_state: Mutex<PickState>,
+    /// What the controller last decided for the whole pool (writer, tier).
+    pub decided: Mutex<PoolDecision>,
+}
+
+/// The pool-wide part of the controller's last decision, kept to log changes once.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PoolDecision {
+    /// A writer pool's writer.
+    pub writer: Option<usize>,
+    /// The writable backends when there were several (alerted once per set).
+    pub multiple_writers: Vec<usize>,
+    /// The tier taking new sessions, if any.
+    pub tier: Option<Tier>,
+    /// A reader pool fell back to its writers.
+    pub fallback: bool,
 }
 
 /// One backend as a member of a pool.
@@ -42,6 +60,48 @@ pub struct Member {
     pub tier: Tier,
     /// Live state shared with the checker and other pools.
     pub state: Arc<BackendState>,
+    /// May take new sessions: set by the controller from health, role and lag.
+    eligible: AtomicBool,
+    /// Out of a reader pool for lag (hysteresis memory).
+    lagged_out: AtomicBool,
+    /// Cancelled to close this pool's sessions on this backend.
+    evict: Mutex<CancellationToken>,
+}
+
+impl Member {
+    /// Whether the controller lets new sessions come here.
+    pub fn is_eligible(&self) -> bool {
+        self.eligible.load(Ordering::Acquire)
+    }
+
+    /// Records the controller's decision; returns the previous one.
+    pub fn set_eligible(&self, eligible: bool) -> bool {
+        self.eligible.swap(eligible, Ordering::AcqRel)
+    }
+
+    /// Whether the last decision took it out for lag.
+    pub fn lagged_out(&self) -> bool {
+        self.lagged_out.load(Ordering::Acquire)
+    }
+
+    /// Records lag hysteresis; returns the previous value.
+    pub fn set_lagged_out(&self, out: bool) -> bool {
+        self.lagged_out.swap(out, Ordering::AcqRel)
+    }
+
+    /// The token a new session on this member watches.
+    pub fn evict_token(&self) -> CancellationToken {
+        self.evict
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Hands out the token of the sessions open now and gives later sessions a
+    /// fresh one; cancelling the returned token closes exactly the former.
+    pub fn take_evict_token(&self) -> CancellationToken {
+        std::mem::take(&mut *self.evict.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl Candidate for Member {
@@ -55,7 +115,7 @@ impl Candidate for Member {
         self.state.active()
     }
     fn eligible(&self) -> bool {
-        self.state.is_eligible()
+        self.is_eligible()
     }
 }
 
@@ -73,6 +133,11 @@ impl Snapshot {
             config,
             pools,
         }
+    }
+
+    /// Every pool.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
     }
 
     /// A pool by name.
@@ -96,12 +161,16 @@ impl Pool {
                 weight: b.weight,
                 tier: b.tier,
                 state: registry.get_or_insert(&b.address.text, b.addr),
+                eligible: AtomicBool::new(false),
+                lagged_out: AtomicBool::new(false),
+                evict: Mutex::new(CancellationToken::new()),
             })
             .collect();
         Pool {
             config: config.clone(),
             members,
             pick_state: Mutex::new(PickState::default()),
+            decided: Mutex::new(PoolDecision::default()),
         }
     }
 

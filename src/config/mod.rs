@@ -8,6 +8,7 @@
 mod check;
 mod duration;
 mod raw;
+mod routing;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,10 @@ use std::time::Duration;
 
 pub use check::{CheckConfig, MysqlCheck, Secret};
 pub use duration::{format_duration, parse_duration};
-pub use raw::{Address, Balance, CheckKind, Tier, TlsSetting, Verify, MAX_WEIGHT};
+pub use raw::{
+    Address, Balance, CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, Tier,
+    TlsSetting, Verify, MAX_WEIGHT,
+};
 pub use validate::validate;
 
 /// A complete, valid configuration.
@@ -63,8 +67,34 @@ pub struct PoolConfig {
     pub connect_attempts: u32,
     /// How backends are checked.
     pub check: CheckConfig,
+    /// Which backends may take clients, and what happens to sessions.
+    pub routing: Routing,
     /// Backends in file order.
     pub backends: Vec<BackendConfig>,
+}
+
+/// A pool's routing policy: roles, lag limits, fallback, session handling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Any, writer or reader.
+    pub role: PoolRole,
+    /// A writer pool's answer to several writable backends.
+    pub on_multiple_writers: MultipleWriters,
+    /// A reader pool takes a replica out above this lag.
+    pub max_lag: Option<Duration>,
+    /// ... and back in at or below this one.
+    pub readmit_lag: Option<Duration>,
+    /// Whether unknown lag is acceptable.
+    pub lag_unknown: LagUnknown,
+    /// Where a reader pool goes when no replica is eligible.
+    pub fallback: Fallback,
+    /// Sessions on a backend that leaves rotation.
+    pub on_down: OnDown,
+    /// Read the server's greeting before splicing, and retry elsewhere on an
+    /// ERR greeting or none.
+    pub greeting_gate: bool,
+    /// How long the gate waits for a greeting.
+    pub greeting_timeout: Duration,
 }
 
 /// One backend server of a pool.

@@ -43,8 +43,87 @@ pub struct RawPool {
     pub connect_timeout: Option<ConfigDuration>,
     pub connect_attempts: Option<u32>,
     pub check: Option<RawCheck>,
+    pub role: Option<PoolRole>,
+    pub on_multiple_writers: Option<MultipleWriters>,
+    pub max_lag: Option<ConfigDuration>,
+    pub readmit_lag: Option<ConfigDuration>,
+    pub lag_unknown: Option<LagUnknown>,
+    pub fallback: Option<Fallback>,
+    pub on_down: Option<OnDown>,
+    pub greeting_gate: Option<bool>,
+    pub greeting_timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// What a pool's clients may be sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolRole {
+    /// Any healthy backend.
+    Any,
+    /// The one writable backend.
+    Writer,
+    /// Read-only backends within `max_lag`.
+    Reader,
+}
+
+/// A writer pool's answer to seeing more than one writable backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MultipleWriters {
+    /// Keep sending writes to the current writer, and alert.
+    Keep,
+    /// Send writes nowhere until only one backend is writable.
+    Refuse,
+}
+
+/// Whether a replica whose lag is unknown may take reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LagUnknown {
+    /// No: unknown lag may be any lag.
+    Exclude,
+    /// Yes.
+    Include,
+}
+
+/// Where a reader pool sends clients when no replica is eligible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// To the pool's writable backends.
+    Writer,
+    /// Nowhere: clients get an error.
+    None,
+}
+
+/// What happens to open sessions on a backend that leaves rotation (down, or
+/// demoted in a writer pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDown {
+    /// Leave them be.
+    Keep,
+    /// Close them at once, so clients reconnect to an eligible backend.
+    Close,
+    /// Close them after this long.
+    Drain(std::time::Duration),
+}
+
+impl<'de> Deserialize<'de> for OnDown {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "keep" => Ok(OnDown::Keep),
+            "close" => Ok(OnDown::Close),
+            other => match other.strip_prefix("drain:") {
+                Some(d) => super::duration::parse_duration(d).map(OnDown::Drain).map_err(de::Error::custom),
+                None => Err(de::Error::custom(format!(
+                    "\"{other}\" is not a session policy; write \"keep\", \"close\" or \"drain:<duration>\" such as \"drain:30s\""
+                ))),
+            },
+        }
+    }
 }
 
 /// One `[pool.NAME.check]`.

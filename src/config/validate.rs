@@ -134,7 +134,7 @@ fn listener_configs(
 
 fn pool_config(
     name: &str,
-    raw: RawPool,
+    mut raw: RawPool,
     resolve: &Resolver<'_>,
     problems: &mut Problems,
 ) -> Option<PoolConfig> {
@@ -152,11 +152,12 @@ fn pool_config(
             "0s would fail every connect; write for example \"1s\"",
         );
     }
-    let check = super::check::check_config(
+    let mut check = super::check::check_config(
         &format!("{key}.check"),
-        raw.check.unwrap_or_default(),
+        raw.check.take().unwrap_or_default(),
         problems,
     );
+    let routing = super::routing::routing(&key, &raw, &mut check, problems);
     let backends = backend_configs(&key, raw.backend, resolve, problems);
     if backends.is_empty() {
         problems.add(
@@ -175,6 +176,7 @@ fn pool_config(
         connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
         connect_attempts: raw.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         check,
+        routing,
         backends,
     })
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{Outcome, Prober};
@@ -27,6 +27,8 @@ pub struct Checker {
     pub prober: Prober,
     /// Shared cap on probes in flight across all backends.
     pub slots: Arc<Semaphore>,
+    /// Told whenever health, role or lag changes, so routing is decided again.
+    pub changed: Arc<Notify>,
 }
 
 impl Checker {
@@ -74,10 +76,13 @@ impl Checker {
 
     fn observe(&self, tracker: &mut Tracker, outcome: Outcome) {
         let state = &self.state;
+        let lag_before = state.lag();
+        let mut role_changed = false;
         let (passed, reason, misconfigured) = match outcome {
             Outcome::Pass { detail, facts } => {
                 if let Some(facts) = facts {
                     if let Some(before) = state.set_facts(&facts) {
+                        role_changed = true;
                         tracing::info!(backend = %state.address, from = before.as_str(), to = facts.role.as_str(), "backend role changed");
                     }
                 }
@@ -101,6 +106,9 @@ impl Checker {
                 tracing::warn!(backend = %state.address, from = %t.from, "backend down: {reason}")
             }
             None => {}
+        }
+        if transition.is_some() || role_changed || state.lag() != lag_before {
+            self.changed.notify_one();
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,18 +24,20 @@ const MAX_PROBES_IN_FLIGHT: usize = 64;
 pub struct Supervisor {
     checkers: HashMap<String, (CheckConfig, CancellationToken)>,
     slots: Arc<Semaphore>,
-}
-
-impl Default for Supervisor {
-    fn default() -> Self {
-        Supervisor {
-            checkers: HashMap::new(),
-            slots: Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT)),
-        }
-    }
+    changed: Arc<Notify>,
 }
 
 impl Supervisor {
+    /// A supervisor whose checkers tell `changed` about every change.
+    pub fn new(changed: Arc<Notify>) -> Supervisor {
+        let slots = Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT));
+        Supervisor {
+            checkers: HashMap::new(),
+            slots,
+            changed,
+        }
+    }
+
     /// Starts checkers for new addresses, restarts those whose settings
     /// changed (keeping their state) and stops those no longer configured.
     pub fn reconcile(
@@ -78,12 +80,14 @@ impl Supervisor {
                         check: check.clone(),
                         prober,
                         slots,
+                        changed: Arc::clone(&self.changed),
                     };
                     tasks.spawn(checker.run(stop.clone()));
                 }
                 Err(reason) => {
                     tracing::error!(backend = %address, "health check misconfigured: {reason}");
                     state.set_health(Health::Down, &format!("check misconfigured: {reason}"));
+                    self.changed.notify_one();
                 }
             }
             self.checkers

@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{sockopt, splice};
+use super::splice::CloseReason;
+use super::{greeting, sockopt, splice};
 use crate::cluster::{Pool, SessionGuard};
 use crate::config::format_duration;
 use crate::health::probe::describe_connect_error;
@@ -18,6 +19,16 @@ use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 
 /// How long dbsplice spends handing a refused client its error packet.
 const ERR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A backend connection ready to splice.
+struct Connected {
+    stream: TcpStream,
+    guard: SessionGuard,
+    /// The member's index in the pool.
+    index: usize,
+    /// Bytes the greeting gate already read from the server.
+    greeting: Vec<u8>,
+}
 
 /// Serves one accepted client until it ends; false when it was refused
 /// because no backend could take it.
@@ -29,7 +40,7 @@ pub async fn serve(
     kill: CancellationToken,
 ) -> bool {
     sockopt::tune(&client);
-    let (mut backend, guard) = match connect(&pool).await {
+    let mut backend = match connect(&pool).await {
         Ok(connected) => connected,
         Err(message) => {
             tracing::warn!(client = %peer, pool = %pool.config.name, "refusing client: {message}");
@@ -37,39 +48,84 @@ pub async fn serve(
             return false;
         }
     };
-    tracing::Span::current().record("backend", tracing::field::display(&guard.backend().address));
-    sockopt::tune(&backend);
+    let address = &backend.guard.backend().address;
+    tracing::Span::current().record("backend", tracing::field::display(address));
+    sockopt::tune(&backend.stream);
     let started = Instant::now();
-    let outcome = splice::splice(&mut client, &mut backend, idle_timeout, &kill).await;
-    tracing::debug!(
-        client = %peer,
-        backend = %guard.backend().address,
-        to_backend = outcome.to_backend,
-        to_client = outcome.to_client,
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        reason = %outcome.reason,
-        "session closed"
-    );
+    let evict = pool
+        .members
+        .get(backend.index)
+        .map(|m| m.evict_token())
+        .unwrap_or_default();
+    let stop = async {
+        tokio::select! {
+            () = kill.cancelled() => CloseReason::Killed,
+            () = evict.cancelled() => CloseReason::Evicted,
+        }
+    };
+    let outcome =
+        if backend.greeting.is_empty() || client.write_all(&backend.greeting).await.is_ok() {
+            Some(splice::splice(&mut client, &mut backend.stream, idle_timeout, stop).await)
+        } else {
+            None
+        };
+    if let Some(outcome) = outcome {
+        tracing::debug!(
+            client = %peer,
+            backend = %address,
+            to_backend = outcome.to_backend,
+            to_client = outcome.to_client + backend.greeting.len() as u64,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            reason = %outcome.reason,
+            "session closed"
+        );
+    }
     true
 }
 
 /// Connects to an eligible backend, trying up to `connect_attempts` distinct
-/// ones. A MySQL server speaks first, so a retry is invisible to the client.
-async fn connect(pool: &Pool) -> Result<(TcpStream, SessionGuard), String> {
+/// ones. A MySQL server speaks first, so a retry is invisible to the client;
+/// with the greeting gate, a server that greets with an error (or not at all)
+/// is skipped the same way.
+async fn connect(pool: &Pool) -> Result<Connected, String> {
     let mut excluded = Vec::new();
     let mut failures = Vec::new();
+    let routing = &pool.config.routing;
     for _ in 0..pool.config.connect_attempts {
-        let Some(index) = pool.pick(&excluded) else { break };
-        let Some(member) = pool.members.get(index) else { break };
+        let Some(index) = pool.pick(&excluded) else {
+            break;
+        };
+        let Some(member) = pool.members.get(index) else {
+            break;
+        };
         // Counted before the connect so least-connections sees pending ones.
         let guard = member.state.session();
-        let error = match tokio::time::timeout(
+        let connect = tokio::time::timeout(
             pool.config.connect_timeout,
             TcpStream::connect(member.state.addr),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => return Ok((stream, guard)),
+        );
+        let error = match connect.await {
+            Ok(Ok(mut stream)) if routing.greeting_gate => {
+                match greeting::read(&mut stream, routing.greeting_timeout).await {
+                    Ok(greeting) => {
+                        return Ok(Connected {
+                            stream,
+                            guard,
+                            index,
+                            greeting,
+                        })
+                    }
+                    Err(e) => e,
+                }
+            }
+            Ok(Ok(stream)) => {
+                return Ok(Connected {
+                    stream,
+                    guard,
+                    index,
+                    greeting: Vec::new(),
+                })
+            }
             Ok(Err(e)) => describe_connect_error(&e),
             Err(_) => format!(
                 "connect timed out after {}",

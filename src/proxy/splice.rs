@@ -15,7 +15,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes read in one go before they are written on.
 const CHUNK: usize = 32 * 1024;
@@ -38,8 +37,11 @@ pub enum CloseReason {
     Error(Side, io::Error),
     /// No byte moved either way for the listener's `idle_timeout`.
     IdleTimeout,
-    /// dbsplice closed it (shutdown grace ran out, or a policy asked).
+    /// dbsplice closed it: the shutdown grace ran out.
     Killed,
+    /// dbsplice closed it: the backend left rotation and the pool's
+    /// `on_down` policy closes its sessions.
+    Evicted,
 }
 
 impl fmt::Display for CloseReason {
@@ -50,7 +52,10 @@ impl fmt::Display for CloseReason {
             CloseReason::Error(Side::Client, e) => write!(f, "client error: {e}"),
             CloseReason::Error(Side::Backend, e) => write!(f, "backend error: {e}"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
-            CloseReason::Killed => f.write_str("closed by dbsplice"),
+            CloseReason::Killed => f.write_str("closed by dbsplice at shutdown"),
+            CloseReason::Evicted => {
+                f.write_str("closed by dbsplice: the backend left rotation (on_down)")
+            }
         }
     }
 }
@@ -86,12 +91,12 @@ impl Tally {
 }
 
 /// Splices until both directions end, one fails, the session idles out or
-/// `kill` is cancelled.
+/// `stop` resolves (shutdown, or the pool's `on_down` policy) with its reason.
 pub async fn splice(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     idle_timeout: Option<Duration>,
-    kill: &CancellationToken,
+    stop: impl std::future::Future<Output = CloseReason>,
 ) -> Outcome {
     let tally = Tally {
         to_backend: AtomicU64::new(0),
@@ -125,7 +130,7 @@ pub async fn splice(
             Err((side, e)) => CloseReason::Error(side, e),
         },
         () = idle_watch(idle_timeout, &tally) => CloseReason::IdleTimeout,
-        () = kill.cancelled() => CloseReason::Killed,
+        reason = stop => reason,
     };
     Outcome {
         to_backend: tally.to_backend.load(Ordering::Relaxed),

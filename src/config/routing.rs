@@ -1,0 +1,93 @@
+//! A pool's routing policy (`role`, lag limits, `fallback`, `on_down`, the
+//! greeting gate), with defaults that depend on the role.
+
+use std::time::Duration;
+
+use super::raw::{CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, RawPool};
+use super::validate::Problems;
+use super::{CheckConfig, Routing};
+
+const DEFAULT_GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(super) fn routing(
+    key: &str,
+    raw: &RawPool,
+    check: &mut CheckConfig,
+    problems: &mut Problems,
+) -> Routing {
+    let role = raw.role.unwrap_or(PoolRole::Any);
+    if role != PoolRole::Any && check.kind != CheckKind::Mysql {
+        problems.add(
+            format!("{key}.role"),
+            "a writer or reader pool needs to know each server's role: use the \"mysql\" check (kind = \"mysql\")",
+        );
+    }
+    if role != PoolRole::Reader {
+        for (field, set) in [
+            ("max_lag", raw.max_lag.is_some()),
+            ("readmit_lag", raw.readmit_lag.is_some()),
+            ("lag_unknown", raw.lag_unknown.is_some()),
+            ("fallback", raw.fallback.is_some()),
+        ] {
+            if set {
+                problems.add(
+                    format!("{key}.{field}"),
+                    "only a reader pool uses this; remove it or set role = \"reader\"",
+                );
+            }
+        }
+    }
+    if role != PoolRole::Writer && raw.on_multiple_writers.is_some() {
+        problems.add(
+            format!("{key}.on_multiple_writers"),
+            "only a writer pool uses this; remove it or set role = \"writer\"",
+        );
+    }
+    let max_lag = raw.max_lag.map(|d| d.0);
+    let readmit_lag = raw.readmit_lag.map(|d| d.0).or(max_lag);
+    if raw.readmit_lag.is_some() && max_lag.is_none() {
+        problems.add(
+            format!("{key}.readmit_lag"),
+            "readmit_lag needs max_lag; add max_lag = \"10s\" (readmit_lag at or below it)",
+        );
+    }
+    if let (Some(max), Some(readmit)) = (max_lag, readmit_lag) {
+        if readmit > max {
+            problems.add(
+                format!("{key}.readmit_lag"),
+                "readmit_lag must not exceed max_lag, or a replica would flap; write it lower, e.g. half of max_lag",
+            );
+        }
+    }
+    // A reader pool with a lag limit must learn lag: the check asks for it.
+    if max_lag.is_some() {
+        if let Some(mysql) = check.mysql.as_mut() {
+            mysql.lag = true;
+        }
+    }
+    if raw.greeting_timeout.is_some_and(|d| d.0.is_zero()) {
+        problems.add(
+            format!("{key}.greeting_timeout"),
+            "0s would fail every greeting; write for example \"1s\"",
+        );
+    }
+    Routing {
+        role,
+        on_multiple_writers: raw.on_multiple_writers.unwrap_or(MultipleWriters::Keep),
+        max_lag,
+        readmit_lag,
+        lag_unknown: raw.lag_unknown.unwrap_or(LagUnknown::Exclude),
+        fallback: raw.fallback.unwrap_or(Fallback::Writer),
+        // A writer pool closes sessions on a server that went away or was
+        // demoted, so clients reconnect to the new writer instead of hanging.
+        on_down: raw.on_down.unwrap_or(if role == PoolRole::Writer {
+            OnDown::Close
+        } else {
+            OnDown::Keep
+        }),
+        greeting_gate: raw.greeting_gate.unwrap_or(false),
+        greeting_timeout: raw
+            .greeting_timeout
+            .map_or(DEFAULT_GREETING_TIMEOUT, |d| d.0),
+    }
+}

@@ -1,0 +1,169 @@
+//! The routing side of the control loop: whenever a checker reports a change,
+//! decide again which backends of each pool may take new sessions
+//! ([`crate::balance::eligibility`]), publish it into the members' atomics,
+//! log each transition once, and close the sessions that a pool's `on_down`
+//! policy says must go.
+
+use std::sync::{Arc, PoisonError};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::balance::eligibility::{decide, Decision, LagView, View};
+use crate::cluster::snapshot::PoolDecision;
+use crate::cluster::{Member, Pool, Snapshot};
+use crate::config::{OnDown, PoolRole, Tier};
+use crate::health::Health;
+use crate::mysql::{Lag, Role};
+
+/// Decides again on every change until `stop` is cancelled.
+pub async fn run(routes: Arc<ArcSwap<Snapshot>>, changed: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let snapshot = routes.load_full();
+        for pool in snapshot.pools() {
+            evaluate(pool);
+        }
+        if stop.run_until_cancelled(changed.notified()).await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Decides one pool and applies the decision.
+pub fn evaluate(pool: &Pool) {
+    let views: Vec<View> = pool.members.iter().map(view).collect();
+    let mut decided = pool.decided.lock().unwrap_or_else(PoisonError::into_inner);
+    let decision = decide(&pool.config.routing, &views, decided.writer);
+    for ((member, view), (&eligible, &lagged_out)) in pool
+        .members
+        .iter()
+        .zip(&views)
+        .zip(decision.eligible.iter().zip(&decision.lagged_out))
+    {
+        if member.set_lagged_out(lagged_out) != lagged_out {
+            let lag = member
+                .state
+                .lag()
+                .map_or_else(|| "unknown".to_owned(), |l| format!("{l:?}"));
+            if lagged_out {
+                tracing::warn!(pool = %pool.config.name, backend = %member.name, "replica out of rotation: lag {lag} above max_lag");
+            } else {
+                tracing::info!(pool = %pool.config.name, backend = %member.name, "replica back in rotation: lag {lag}");
+            }
+        }
+        if member.set_eligible(eligible) && !eligible {
+            left_rotation(pool, member, view);
+        }
+    }
+    let next = pool_decision(pool, &decision);
+    log_pool_changes(pool, &decided, &next);
+    *decided = next;
+}
+
+fn view(member: &Member) -> View {
+    View {
+        health: member.state.health(),
+        role: member.state.role(),
+        lag: match member.state.lag() {
+            Some(Lag::Seconds(s)) => LagView::Seconds(s),
+            Some(Lag::NotReplica) => LagView::NotReplica,
+            Some(Lag::Unknown(_)) | None => LagView::Unknown,
+        },
+        tier: member.tier,
+        lagged_out: member.lagged_out(),
+    }
+}
+
+/// A member stopped taking new sessions: if it is gone (down, or demoted from
+/// a writer pool), its open sessions follow the pool's `on_down`.
+fn left_rotation(pool: &Pool, member: &Member, view: &View) {
+    let demoted = pool.config.routing.role == PoolRole::Writer && view.role != Role::Writable;
+    if view.health == Health::Up && !demoted {
+        return;
+    }
+    let why = if view.health == Health::Up {
+        "demoted"
+    } else {
+        "down"
+    };
+    match pool.config.routing.on_down {
+        OnDown::Keep => {}
+        OnDown::Close => {
+            tracing::info!(pool = %pool.config.name, backend = %member.name, "backend {why}: closing its sessions");
+            member.take_evict_token().cancel();
+        }
+        OnDown::Drain(grace) => {
+            tracing::info!(pool = %pool.config.name, backend = %member.name, "backend {why}: closing its sessions in {grace:?}");
+            let token = member.take_evict_token();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                token.cancel();
+            });
+        }
+    }
+}
+
+fn pool_decision(pool: &Pool, decision: &Decision) -> PoolDecision {
+    let tier = pool
+        .members
+        .iter()
+        .zip(&decision.eligible)
+        .filter(|(_, e)| **e)
+        .map(|(m, _)| m.tier)
+        .min();
+    PoolDecision {
+        writer: decision.writer,
+        multiple_writers: if decision.writable.len() > 1
+            && pool.config.routing.role == PoolRole::Writer
+        {
+            decision.writable.clone()
+        } else {
+            Vec::new()
+        },
+        tier,
+        fallback: decision.fallback,
+    }
+}
+
+fn log_pool_changes(pool: &Pool, before: &PoolDecision, after: &PoolDecision) {
+    let name = &pool.config.name;
+    let member = |i: Option<usize>| {
+        i.and_then(|i| pool.members.get(i))
+            .map_or("none", |m| m.name.as_str())
+    };
+    if before.writer != after.writer {
+        tracing::warn!(pool = %name, from = member(before.writer), to = member(after.writer), "writer changed");
+    }
+    if before.multiple_writers != after.multiple_writers && !after.multiple_writers.is_empty() {
+        let names: Vec<&str> = after
+            .multiple_writers
+            .iter()
+            .map(|&i| member(Some(i)))
+            .collect();
+        let action = match after.writer {
+            Some(w) => format!("keeping {}", member(Some(w))),
+            None => "refusing writes (on_multiple_writers = \"refuse\")".to_owned(),
+        };
+        tracing::error!(pool = %name, writable = ?names, "several writable servers; {action}");
+    }
+    if before.tier != after.tier {
+        match after.tier {
+            Some(Tier::Standby) => {
+                tracing::warn!(pool = %name, "no primary eligible: failing over to standbys")
+            }
+            Some(Tier::Primary) if before.tier == Some(Tier::Standby) => {
+                tracing::info!(pool = %name, "a primary is eligible again: new sessions go back to primaries");
+            }
+            None => tracing::warn!(pool = %name, "no backend eligible: clients get an error"),
+            Some(Tier::Primary) => {}
+        }
+    }
+    if before.fallback != after.fallback {
+        if after.fallback {
+            tracing::warn!(pool = %name, "no replica eligible: reads fall back to the writer");
+        } else {
+            tracing::info!(pool = %name, "replicas eligible again: reads leave the writer");
+        }
+    }
+}
