@@ -418,3 +418,56 @@ fn a_missing_file_names_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn routing_settings_are_validated() {
+    let with = |pool: &str, check: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n{pool}\n[pool.p.check]\n{check}\n\
+             [[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n"
+        )
+    };
+    let mysql = "user = \"c\"";
+    let c = load(&with("role = \"writer\"", mysql)).unwrap();
+    assert_eq!(
+        c.pools["p"].routing.on_down,
+        OnDown::Close,
+        "writer pools close sessions by default"
+    );
+    let c = load(&with(
+        "role = \"reader\"\nmax_lag = \"10s\"\non_down = \"drain:30s\"",
+        mysql,
+    ))
+    .unwrap();
+    let p = &c.pools["p"];
+    assert_eq!(p.routing.on_down, OnDown::Drain(Duration::from_secs(30)));
+    assert_eq!(
+        p.routing.readmit_lag,
+        Some(Duration::from_secs(10)),
+        "readmit defaults to max_lag"
+    );
+    assert!(
+        p.check.mysql.as_ref().unwrap().lag,
+        "max_lag makes the check ask for lag"
+    );
+    let table = [
+        ("role = \"writer\"", "kind = \"tcp\"", "pool.p.role"),
+        ("max_lag = \"10s\"", mysql, "pool.p.max_lag"),
+        (
+            "role = \"reader\"\nmax_lag = \"5s\"\nreadmit_lag = \"9s\"",
+            mysql,
+            "pool.p.readmit_lag",
+        ),
+        (
+            "role = \"reader\"\non_multiple_writers = \"refuse\"",
+            mysql,
+            "pool.p.on_multiple_writers",
+        ),
+    ];
+    for (pool, check, key) in table {
+        let err = error_text(&with(pool, check));
+        assert!(err.contains(&format!("key `{key}`")), "{pool}: {err}");
+    }
+    let err = error_text(&with("on_down = \"later\"", mysql));
+    assert!(err.contains("drain:<duration>"), "{err}");
+}

@@ -19,3 +19,4 @@ mod cli;
 mod data_path;
 mod failover;
 mod fake_server;
+mod roles;

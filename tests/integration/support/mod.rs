@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod certs;
+pub mod cluster;
 pub mod fake;
 pub mod mariadb;
 
