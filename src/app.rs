@@ -76,6 +76,7 @@ pub struct App {
     stop_accepting: CancellationToken,
     kill_sessions: CancellationToken,
     stop_checks: CancellationToken,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -96,6 +97,7 @@ impl App {
             stop_accepting: CancellationToken::new(),
             kill_sessions: CancellationToken::new(),
             stop_checks: CancellationToken::new(),
+            changed: Arc::clone(&changed),
         };
         app.supervisor.reconcile(
             &app.routes.load().config,
@@ -147,6 +149,17 @@ impl App {
     /// The live state of a backend, by its address as written in the config.
     pub fn backend(&self, address: &str) -> Option<Arc<BackendState>> {
         self.registry.get(address).cloned()
+    }
+
+    /// Lets backends held after returning from down take traffic again in
+    /// `pool` (`failback = "manual"`). Returns how many were held, or `None`
+    /// for an unknown pool.
+    pub fn failback(&self, pool: &str) -> Option<usize> {
+        let snapshot = self.routes.load();
+        let held = snapshot.pool(pool)?.approve_failback();
+        self.changed.notify_one();
+        tracing::info!(pool, held, "manual fail-back");
+        Some(held)
     }
 
     /// The current routing snapshot.

@@ -5,6 +5,7 @@
 //! policy says must go.
 
 use std::sync::{Arc, PoisonError};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -13,26 +14,53 @@ use tokio_util::sync::CancellationToken;
 use crate::balance::eligibility::{decide, Decision, LagView, View};
 use crate::cluster::snapshot::PoolDecision;
 use crate::cluster::{Member, Pool, Snapshot};
-use crate::config::{OnDown, PoolRole, Tier};
+use crate::config::{HoldPolicy, OnDown, PoolRole, Tier};
 use crate::health::Health;
 use crate::mysql::{Lag, Role};
 
-/// Decides again on every change until `stop` is cancelled.
+/// Decides again on every change, and when a hold ends, until `stop` is
+/// cancelled.
 pub async fn run(routes: Arc<ArcSwap<Snapshot>>, changed: Arc<Notify>, stop: CancellationToken) {
     loop {
         let snapshot = routes.load_full();
-        for pool in snapshot.pools() {
-            evaluate(pool);
-        }
-        if stop.run_until_cancelled(changed.notified()).await.is_none() {
+        let now = Instant::now();
+        let wake = snapshot
+            .pools()
+            .filter_map(|pool| evaluate(pool, now))
+            .min();
+        let next = async {
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        () = changed.notified() => {}
+                        () = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => changed.notified().await,
+            }
+        };
+        if stop.run_until_cancelled(next).await.is_none() {
             return;
         }
     }
 }
 
-/// Decides one pool and applies the decision.
-pub fn evaluate(pool: &Pool) {
-    let views: Vec<View> = pool.members.iter().map(view).collect();
+/// Decides one pool at `now` and applies the decision; returns when a hold
+/// ends by itself and the pool must be decided again.
+pub fn evaluate(pool: &Pool, now: Instant) -> Option<Instant> {
+    let mut wake = None;
+    let views: Vec<View> = pool
+        .members
+        .iter()
+        .map(|m| {
+            let (view, member_wake) = view(m, &pool.config.routing.hold, now);
+            wake = wake.into_iter().chain(member_wake).min();
+            if view.held && m.is_eligible() {
+                tracing::info!(pool = %pool.config.name, backend = %m.name, "backend held out: flapping (hold-down)");
+            }
+            view
+        })
+        .collect();
     let mut decided = pool.decided.lock().unwrap_or_else(PoisonError::into_inner);
     let decision = decide(&pool.config.routing, &views, decided.writer);
     for ((member, view), (&eligible, &lagged_out)) in pool
@@ -59,11 +87,18 @@ pub fn evaluate(pool: &Pool) {
     let next = pool_decision(pool, &decision);
     log_pool_changes(pool, &decided, &next);
     *decided = next;
+    wake
 }
 
-fn view(member: &Member) -> View {
-    View {
-        health: member.state.health(),
+fn view(member: &Member, hold: &HoldPolicy, now: Instant) -> (View, Option<Instant>) {
+    let health = member.state.health();
+    let (held, wake) = member
+        .memory
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .update(health, now, hold);
+    let view = View {
+        health,
         role: member.state.role(),
         lag: match member.state.lag() {
             Some(Lag::Seconds(s)) => LagView::Seconds(s),
@@ -72,7 +107,9 @@ fn view(member: &Member) -> View {
         },
         tier: member.tier,
         lagged_out: member.lagged_out(),
-    }
+        held: held.is_some(),
+    };
+    (view, wake)
 }
 
 /// A member stopped taking new sessions: if it is gone (down, or demoted from

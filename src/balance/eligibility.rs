@@ -39,6 +39,15 @@ pub struct View {
     pub tier: Tier,
     /// Taken out for lag at the previous decision (hysteresis).
     pub lagged_out: bool,
+    /// Held out although healthy (fail-back delay, flap damping).
+    pub held: bool,
+}
+
+impl View {
+    /// Healthy and not held out.
+    fn up(&self) -> bool {
+        self.health == Health::Up && !self.held
+    }
 }
 
 /// The outcome for a pool.
@@ -62,7 +71,7 @@ pub fn decide(routing: &Routing, views: &[View], current_writer: Option<usize>) 
         .filter(|&i| {
             views
                 .get(i)
-                .is_some_and(|v| v.health == Health::Up && v.role == Role::Writable)
+                .is_some_and(|v| v.up() && v.role == Role::Writable)
         })
         .collect();
     let mut decision = Decision {
@@ -75,7 +84,7 @@ pub fn decide(routing: &Routing, views: &[View], current_writer: Option<usize>) 
     match routing.role {
         PoolRole::Any => {
             for (e, v) in decision.eligible.iter_mut().zip(views) {
-                *e = v.health == Health::Up;
+                *e = v.up();
             }
         }
         PoolRole::Writer => {
@@ -129,7 +138,7 @@ fn decide_readers(routing: &Routing, views: &[View], decision: &mut Decision) {
             *l = out;
         }
         if let Some(e) = decision.eligible.get_mut(i) {
-            *e = v.health == Health::Up && v.role == Role::ReadOnly && lag_ok;
+            *e = v.up() && v.role == Role::ReadOnly && lag_ok;
         }
     }
     if !decision.eligible.contains(&true)

@@ -16,6 +16,13 @@ fn routing(role: PoolRole) -> Routing {
         on_down: OnDown::Keep,
         greeting_gate: false,
         greeting_timeout: Duration::from_secs(1),
+        hold: crate::config::HoldPolicy {
+            failback: crate::config::Failback::Auto,
+            flap_threshold: 0,
+            flap_window: Duration::from_secs(60),
+            flap_hold: Duration::from_secs(10),
+            flap_hold_max: Duration::from_secs(10),
+        },
     }
 }
 
@@ -26,6 +33,7 @@ fn view(health: Health, role: Role) -> View {
         lag: LagView::NotReplica,
         tier: Tier::Primary,
         lagged_out: false,
+        held: false,
     }
 }
 
@@ -35,6 +43,7 @@ const UP_W: View = View {
     lag: LagView::NotReplica,
     tier: Tier::Primary,
     lagged_out: false,
+    held: false,
 };
 const UP_R: View = View {
     health: Health::Up,
@@ -42,6 +51,7 @@ const UP_R: View = View {
     lag: LagView::Seconds(0),
     tier: Tier::Primary,
     lagged_out: false,
+    held: false,
 };
 const DOWN: View = View {
     health: Health::Down,
@@ -49,6 +59,7 @@ const DOWN: View = View {
     lag: LagView::Unknown,
     tier: Tier::Primary,
     lagged_out: false,
+    held: false,
 };
 
 #[test]
@@ -162,5 +173,18 @@ fn unknown_lag_writers_and_fallback() {
         decide(&routing(PoolRole::Reader), &[unknown], None).eligible,
         [true],
         "no max_lag: lag is not judged"
+    );
+}
+
+#[test]
+fn held_backends_are_not_eligible() {
+    let held = View { held: true, ..UP_W };
+    assert_eq!(
+        decide(&routing(PoolRole::Any), &[held, UP_R], None).eligible,
+        [false, true]
+    );
+    assert_eq!(
+        decide(&routing(PoolRole::Writer), &[held, UP_W], Some(0)).writer,
+        Some(1)
     );
 }

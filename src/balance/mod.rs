@@ -7,6 +7,7 @@
 //! excluded, so a connect retry lands elsewhere.
 
 pub mod eligibility;
+pub mod hold;
 pub mod least_conn;
 pub mod tier;
 pub mod wrr;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::balance::hold::Memory;
 use crate::balance::{self, Candidate, PickState};
 use crate::config::{Config, ListenerConfig, PoolConfig, Tier};
 
@@ -66,6 +67,8 @@ pub struct Member {
     lagged_out: AtomicBool,
     /// Cancelled to close this pool's sessions on this backend.
     evict: Mutex<CancellationToken>,
+    /// Fail-back and flap history, kept by the controller.
+    pub memory: Mutex<Memory>,
 }
 
 impl Member {
@@ -164,6 +167,7 @@ impl Pool {
                 eligible: AtomicBool::new(false),
                 lagged_out: AtomicBool::new(false),
                 evict: Mutex::new(CancellationToken::new()),
+                memory: Mutex::new(Memory::default()),
             })
             .collect();
         Pool {
@@ -172,6 +176,19 @@ impl Pool {
             pick_state: Mutex::new(PickState::default()),
             decided: Mutex::new(PoolDecision::default()),
         }
+    }
+
+    /// Lets members held back after returning from down take traffic again
+    /// (`failback = "manual"`); returns how many were held.
+    pub fn approve_failback(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| {
+                let mut memory = m.memory.lock().unwrap_or_else(PoisonError::into_inner);
+                memory.approve();
+                m.state.health() == crate::health::Health::Up && !m.is_eligible()
+            })
+            .count()
     }
 
     /// Picks a member for a new session, skipping the `excluded` indexes.

@@ -17,6 +17,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::balance::hold::{Failback, HoldPolicy};
 pub use check::{CheckConfig, MysqlCheck, Secret};
 pub use duration::{format_duration, parse_duration};
 pub use raw::{
@@ -95,6 +96,8 @@ pub struct Routing {
     pub greeting_gate: bool,
     /// How long the gate waits for a greeting.
     pub greeting_timeout: Duration,
+    /// Fail-back and flap damping.
+    pub hold: HoldPolicy,
 }
 
 /// One backend server of a pool.

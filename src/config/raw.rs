@@ -52,6 +52,11 @@ pub struct RawPool {
     pub on_down: Option<OnDown>,
     pub greeting_gate: Option<bool>,
     pub greeting_timeout: Option<ConfigDuration>,
+    pub failback: Option<FailbackSetting>,
+    pub flap_threshold: Option<u32>,
+    pub flap_window: Option<ConfigDuration>,
+    pub flap_hold: Option<ConfigDuration>,
+    pub flap_hold_max: Option<ConfigDuration>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }
@@ -96,6 +101,28 @@ pub enum Fallback {
     Writer,
     /// Nowhere: clients get an error.
     None,
+}
+
+/// `failback`: "auto", "manual" or a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailbackSetting(pub crate::balance::hold::Failback);
+
+impl<'de> Deserialize<'de> for FailbackSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use crate::balance::hold::Failback;
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "auto" => Ok(FailbackSetting(Failback::Auto)),
+            "manual" => Ok(FailbackSetting(Failback::Manual)),
+            other => super::duration::parse_duration(other)
+                .map(|d| FailbackSetting(Failback::After(d)))
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "\"{other}\" is not a fail-back rule; write \"auto\", \"manual\" or a duration such as \"30s\""
+                    ))
+                }),
+        }
+    }
 }
 
 /// What happens to open sessions on a backend that leaves rotation (down, or

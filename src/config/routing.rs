@@ -5,9 +5,13 @@ use std::time::Duration;
 
 use super::raw::{CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, RawPool};
 use super::validate::Problems;
-use super::{CheckConfig, Routing};
+use super::{CheckConfig, Failback, HoldPolicy, Routing};
 
 const DEFAULT_GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_FLAP_THRESHOLD: u32 = 6;
+const DEFAULT_FLAP_WINDOW: Duration = Duration::from_secs(60);
+const DEFAULT_FLAP_HOLD: Duration = Duration::from_secs(10);
+const DEFAULT_FLAP_HOLD_MAX: Duration = Duration::from_secs(300);
 
 pub(super) fn routing(
     key: &str,
@@ -89,5 +93,32 @@ pub(super) fn routing(
         greeting_timeout: raw
             .greeting_timeout
             .map_or(DEFAULT_GREETING_TIMEOUT, |d| d.0),
+        hold: hold_policy(key, raw, problems),
     }
+}
+
+fn hold_policy(key: &str, raw: &RawPool, problems: &mut Problems) -> HoldPolicy {
+    for (field, value) in [
+        ("flap_window", raw.flap_window),
+        ("flap_hold", raw.flap_hold),
+        ("flap_hold_max", raw.flap_hold_max),
+    ] {
+        if value.is_some_and(|d| d.0.is_zero()) {
+            problems.add(format!("{key}.{field}"), "0s is not usable; write for example \"10s\" (flap_threshold = 0 turns damping off)");
+        }
+    }
+    let policy = HoldPolicy {
+        failback: raw.failback.map_or(Failback::Auto, |f| f.0),
+        flap_threshold: raw.flap_threshold.unwrap_or(DEFAULT_FLAP_THRESHOLD),
+        flap_window: raw.flap_window.map_or(DEFAULT_FLAP_WINDOW, |d| d.0),
+        flap_hold: raw.flap_hold.map_or(DEFAULT_FLAP_HOLD, |d| d.0),
+        flap_hold_max: raw.flap_hold_max.map_or(DEFAULT_FLAP_HOLD_MAX, |d| d.0),
+    };
+    if policy.flap_hold_max < policy.flap_hold {
+        problems.add(
+            format!("{key}.flap_hold_max"),
+            "flap_hold_max must be at least flap_hold; raise it or lower flap_hold",
+        );
+    }
+    policy
 }

@@ -341,3 +341,125 @@ async fn the_greeting_gate_skips_a_full_server_invisibly() {
         hog.disconnect().await.unwrap();
     }
 }
+
+/// A primary and a standby, checked over MySQL every 100 ms.
+fn tiered(settings: &str, primary: &MariaDb, standby: &MariaDb) -> Proxy {
+    let backends = [
+        backend(primary.addr(), 1, "primary"),
+        backend(standby.addr(), 1, "standby"),
+    ];
+    Proxy::start(&crate::support::config(
+        &format!("{settings}\n{CHECK}"),
+        &backends,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_primary_waits_for_the_failback_period() {
+    let (mut primary, standby) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let proxy = tiered("failback = \"2s\"", &primary, &standby);
+    let addr = proxy.addr("rw");
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(primary.port)).then_some(())
+    })
+    .await
+    .unwrap();
+    primary.kill();
+    proxy.wait_health(primary.addr(), Health::Down).await;
+    assert_eq!(port_of_new_session(addr).await, Some(standby.port));
+    primary.restart().await;
+    proxy.wait_health(primary.addr(), Health::Up).await;
+    let up_at = tokio::time::Instant::now();
+    assert_eq!(
+        port_of_new_session(addr).await,
+        Some(standby.port),
+        "healthy again, but not stable long enough"
+    );
+    wait_until(Duration::from_secs(10), || async {
+        (port_of_new_session(addr).await == Some(primary.port)).then_some(())
+    })
+    .await
+    .expect("the primary takes traffic back after the period");
+    assert!(
+        up_at.elapsed() >= Duration::from_millis(1800),
+        "not before the period: {:?}",
+        up_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_failback_waits_for_the_operator() {
+    let (mut primary, standby) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let proxy = tiered("failback = \"manual\"", &primary, &standby);
+    let addr = proxy.addr("rw");
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(primary.port)).then_some(())
+    })
+    .await
+    .expect("the first start needs no approval");
+    primary.kill();
+    proxy.wait_health(primary.addr(), Health::Down).await;
+    primary.restart().await;
+    proxy.wait_health(primary.addr(), Health::Up).await;
+    // Several probe intervals later it is still held.
+    let backend_state = proxy.backend(primary.addr());
+    let sessions = backend_state.total();
+    wait_until(Duration::from_secs(5), || async {
+        port_of_new_session(addr)
+            .await
+            .filter(|p| *p == standby.port)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        backend_state.total(),
+        sessions,
+        "no session reached the held primary"
+    );
+    assert_eq!(proxy.app.as_ref().unwrap().failback("main"), Some(1));
+    wait_until(Duration::from_secs(5), || async {
+        (port_of_new_session(addr).await == Some(primary.port)).then_some(())
+    })
+    .await
+    .expect("after the fail-back call the primary serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_backend_is_held_down() {
+    let (flappy, steady) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let settings =
+        "flap_threshold = 4\nflap_window = \"60s\"\nflap_hold = \"2s\"\nflap_hold_max = \"10s\"";
+    let backends = [
+        backend(flappy.addr(), 1, "primary"),
+        backend(steady.addr(), 1, "primary"),
+    ];
+    let check = CHECK.replace("timeout = \"500ms\"", "timeout = \"200ms\"");
+    let proxy = Proxy::start(&crate::support::config(
+        &format!("{settings}\n{check}"),
+        &backends,
+    ));
+    proxy.wait_health(flappy.addr(), Health::Up).await;
+    proxy.wait_health(steady.addr(), Health::Up).await;
+    // Down, up, down, up: the fourth transition holds it down.
+    for _ in 0..2 {
+        flappy.pause();
+        proxy.wait_health(flappy.addr(), Health::Down).await;
+        flappy.resume();
+        proxy.wait_health(flappy.addr(), Health::Up).await;
+    }
+    let state = proxy.backend(flappy.addr());
+    let before = state.total();
+    for _ in 0..10 {
+        assert_eq!(
+            port_of_new_session(proxy.addr("rw")).await,
+            Some(steady.port),
+            "held down although up"
+        );
+    }
+    assert_eq!(state.total(), before);
+    wait_until(Duration::from_secs(10), || async {
+        (port_of_new_session(proxy.addr("rw")).await == Some(flappy.port)).then_some(())
+    })
+    .await
+    .expect("back after the hold-down");
+}
