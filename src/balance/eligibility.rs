@@ -6,7 +6,8 @@
 //!   kept while it stays writable; otherwise the first by tier, then config
 //!   order, so several dbsplice instances with one config agree without
 //!   talking. Several writable backends keep the current one (and alert), or
-//!   refuse all writes with `on_multiple_writers = "refuse"`.
+//!   refuse all writes with `on_multiple_writers = "refuse"`. No writer is
+//!   elected while a higher-ranked backend is still unprobed.
 //! - `reader`: healthy, read-only, lag within `max_lag` (out above it, back in
 //!   at or below `readmit_lag`); unknown lag per `lag_unknown`; with none
 //!   eligible, `fallback = "writer"` uses the pool's writable backends.
@@ -110,10 +111,13 @@ fn choose_writer(
     if let Some(c) = current.filter(|c| writable.contains(c)) {
         return Some(c);
     }
-    writable
-        .iter()
-        .copied()
-        .min_by_key(|&i| (views.get(i).map(|v| v.tier), i))
+    let rank = |i: usize| (views.get(i).map(|v| v.tier), i);
+    let best = writable.iter().copied().min_by_key(|&i| rank(i))?;
+    // A backend that ranks higher but has not been probed yet may turn out
+    // writable: electing now would make the choice depend on probe timing.
+    let undecided = (0..views.len())
+        .any(|i| rank(i) < rank(best) && views.get(i).is_some_and(|v| v.health == Health::Unknown));
+    (!undecided).then_some(best)
 }
 
 fn decide_readers(routing: &Routing, views: &[View], decision: &mut Decision) {

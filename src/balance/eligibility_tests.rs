@@ -16,6 +16,7 @@ fn routing(role: PoolRole) -> Routing {
         on_down: OnDown::Keep,
         greeting_gate: false,
         greeting_timeout: Duration::from_secs(1),
+        slow_start: None,
         hold: crate::config::HoldPolicy {
             failback: crate::config::Failback::Auto,
             flap_threshold: 0,
@@ -101,6 +102,25 @@ fn a_writer_pool_has_at_most_one_writer() {
             usize::from(want.is_some())
         );
     }
+    let unknown = View {
+        health: Health::Unknown,
+        ..UP_W
+    };
+    assert_eq!(
+        decide(&r, &[unknown, UP_W], None).writer,
+        None,
+        "wait for the higher-ranked backend's first probe"
+    );
+    assert_eq!(
+        decide(&r, &[UP_W, unknown], None).writer,
+        Some(0),
+        "a lower-ranked unknown does not matter"
+    );
+    assert_eq!(
+        decide(&r, &[unknown, UP_W], Some(1)).writer,
+        Some(1),
+        "a current writer is kept"
+    );
     let refuse = Routing {
         on_multiple_writers: MultipleWriters::Refuse,
         ..r

@@ -27,6 +27,24 @@ pub trait Candidate {
     fn eligible(&self) -> bool;
 }
 
+/// The weight of a backend `since` its return from down, ramping linearly
+/// from 1 to `weight` over `window` (slow start); full weight outside it.
+pub fn ramped_weight(
+    weight: u32,
+    since: Option<std::time::Duration>,
+    window: std::time::Duration,
+) -> u32 {
+    match since {
+        Some(elapsed) if elapsed < window && !window.is_zero() => {
+            let share = u128::from(weight) * elapsed.as_millis() / window.as_millis();
+            u32::try_from(share)
+                .unwrap_or(weight)
+                .clamp(1, weight.max(1))
+        }
+        _ => weight,
+    }
+}
+
 /// Per-pool state that a policy keeps between picks.
 #[derive(Debug, Default)]
 pub struct PickState {
@@ -157,6 +175,25 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight() {
+        let window = std::time::Duration::from_secs(100);
+        let at = |s: u64| Some(std::time::Duration::from_secs(s));
+        let table = [
+            (None, 200),
+            (at(0), 1),
+            (at(10), 20),
+            (at(50), 100),
+            (at(99), 198),
+            (at(100), 200),
+            (at(500), 200),
+        ];
+        for (since, want) in table {
+            assert_eq!(ramped_weight(200, since, window), want, "{since:?}");
+        }
+        assert_eq!(ramped_weight(1, at(10), window), 1);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -23,6 +24,8 @@ pub struct BackendState {
     /// Where to connect.
     pub addr: SocketAddr,
     health: AtomicU8,
+    /// Milliseconds since [`epoch`] when it last came back from down; 0: never.
+    recovered_at: AtomicU64,
     role: AtomicU8,
     lag: AtomicU64,
     active: AtomicU64,
@@ -39,6 +42,7 @@ impl BackendState {
             address,
             addr,
             health: AtomicU8::new(Health::Unknown as u8),
+            recovered_at: AtomicU64::new(0),
             role: AtomicU8::new(0),
             lag: AtomicU64::new(LAG_UNKNOWN),
             active: AtomicU64::new(0),
@@ -118,7 +122,21 @@ impl BackendState {
     /// Records the checker's verdict; only the backend's checker calls this.
     pub fn set_health(&self, health: Health, reason: &str) {
         *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Arc::from(reason);
-        self.health.store(health as u8, Ordering::Release);
+        let before = Health::from_u8(self.health.swap(health as u8, Ordering::AcqRel));
+        if before == Health::Down && health == Health::Up {
+            let ms = u64::try_from(epoch().elapsed().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            self.recovered_at.store(ms, Ordering::Release);
+        }
+    }
+
+    /// How long ago it came back from down, if it ever did.
+    pub fn recovered_for(&self) -> Option<Duration> {
+        match self.recovered_at.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(epoch().elapsed().saturating_sub(Duration::from_millis(ms))),
+        }
     }
 
     /// Counts a session for as long as the returned guard lives.
@@ -141,6 +159,12 @@ impl BackendState {
     pub async fn probe_requested(&self) {
         self.probe_now.notified().await;
     }
+}
+
+/// The process's time origin for timestamps kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// One open (or opening) session to a backend; dropping it ends the count.

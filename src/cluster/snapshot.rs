@@ -59,6 +59,10 @@ pub struct Member {
     pub weight: u32,
     /// Its tier in this pool.
     pub tier: Tier,
+    /// Sessions it takes at most (its own `max_connections`).
+    pub max_connections: Option<u32>,
+    /// The pool's slow start.
+    pub slow_start: Option<std::time::Duration>,
     /// Live state shared with the checker and other pools.
     pub state: Arc<BackendState>,
     /// May take new sessions: set by the controller from health, role and lag.
@@ -109,7 +113,10 @@ impl Member {
 
 impl Candidate for Member {
     fn weight(&self) -> u32 {
-        self.weight
+        match self.slow_start {
+            None => self.weight,
+            Some(window) => balance::ramped_weight(self.weight, self.state.recovered_for(), window),
+        }
     }
     fn tier(&self) -> Tier {
         self.tier
@@ -119,6 +126,9 @@ impl Candidate for Member {
     }
     fn eligible(&self) -> bool {
         self.is_eligible()
+            && self
+                .max_connections
+                .is_none_or(|max| self.state.active() < u64::from(max))
     }
 }
 
@@ -163,6 +173,8 @@ impl Pool {
                 name: b.name.clone(),
                 weight: b.weight,
                 tier: b.tier,
+                max_connections: b.max_connections,
+                slow_start: config.routing.slow_start,
                 state: registry.get_or_insert(&b.address.text, b.addr),
                 eligible: AtomicBool::new(false),
                 lagged_out: AtomicBool::new(false),

@@ -98,6 +98,8 @@ pub struct Routing {
     pub greeting_timeout: Duration,
     /// Fail-back and flap damping.
     pub hold: HoldPolicy,
+    /// After a backend returns from down, its weight ramps up over this long.
+    pub slow_start: Option<Duration>,
 }
 
 /// One backend server of a pool.
@@ -113,6 +115,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Primary, or standby for when no primary is eligible.
     pub tier: Tier,
+    /// Sessions this backend takes at most (across all pools); `None`: no limit.
+    pub max_connections: Option<u32>,
 }
 
 /// One thing wrong with a config, found after parsing.

@@ -57,6 +57,7 @@ pub struct RawPool {
     pub flap_window: Option<ConfigDuration>,
     pub flap_hold: Option<ConfigDuration>,
     pub flap_hold_max: Option<ConfigDuration>,
+    pub slow_start: Option<ConfigDuration>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }
@@ -208,6 +209,7 @@ pub struct RawBackend {
     pub name: Option<String>,
     pub weight: Option<Weight>,
     pub tier: Option<Tier>,
+    pub max_connections: Option<u32>,
 }
 
 /// How a pool chooses among its eligible backends.

@@ -93,6 +93,7 @@ pub(super) fn routing(
         greeting_timeout: raw
             .greeting_timeout
             .map_or(DEFAULT_GREETING_TIMEOUT, |d| d.0),
+        slow_start: raw.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
         hold: hold_policy(key, raw, problems),
     }
 }

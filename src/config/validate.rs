@@ -206,6 +206,12 @@ fn backend_configs(
                 ),
             );
         }
+        if b.max_connections == Some(0) {
+            problems.add(
+                format!("{key}.max_connections"),
+                "0 would refuse every session; write 1 or more, or remove the key",
+            );
+        }
         let Some(addr) = problems.resolve(format!("{key}.address"), &b.address, resolve) else {
             continue;
         };
@@ -224,6 +230,7 @@ fn backend_configs(
             addr,
             weight: b.weight.map_or(1, |w| w.0),
             tier: b.tier.unwrap_or(Tier::Primary),
+            max_connections: b.max_connections,
         });
     }
     out

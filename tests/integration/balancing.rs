@@ -98,3 +98,30 @@ async fn least_connections_evens_out_long_lived_sessions() {
         let _ = conn.disconnect().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_max_connections_caps_its_sessions() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let capped = backend(a.addr(), 1, "primary") + "max_connections = 2\n";
+    let proxy = Proxy::start(&config(
+        &format!("balance = \"least-connections\"\n{CHECK}"),
+        &[capped, backend(b.addr(), 1, "primary")],
+    ));
+    proxy.wait_health(a.addr(), Health::Up).await;
+    proxy.wait_health(b.addr(), Health::Up).await;
+    let mut held = Vec::new();
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..8 {
+        let mut conn = connect(proxy.addr("rw")).await.unwrap();
+        *counts.entry(server_port(&mut conn).await).or_default() += 1;
+        held.push(conn);
+    }
+    assert_eq!(
+        (counts.get(&a.port).copied(), counts.get(&b.port).copied()),
+        (Some(2), Some(6)),
+        "{counts:?}"
+    );
+    for conn in held {
+        conn.disconnect().await.unwrap();
+    }
+}

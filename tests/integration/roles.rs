@@ -463,3 +463,23 @@ async fn a_flapping_backend_is_held_down() {
     .await
     .expect("back after the hold-down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_one_config_choose_the_same_writer() {
+    // Both servers writable (the ambiguous case), listed with the standby
+    // tier first: the choice is by tier, then config order, never by timing.
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let backends = [
+        backend(a.addr(), 1, "standby"),
+        backend(b.addr(), 1, "primary"),
+    ];
+    let toml = crate::support::config(&format!("role = \"writer\"\n{CHECK}"), &backends);
+    let (one, two) = (Proxy::start(&toml), Proxy::start(&toml));
+    for proxy in [&one, &two] {
+        wait_until(Duration::from_secs(20), || async {
+            (port_of_new_session(proxy.addr("rw")).await == Some(b.port)).then_some(())
+        })
+        .await
+        .expect("the primary-tier server is the writer on both instances");
+    }
+}
