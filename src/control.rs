@@ -86,6 +86,16 @@ pub fn evaluate(pool: &Pool, now: Instant) -> Option<Instant> {
     }
     let next = pool_decision(pool, &decision);
     log_pool_changes(pool, &decided, &next);
+    if decided.tier == Some(Tier::Standby) && next.tier == Some(Tier::Primary) {
+        for standby in pool.members.iter().filter(|m| m.tier == Tier::Standby) {
+            evict(
+                pool,
+                standby,
+                pool.config.routing.on_primary_return,
+                "a primary is back",
+            );
+        }
+    }
     *decided = next;
     wake
 }
@@ -120,18 +130,23 @@ fn left_rotation(pool: &Pool, member: &Member, view: &View) {
         return;
     }
     let why = if view.health == Health::Up {
-        "demoted"
+        "backend demoted"
     } else {
-        "down"
+        "backend down"
     };
-    match pool.config.routing.on_down {
+    evict(pool, member, pool.config.routing.on_down, why);
+}
+
+/// Closes `member`'s sessions in `pool` as `policy` says.
+fn evict(pool: &Pool, member: &Member, policy: OnDown, why: &str) {
+    match policy {
         OnDown::Keep => {}
         OnDown::Close => {
-            tracing::info!(pool = %pool.config.name, backend = %member.name, "backend {why}: closing its sessions");
+            tracing::info!(pool = %pool.config.name, backend = %member.name, "{why}: closing its sessions");
             member.take_evict_token().cancel();
         }
         OnDown::Drain(grace) => {
-            tracing::info!(pool = %pool.config.name, backend = %member.name, "backend {why}: closing its sessions in {grace:?}");
+            tracing::info!(pool = %pool.config.name, backend = %member.name, "{why}: closing its sessions in {grace:?}");
             let token = member.take_evict_token();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;

@@ -17,6 +17,7 @@ fn routing(role: PoolRole) -> Routing {
         greeting_gate: false,
         greeting_timeout: Duration::from_secs(1),
         slow_start: None,
+        on_primary_return: OnDown::Keep,
         hold: crate::config::HoldPolicy {
             failback: crate::config::Failback::Auto,
             flap_threshold: 0,

@@ -98,6 +98,8 @@ pub struct Routing {
     pub greeting_timeout: Duration,
     /// Fail-back and flap damping.
     pub hold: HoldPolicy,
+    /// Sessions on standbys once a primary is eligible again.
+    pub on_primary_return: OnDown,
     /// After a backend returns from down, its weight ramps up over this long.
     pub slow_start: Option<Duration>,
 }

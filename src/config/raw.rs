@@ -58,6 +58,7 @@ pub struct RawPool {
     pub flap_hold: Option<ConfigDuration>,
     pub flap_hold_max: Option<ConfigDuration>,
     pub slow_start: Option<ConfigDuration>,
+    pub on_primary_return: Option<OnDown>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }

@@ -94,6 +94,7 @@ pub(super) fn routing(
             .greeting_timeout
             .map_or(DEFAULT_GREETING_TIMEOUT, |d| d.0),
         slow_start: raw.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
+        on_primary_return: raw.on_primary_return.unwrap_or(OnDown::Keep),
         hold: hold_policy(key, raw, problems),
     }
 }

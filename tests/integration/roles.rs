@@ -483,3 +483,104 @@ async fn two_instances_with_one_config_choose_the_same_writer() {
         .expect("the primary-tier server is the writer on both instances");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_leaves_and_returns_with_hysteresis() {
+    let cluster = Cluster::start(2).await;
+    let (primary, slow, fresh) = (
+        &cluster.servers[0],
+        &cluster.servers[1],
+        &cluster.servers[2],
+    );
+    let mut on_slow = slow.admin().await;
+    for sql in [
+        "STOP SLAVE",
+        "CHANGE MASTER TO MASTER_DELAY = 4",
+        "START SLAVE",
+    ] {
+        on_slow.query_drop(sql).await.unwrap();
+    }
+    let servers: Vec<&MariaDb> = cluster.servers.iter().collect();
+    let proxy = pool(
+        "role = \"reader\"\nmax_lag = \"2s\"\nreadmit_lag = \"1s\"",
+        &servers,
+    );
+    let slow_member = proxy.backend(slow.addr());
+    proxy.wait_health(slow.addr(), Health::Up).await;
+    // Writes on the primary reach the delayed replica 4 s late: its lag
+    // climbs past max_lag and it leaves; once caught up it returns.
+    let mut on_primary = primary.admin().await;
+    on_primary
+        .query_drop("CREATE DATABASE IF NOT EXISTS lagtest")
+        .await
+        .unwrap();
+    let lag_of = |s: &Option<dbsplice::mysql::Lag>| match s {
+        Some(dbsplice::mysql::Lag::Seconds(s)) => Some(*s),
+        _ => None,
+    };
+    let writer = tokio::spawn(async move {
+        for _ in 0..30 {
+            on_primary
+                .query_drop("CREATE TABLE IF NOT EXISTS lagtest.t (x INT)")
+                .await
+                .unwrap();
+            on_primary
+                .query_drop("INSERT INTO lagtest.t VALUES (1)")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        on_primary.disconnect().await.unwrap();
+    });
+    wait_until(Duration::from_secs(20), || async {
+        (lag_of(&slow_member.lag()).unwrap_or(0) > 2).then_some(())
+    })
+    .await
+    .expect("the delayed replica lags past max_lag");
+    wait_until(Duration::from_secs(5), || async {
+        let mut ports = HashSet::new();
+        for _ in 0..6 {
+            ports.insert(port_of_new_session(proxy.addr("rw")).await?);
+        }
+        (ports == HashSet::from([fresh.port])).then_some(())
+    })
+    .await
+    .expect("only the fresh replica takes reads");
+    writer.await.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        (port_of_new_session(proxy.addr("rw")).await == Some(slow.port)).then_some(())
+    })
+    .await
+    .expect("caught up (lag at or below readmit_lag): back in rotation");
+    assert!(
+        lag_of(&slow_member.lag()).is_some_and(|s| s <= 1),
+        "readmitted at or below readmit_lag"
+    );
+    on_slow.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_sessions_close_when_a_primary_returns() {
+    let (mut primary, standby) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let proxy = tiered("on_primary_return = \"close\"", &primary, &standby);
+    let addr = proxy.addr("rw");
+    proxy.wait_health(primary.addr(), Health::Up).await;
+    proxy.wait_health(standby.addr(), Health::Up).await;
+    primary.kill();
+    proxy.wait_health(primary.addr(), Health::Down).await;
+    let mut on_standby = connect(addr).await.unwrap();
+    assert_eq!(server_port(&mut on_standby).await, standby.port);
+    primary.restart().await;
+    proxy.wait_health(primary.addr(), Health::Up).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while on_standby.query_drop("DO 1").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the standby session was closed once the primary returned"
+    );
+    assert_eq!(port_of_new_session(addr).await, Some(primary.port));
+}
