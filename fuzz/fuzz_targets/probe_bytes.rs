@@ -18,10 +18,11 @@ fuzz_target!(|data: &[u8]| {
         lag: flags & 4 != 0,
         galera: flags & 8 != 0,
         galera_donor_ok: flags & 16 != 0,
+        group_replication: flags & 32 != 0,
         server_public_key: None,
     };
     let mut probe = Probe::new(Arc::new(opts));
-    let chunk = usize::from(flags >> 5) + 1;
+    let chunk = usize::from(flags >> 6) * 3 + 1;
     for piece in rest.chunks(chunk) {
         probe.on_data(piece);
         loop {

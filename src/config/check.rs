@@ -64,6 +64,8 @@ pub struct MysqlCheck {
     pub galera: bool,
     /// A Galera donor counts as ready.
     pub galera_donor_ok: bool,
+    /// Ask for MySQL group replication membership.
+    pub group_replication: bool,
 }
 
 /// A password: never printed by `Debug` or `Display`.
@@ -169,6 +171,7 @@ fn mysql_check(key: &str, raw: &RawCheck, problems: &mut Problems) -> Option<Mys
         lag: raw.lag.unwrap_or(false),
         galera: raw.galera.unwrap_or(false),
         galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
+        group_replication: raw.group_replication.unwrap_or(false),
     })
 }
 
@@ -188,6 +191,7 @@ fn refuse_mysql_keys(key: &str, raw: &RawCheck, problems: &mut Problems) {
         ("lag", raw.lag.is_some()),
         ("galera", raw.galera.is_some()),
         ("galera_donor_ok", raw.galera_donor_ok.is_some()),
+        ("group_replication", raw.group_replication.is_some()),
     ];
     for (field, _) in set.iter().filter(|(_, present)| *present) {
         problems.add(

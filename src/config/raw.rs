@@ -176,6 +176,7 @@ pub struct RawCheck {
     pub lag: Option<bool>,
     pub galera: Option<bool>,
     pub galera_donor_ok: Option<bool>,
+    pub group_replication: Option<bool>,
 }
 
 /// `check.tls`.

@@ -93,6 +93,7 @@ impl Prober {
                     lag: m.lag,
                     galera: m.galera,
                     galera_donor_ok: m.galera_donor_ok,
+                    group_replication: m.group_replication,
                     server_public_key: m.server_public_key.clone(),
                 };
                 Some(MysqlProber {

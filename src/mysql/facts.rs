@@ -65,6 +65,22 @@ pub struct Facts {
     pub lag: Option<Lag>,
     /// Galera state, when the pool asked for it.
     pub galera: Option<Galera>,
+    /// Group replication membership, when the pool asked for it.
+    pub group: Option<GroupMember>,
+}
+
+/// This server's place in a MySQL group replication group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// `MEMBER_STATE` (ONLINE, RECOVERING, ERROR, OFFLINE, UNREACHABLE), empty
+    /// when the server is in no group.
+    pub state: String,
+    /// `MEMBER_ROLE` (PRIMARY or SECONDARY).
+    pub role: String,
+    /// Members ONLINE as this server sees them.
+    pub online: u32,
+    /// All members it sees.
+    pub members: u32,
 }
 
 /// Why a probe failed, in words an operator can act on.
@@ -95,6 +111,8 @@ pub enum ProbeError {
     },
     /// A Galera node that must not take traffic.
     GaleraNotReady(String),
+    /// A group replication member that must not take traffic.
+    GroupNotReady(String),
     /// The server closed the connection.
     Closed(&'static str),
     /// Bytes that are not the MySQL protocol.
@@ -132,6 +150,7 @@ impl fmt::Display for ProbeError {
             ProbeError::Unsupported(reason) => write!(f, "check misconfigured: {reason}"),
             ProbeError::Query { what, error } => write!(f, "{what} failed, error {}: {}", error.code, error.message),
             ProbeError::GaleraNotReady(reason) => write!(f, "galera node not ready: {reason}"),
+            ProbeError::GroupNotReady(reason) => write!(f, "group replication member not ready: {reason}"),
             ProbeError::Closed(during) => write!(f, "the server closed the connection {during}"),
             ProbeError::Protocol(reason) => write!(f, "protocol error: {reason}"),
         }
@@ -181,6 +200,8 @@ pub enum Query {
     Slave,
     /// wsrep status variables.
     Galera,
+    /// This member's state and role, and the group's ONLINE count.
+    Group,
 }
 
 impl Query {
@@ -192,6 +213,13 @@ impl Query {
             Query::Slave => "SHOW SLAVE STATUS",
             Query::Galera => {
                 "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_status')"
+            }
+            Query::Group => {
+                "SELECT \
+                 (SELECT MEMBER_STATE FROM performance_schema.replication_group_members WHERE MEMBER_ID = @@server_uuid) AS state, \
+                 (SELECT MEMBER_ROLE FROM performance_schema.replication_group_members WHERE MEMBER_ID = @@server_uuid) AS role, \
+                 (SELECT COUNT(*) FROM performance_schema.replication_group_members WHERE MEMBER_STATE = 'ONLINE') AS online, \
+                 (SELECT COUNT(*) FROM performance_schema.replication_group_members) AS members"
             }
         }
     }
@@ -205,6 +233,9 @@ pub(crate) fn queries(opts: &ProbeOptions) -> std::collections::VecDeque<Query> 
     }
     if opts.galera {
         q.push_back(Query::Galera);
+    }
+    if opts.group_replication {
+        q.push_back(Query::Group);
     }
     q
 }
@@ -231,6 +262,7 @@ impl Facts {
             Query::Role => self.role = role(&rows),
             Query::Replica | Query::Slave => self.lag = Some(lag(&rows)),
             Query::Galera => self.galera = Some(galera(&rows)),
+            Query::Group => self.group = Some(group(&rows)),
         }
         Ok(None)
     }
@@ -279,6 +311,25 @@ impl Facts {
                 )));
             }
         }
+        if let Some(g) = &self.group {
+            if g.state != "ONLINE" || g.online * 2 <= g.members {
+                return Err(ProbeError::GroupNotReady(format!(
+                    "member state {}, {} of {} members online{}",
+                    if g.state.is_empty() {
+                        "none (not in a group)"
+                    } else {
+                        &g.state
+                    },
+                    g.online,
+                    g.members,
+                    if g.online * 2 <= g.members {
+                        ": no majority"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         Ok(self)
     }
 }
@@ -320,6 +371,16 @@ fn lag(rows: &TextResult) -> Lag {
                 "replication is not running (IO thread {io}, SQL thread {sql}): lag is NULL"
             ))
         }
+    }
+}
+
+fn group(rows: &TextResult) -> GroupMember {
+    let count = |c: &str| rows.first(c).and_then(|v| v.parse().ok()).unwrap_or(0);
+    GroupMember {
+        state: rows.first("state").unwrap_or_default().to_owned(),
+        role: rows.first("role").unwrap_or_default().to_owned(),
+        online: count("online"),
+        members: count("members"),
     }
 }
 

@@ -40,6 +40,7 @@ fn galera_verdicts() {
         lag: false,
         galera: true,
         galera_donor_ok: donor_ok,
+        group_replication: false,
         server_public_key: None,
     };
     let facts = |ready: &str, state: &str, status: &str| Facts {
@@ -75,4 +76,54 @@ fn galera_verdicts() {
         ..Facts::default()
     };
     assert!(no_wsrep.verdict(&opts(false)).is_err(), "not a Galera node");
+}
+
+#[test]
+fn group_replication_verdicts() {
+    let opts = ProbeOptions {
+        user: String::new(),
+        password: String::new(),
+        tls: TlsMode::Disabled,
+        lag: false,
+        galera: false,
+        galera_donor_ok: false,
+        group_replication: true,
+        server_public_key: None,
+    };
+    let member = |state: &str, online: &str, members: &str| {
+        let rows = TextResult {
+            columns: ["state", "role", "online", "members"]
+                .map(String::from)
+                .to_vec(),
+            rows: vec![vec![
+                Some(state.to_owned()),
+                Some("SECONDARY".to_owned()),
+                Some(online.to_owned()),
+                Some(members.to_owned()),
+            ]],
+        };
+        Facts {
+            group: Some(group(&rows)),
+            ..Facts::default()
+        }
+        .verdict(&opts)
+    };
+    assert!(member("ONLINE", "3", "3").is_ok());
+    assert!(member("ONLINE", "2", "3").is_ok(), "a majority is enough");
+    let err = member("ONLINE", "1", "3").unwrap_err();
+    assert!(err.to_string().contains("no majority"), "{err}");
+    assert!(member("RECOVERING", "3", "3").is_err());
+    let none = TextResult {
+        columns: ["state", "role", "online", "members"]
+            .map(String::from)
+            .to_vec(),
+        rows: vec![vec![None, None, Some("0".into()), Some("0".into())]],
+    };
+    let err = Facts {
+        group: Some(group(&none)),
+        ..Facts::default()
+    }
+    .verdict(&opts)
+    .unwrap_err();
+    assert!(err.to_string().contains("not in a group"), "{err}");
 }

@@ -57,6 +57,8 @@ pub struct ProbeOptions {
     pub galera: bool,
     /// Accept a Galera donor (state 2) as ready.
     pub galera_donor_ok: bool,
+    /// Ask for group replication membership.
+    pub group_replication: bool,
     /// The server's RSA public key (PEM) for caching_sha2 full authentication without TLS.
     pub server_public_key: Option<Vec<u8>>,
 }

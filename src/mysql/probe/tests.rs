@@ -21,6 +21,7 @@ fn opts(tls: TlsMode) -> ProbeOptions {
         lag: false,
         galera: false,
         galera_donor_ok: false,
+        group_replication: false,
         server_public_key: None,
     }
 }
@@ -484,4 +485,19 @@ fn galera_state_is_asked_and_judged() {
     assert!(run("4").unwrap().galera.is_some());
     let err = run("1").unwrap_err();
     assert!(err.to_string().contains("wsrep_local_state=1"), "{err}");
+}
+
+#[test]
+fn group_replication_is_asked_when_configured() {
+    let mut s = Script::new(ProbeOptions {
+        group_replication: true,
+        ..opts(TlsMode::Disabled)
+    });
+    s.run();
+    s.reply(&greeting("mysql_native_password", false));
+    s.finish_writable();
+    assert!(String::from_utf8_lossy(&s.last().1).contains("replication_group_members"));
+    let rows: [&[Option<&str>]; 1] = [&[Some("ONLINE"), Some("PRIMARY"), Some("3"), Some("3")]];
+    let facts = done(s.reply_rows(&["state", "role", "online", "members"], &rows)).unwrap();
+    assert_eq!(facts.group.unwrap().role, "PRIMARY");
 }
