@@ -50,7 +50,7 @@ pub fn bind(config: &Config) -> io::Result<Vec<BoundListener>> {
         .collect()
 }
 
-fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
@@ -67,16 +67,27 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 /// A running dbsplice: its tasks and the handles to observe and stop them.
 #[derive(Debug)]
 pub struct App {
-    routes: Arc<ArcSwap<Snapshot>>,
-    registry: Registry,
-    supervisor: Supervisor,
-    listeners: HashMap<String, (SocketAddr, Arc<ListenerStats>)>,
-    tasks: TaskTracker,
+    pub(crate) routes: Arc<ArcSwap<Snapshot>>,
+    pub(crate) registry: Registry,
+    pub(crate) supervisor: Supervisor,
+    pub(crate) listeners: HashMap<String, ListenerHandle>,
+    pub(crate) tasks: TaskTracker,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
     kill_sessions: CancellationToken,
-    stop_checks: CancellationToken,
-    changed: Arc<tokio::sync::Notify>,
+    pub(crate) stop_checks: CancellationToken,
+    pub(crate) changed: Arc<tokio::sync::Notify>,
+}
+
+/// A running accept loop.
+#[derive(Debug)]
+pub(crate) struct ListenerHandle {
+    /// Where it is bound.
+    pub(crate) addr: SocketAddr,
+    /// Its counters.
+    pub(crate) stats: Arc<ListenerStats>,
+    /// Cancelled to stop accepting on it alone.
+    pub(crate) stop: CancellationToken,
 }
 
 impl App {
@@ -84,7 +95,7 @@ impl App {
     /// Must be called inside a tokio runtime.
     pub fn start(config: Config, bound: Vec<BoundListener>) -> io::Result<App> {
         let mut registry = Registry::default();
-        let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry);
+        let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry, None);
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut app = App {
@@ -116,20 +127,27 @@ impl App {
         Ok(app)
     }
 
-    fn spawn_listener(&mut self, bound: BoundListener) -> io::Result<()> {
+    pub(crate) fn spawn_listener(&mut self, bound: BoundListener) -> io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(bound.socket)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(ListenerStats::default());
         tracing::info!(listener = %bound.name, %addr, "listening");
-        self.listeners
-            .insert(bound.name.clone(), (addr, Arc::clone(&stats)));
+        let stop = self.stop_accepting.child_token();
+        let handle = ListenerHandle {
+            addr,
+            stats: Arc::clone(&stats),
+            stop: stop.clone(),
+        };
+        if let Some(old) = self.listeners.insert(bound.name.clone(), handle) {
+            old.stop.cancel();
+        }
         let accept = AcceptLoop {
             name: bound.name,
             listener,
             routes: Arc::clone(&self.routes),
             stats,
             sessions: self.sessions.clone(),
-            stop: self.stop_accepting.child_token(),
+            stop,
             kill: self.kill_sessions.clone(),
         };
         self.tasks.spawn(accept.run());
@@ -138,12 +156,12 @@ impl App {
 
     /// The address a listener is bound to.
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.listeners.get(listener).map(|(a, _)| *a)
+        self.listeners.get(listener).map(|l| l.addr)
     }
 
     /// A listener's counters.
     pub fn listener_stats(&self, listener: &str) -> Option<Arc<ListenerStats>> {
-        self.listeners.get(listener).map(|(_, s)| Arc::clone(s))
+        self.listeners.get(listener).map(|l| Arc::clone(&l.stats))
     }
 
     /// The live state of a backend, by its address as written in the config.

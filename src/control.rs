@@ -138,7 +138,7 @@ fn left_rotation(pool: &Pool, member: &Member, view: &View) {
 }
 
 /// Closes `member`'s sessions in `pool` as `policy` says.
-fn evict(pool: &Pool, member: &Member, policy: OnDown, why: &str) {
+pub(crate) fn evict(pool: &Pool, member: &Member, policy: OnDown, why: &str) {
     match policy {
         OnDown::Keep => {}
         OnDown::Close => {

@@ -24,3 +24,4 @@ pub mod health;
 pub mod logging;
 pub mod mysql;
 pub mod proxy;
+pub mod reload;

@@ -2,10 +2,11 @@
 //!
 //! A lifecycle script: parse the config without binding (exit 64 when it is
 //! wrong), raise the open-files limit, bind, start, wait for SIGTERM or
-//! SIGINT, drain within `shutdown_grace`; a second signal exits at once.
+//! SIGINT (reloading on SIGHUP and file changes meanwhile), drain within
+//! `shutdown_grace`; a second signal exits at once.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,7 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
 use dbsplice::app::{self, App};
-use dbsplice::config::Config;
+use dbsplice::config::watch::FileWatch;
+use dbsplice::config::{Config, ConfigDiff};
+use dbsplice::reload::{Reloader, Trigger};
 
 /// Exit code for a config that cannot be used (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -40,6 +43,9 @@ enum Command {
         /// The config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Also print what a reload from this (running) config would change.
+        #[arg(long)]
+        diff: Option<PathBuf>,
     },
 }
 
@@ -65,28 +71,36 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { config }) => check(&config),
+        Some(Command::Check { config, diff }) => check(&config, diff.as_deref()),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            let _ = writeln!(
-                std::io::stdout(),
-                "{}: OK\n{}",
-                path.display(),
-                config.summary()
-            );
-            ExitCode::SUCCESS
-        }
+fn check(path: &Path, old: Option<&Path>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e}");
-            ExitCode::from(EXIT_BAD_CONFIG)
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let mut out = format!("{}: OK\n{}\n", path.display(), config.summary());
+    if let Some(old) = old {
+        match Config::load(old) {
+            Ok(old_config) => out.push_str(&format!(
+                "reload from {}: {}\n",
+                old.display(),
+                ConfigDiff::between(&old_config, &config)
+            )),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "{e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
         }
     }
+    let _ = write!(std::io::stdout(), "{out}");
+    ExitCode::SUCCESS
 }
 
 fn run(args: &RunArgs) -> ExitCode {
@@ -101,7 +115,7 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    match serve(config) {
+    match serve(config, &args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -110,7 +124,7 @@ fn run(args: &RunArgs) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     match app::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "open-files limit"),
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
@@ -121,13 +135,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let grace = config.shutdown_grace;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let poll = config.reload_poll;
         let bound = app::bind(&config)?;
-        let app = App::start(config, bound)?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        let mut app = App::start(config, bound)?;
+        let mut reloader = Reloader::new(path);
+        let mut watch = FileWatch::new(path, poll);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = hup.recv() => { reloader.reload(&mut app, Trigger::Forced); }
+                () = watch.changed() => { reloader.reload(&mut app, Trigger::File); }
+            }
         }
+        let grace = app.snapshot().config.shutdown_grace;
         tokio::select! {
             forced = app.shutdown(grace) => tracing::info!(forced, "stopped"),
             _ = term.recv() => tracing::warn!("second signal: exiting now"),

@@ -18,6 +18,7 @@ fn routing(role: PoolRole) -> Routing {
         greeting_timeout: Duration::from_secs(1),
         slow_start: None,
         on_primary_return: OnDown::Keep,
+        on_remove: OnDown::Keep,
         hold: crate::config::HoldPolicy {
             failback: crate::config::Failback::Auto,
             flap_threshold: 0,

@@ -34,6 +34,12 @@ impl Registry {
         self.states.get(address)
     }
 
+    /// Forgets addresses for which `keep` is false (open sessions hold their
+    /// own reference, so nothing they use goes away).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.states.retain(|address, _| keep(address));
+    }
+
     /// Every known state.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<BackendState>> {
         self.states.values()

@@ -134,12 +134,22 @@ impl Candidate for Member {
 
 impl Snapshot {
     /// Builds the snapshot for `config`, taking each backend's state from the
-    /// registry (created there if the address is new).
-    pub fn build(config: Arc<Config>, generation: u64, registry: &mut Registry) -> Snapshot {
+    /// registry (created there if the address is new) and, from `previous`,
+    /// what the controller knew about each pool member (same pool, same
+    /// address), so a reload changes only what it must.
+    pub fn build(
+        config: Arc<Config>,
+        generation: u64,
+        registry: &mut Registry,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let pools = config
             .pools
             .values()
-            .map(|p| (p.name.clone(), Arc::new(Pool::build(p, registry))))
+            .map(|p| {
+                let before = previous.and_then(|s| s.pool(&p.name)).map(Arc::as_ref);
+                (p.name.clone(), Arc::new(Pool::build(p, registry, before)))
+            })
             .collect();
         Snapshot {
             generation,
@@ -165,29 +175,58 @@ impl Snapshot {
 }
 
 impl Pool {
-    fn build(config: &PoolConfig, registry: &mut Registry) -> Pool {
-        let members = config
+    fn build(config: &PoolConfig, registry: &mut Registry, previous: Option<&Pool>) -> Pool {
+        let members: Vec<Member> = config
             .backends
             .iter()
-            .map(|b| Member {
-                name: b.name.clone(),
-                weight: b.weight,
-                tier: b.tier,
-                max_connections: b.max_connections,
-                slow_start: config.routing.slow_start,
-                state: registry.get_or_insert(&b.address.text, b.addr),
-                eligible: AtomicBool::new(false),
-                lagged_out: AtomicBool::new(false),
-                evict: Mutex::new(CancellationToken::new()),
-                memory: Mutex::new(Memory::default()),
+            .map(|b| {
+                let state = registry.get_or_insert(&b.address.text, b.addr);
+                let before = previous.and_then(|p| p.member_for(&state));
+                Member {
+                    name: b.name.clone(),
+                    weight: b.weight,
+                    tier: b.tier,
+                    max_connections: b.max_connections,
+                    slow_start: config.routing.slow_start,
+                    eligible: AtomicBool::new(before.is_some_and(Member::is_eligible)),
+                    lagged_out: AtomicBool::new(before.is_some_and(Member::lagged_out)),
+                    // The same token: sessions opened before the reload stay
+                    // reachable by the pool's policies.
+                    evict: Mutex::new(before.map(Member::evict_token).unwrap_or_default()),
+                    memory: Mutex::new(
+                        before
+                            .map(|m| {
+                                m.memory
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .clone()
+                            })
+                            .unwrap_or_default(),
+                    ),
+                    state,
+                }
             })
             .collect();
+        // The writer stays the writer across a reload, wherever it now sits.
+        let writer = previous.and_then(|p| {
+            let decided = p.decided.lock().unwrap_or_else(PoisonError::into_inner);
+            let state = &p.members.get(decided.writer?)?.state;
+            members.iter().position(|m| Arc::ptr_eq(&m.state, state))
+        });
         Pool {
             config: config.clone(),
             members,
             pick_state: Mutex::new(PickState::default()),
-            decided: Mutex::new(PoolDecision::default()),
+            decided: Mutex::new(PoolDecision {
+                writer,
+                ..PoolDecision::default()
+            }),
         }
+    }
+
+    /// The member backed by `state`, if this pool has it.
+    pub fn member_for(&self, state: &Arc<BackendState>) -> Option<&Member> {
+        self.members.iter().find(|m| Arc::ptr_eq(&m.state, state))
     }
 
     /// Lets members held back after returning from down take traffic again

@@ -6,10 +6,12 @@
 //! passed in, so the same code checks a file, loads it at start and reloads it.
 
 mod check;
+mod diff;
 mod duration;
 mod raw;
 mod routing;
 mod validate;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use crate::balance::hold::{Failback, HoldPolicy};
 pub use check::{CheckConfig, MysqlCheck, Secret};
+pub use diff::ConfigDiff;
 pub use duration::{format_duration, parse_duration};
 pub use raw::{
     Address, Balance, CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, Tier,
@@ -31,6 +34,9 @@ pub use validate::validate;
 pub struct Config {
     /// How long sessions may run on after SIGTERM before they are closed.
     pub shutdown_grace: Duration,
+    /// How often the config file is read again as a safety net for missed
+    /// file events.
+    pub reload_poll: Duration,
     /// Listeners in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name.
@@ -100,6 +106,8 @@ pub struct Routing {
     pub hold: HoldPolicy,
     /// Sessions on standbys once a primary is eligible again.
     pub on_primary_return: OnDown,
+    /// Sessions on a backend removed from the pool by a reload.
+    pub on_remove: OnDown,
     /// After a backend returns from down, its weight ramps up over this long.
     pub slow_start: Option<Duration>,
 }
@@ -189,7 +197,13 @@ impl Config {
             file: path.to_owned(),
             source,
         })?;
-        let mut config = Config::from_toml(path, &text, &resolve_system)?;
+        Config::from_file_text(path, &text)
+    }
+
+    /// Parses and validates `text` read from `path`, and reads the files the
+    /// config names (relative to its directory).
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::from_toml(path, text, &resolve_system)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let problems: Vec<Problem> = config
             .pools

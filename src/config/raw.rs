@@ -18,6 +18,7 @@ use super::duration::ConfigDuration;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub shutdown_grace: Option<ConfigDuration>,
+    pub reload_poll: Option<ConfigDuration>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -59,6 +60,7 @@ pub struct RawPool {
     pub flap_hold_max: Option<ConfigDuration>,
     pub slow_start: Option<ConfigDuration>,
     pub on_primary_return: Option<OnDown>,
+    pub on_remove: Option<OnDown>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
 }

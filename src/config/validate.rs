@@ -8,6 +8,7 @@ use super::raw::{Address, Balance, RawBackend, RawConfig, RawListener, RawPool, 
 use super::{BackendConfig, Config, ListenerConfig, PoolConfig, Problem, Resolver};
 
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_RELOAD_POLL: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
@@ -59,6 +60,10 @@ pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Pr
         return Err(problems.0);
     }
     Ok(Config {
+        reload_poll: raw
+            .reload_poll
+            .map_or(DEFAULT_RELOAD_POLL, |d| d.0)
+            .max(std::time::Duration::from_millis(100)),
         shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         listeners,
         pools,

@@ -19,4 +19,5 @@ mod cli;
 mod data_path;
 mod failover;
 mod fake_server;
+mod reload;
 mod roles;

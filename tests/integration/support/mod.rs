@@ -79,6 +79,21 @@ impl Proxy {
         }
     }
 
+    /// Starts dbsplice from a config file the test keeps (for reloads).
+    pub fn start_file(path: &Path) -> Proxy {
+        init_logs();
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let bound = app::bind(&config).unwrap();
+        Proxy {
+            app: Some(App::start(config, bound).unwrap()),
+        }
+    }
+
+    /// The running app, for reloads.
+    pub fn app_mut(&mut self) -> &mut App {
+        self.app.as_mut().expect("proxy is running")
+    }
+
     fn app(&self) -> &App {
         self.app.as_ref().expect("proxy is running")
     }
@@ -117,6 +132,28 @@ pub fn mysql_check(user: &str, password: &str, extra: &str) -> String {
         "[pool.main.check]\nkind = \"mysql\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
          interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n{extra}\n"
     )
+}
+
+/// A scratch directory under the target directory, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// A new, empty directory named after `name`.
+    pub fn new(name: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A backend table for a test config.

@@ -1,0 +1,188 @@
+//! Live reload: read, parse, validate, diff, apply in one swap, report. Every
+//! trigger (file events, the poll, SIGHUP, later the admin API) ends in
+//! [`Reloader::reload`]; an invalid file keeps the running config.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::app::{bind_one, App, BoundListener};
+use crate::cluster::{Pool, Snapshot};
+use crate::config::{Config, ConfigDiff};
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The file's bytes (or the resulting config) did not change.
+    Unchanged,
+    /// A new config runs.
+    Applied {
+        /// Its generation.
+        generation: u64,
+        /// What changed.
+        diff: ConfigDiff,
+    },
+    /// The file could not be used; the running config stays.
+    Rejected(String),
+}
+
+/// What made a reload happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A file event or the poll: identical bytes do nothing.
+    File,
+    /// SIGHUP or an explicit request: read everything again, including the
+    /// files the config names (a rotated password file).
+    Forced,
+}
+
+/// Reloads one config file into one app.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    last_hash: Option<u64>,
+}
+
+impl Reloader {
+    /// A reloader for `path`, whose current content is the running config.
+    pub fn new(path: &Path) -> Reloader {
+        let last_hash = std::fs::read(path).ok().map(|b| hash(&b));
+        Reloader {
+            path: path.to_owned(),
+            last_hash,
+        }
+    }
+
+    /// Reads the file and applies it if it changed; logs one line either way
+    /// (nothing for unchanged bytes).
+    pub fn reload(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
+        let outcome = self.attempt(app, trigger);
+        match &outcome {
+            ReloadOutcome::Unchanged => {
+                tracing::debug!(file = %self.path.display(), "config unchanged")
+            }
+            ReloadOutcome::Applied { generation, diff } => {
+                tracing::info!(file = %self.path.display(), generation, "config reloaded: {diff}");
+            }
+            ReloadOutcome::Rejected(e) => {
+                tracing::error!("config reload rejected, the running config stays: {e}")
+            }
+        }
+        outcome
+    }
+
+    fn attempt(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            // Mid-rename or deleted: the next event or poll tries again.
+            Err(e) => {
+                return ReloadOutcome::Rejected(format!(
+                    "{}: cannot read the config file: {e}",
+                    self.path.display()
+                ))
+            }
+        };
+        let digest = hash(text.as_bytes());
+        if trigger == Trigger::File && self.last_hash == Some(digest) {
+            return ReloadOutcome::Unchanged;
+        }
+        // Remembered even when the content is bad: the same bad bytes are
+        // not retried (and logged) on every poll, only the next change is.
+        self.last_hash = Some(digest);
+        let config = match Config::from_file_text(&self.path, &text) {
+            Ok(c) => c,
+            Err(e) => return ReloadOutcome::Rejected(e.to_string()),
+        };
+        match app.apply(config) {
+            Ok(diff) if diff.is_empty() => ReloadOutcome::Unchanged,
+            Ok(diff) => ReloadOutcome::Applied {
+                generation: app.snapshot().generation,
+                diff,
+            },
+            Err(e) => ReloadOutcome::Rejected(e),
+        }
+    }
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl App {
+    /// Applies `config` in one swap of the routing snapshot. Listeners that
+    /// are new or moved are bound first, so a bind error rejects the whole
+    /// config and nothing is half-applied.
+    pub fn apply(&mut self, config: Config) -> Result<ConfigDiff, String> {
+        let current = self.routes.load_full();
+        let diff = ConfigDiff::between(&current.config, &config);
+        if diff.is_empty() {
+            return Ok(diff);
+        }
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let old = current.config.listeners.iter().find(|o| o.name == l.name);
+            if old.is_none_or(|o| o.listen != l.listen) {
+                let socket = bind_one(l.addr)
+                    .map_err(|e| format!("listener '{}': cannot bind {}: {e}", l.name, l.listen))?;
+                bound.push(BoundListener {
+                    name: l.name.clone(),
+                    socket,
+                });
+            }
+        }
+        let config = Arc::new(config);
+        let next = Arc::new(Snapshot::build(
+            Arc::clone(&config),
+            current.generation + 1,
+            &mut self.registry,
+            Some(&current),
+        ));
+        self.routes.store(Arc::clone(&next));
+
+        for name in &diff.listeners_removed {
+            if let Some(handle) = self.listeners.remove(name) {
+                tracing::info!(listener = %name, "listener removed: no longer accepting; its sessions continue");
+                handle.stop.cancel();
+            }
+        }
+        for b in bound {
+            let name = b.name.clone();
+            if let Err(e) = self.spawn_listener(b) {
+                tracing::error!(listener = %name, "cannot start the listener: {e}");
+            }
+        }
+        self.supervisor
+            .reconcile(&config, &self.registry, &self.tasks, &self.stop_checks);
+        evict_removed(&current, &next);
+        let wanted: HashSet<&str> = config
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter().map(|b| b.address.text.as_str()))
+            .collect();
+        self.registry.retain(|address| wanted.contains(address));
+        self.changed.notify_one();
+        Ok(diff)
+    }
+}
+
+/// Sessions on backends that a reload removed from a pool follow that pool's
+/// `on_remove`.
+fn evict_removed(before: &Snapshot, after: &Snapshot) {
+    for old in before.pools() {
+        let still = after.pool(&old.config.name).map(Arc::as_ref);
+        for member in &old.members {
+            let kept = still.is_some_and(|p: &Pool| p.member_for(&member.state).is_some());
+            if !kept {
+                crate::control::evict(
+                    old,
+                    member,
+                    old.config.routing.on_remove,
+                    "backend removed from the config",
+                );
+            }
+        }
+    }
+}
