@@ -21,7 +21,7 @@ pub enum ReloadOutcome {
         /// Its generation.
         generation: u64,
         /// What changed.
-        diff: ConfigDiff,
+        diff: Box<ConfigDiff>,
     },
     /// The file could not be used; the running config stays.
     Rejected(String),
