@@ -98,7 +98,7 @@ impl Reloader {
             Ok(diff) if diff.is_empty() => ReloadOutcome::Unchanged,
             Ok(diff) => ReloadOutcome::Applied {
                 generation: app.snapshot().generation,
-                diff,
+                diff: Box::new(diff),
             },
             Err(e) => ReloadOutcome::Rejected(e),
         }
