@@ -2,7 +2,7 @@
 //! pools of 2, 8 and 64 backends under each balance policy.
 
 // A benchmark with a broken setup should stop loudly.
-#![allow(clippy::expect_used)]
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,10 +33,18 @@ fn pool_config(n: usize, balance: &str) -> Config {
 
 fn snapshot(n: usize, balance: &str) -> Snapshot {
     let mut registry = Registry::default();
-    let snapshot = Snapshot::build(Arc::new(pool_config(n, balance)), 1, &mut registry);
+    let snapshot = Snapshot::build(Arc::new(pool_config(n, balance)), 1, &mut registry, None);
     for state in registry.iter() {
         state.set_health(Health::Up, "bench");
     }
+    // What the control loop does after the first probes: every member eligible.
+    for pool in snapshot.pools() {
+        dbsplice::control::evaluate(pool, std::time::Instant::now());
+    }
+    assert!(
+        snapshot.pools().all(|p| p.pick(&[]).is_some()),
+        "picks find a backend"
+    );
     snapshot
 }
 
