@@ -100,7 +100,7 @@ impl Running {
                 "--log-format",
                 "json",
                 "--log-level",
-                "info",
+                "info,dbsplice::reload=debug",
                 "--config",
             ])
             .arg(config_path)
@@ -155,6 +155,26 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[test]
+fn check_diff_prints_what_a_reload_would_change() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/dbsplice.toml");
+    let good = std::fs::read_to_string(&example).unwrap();
+    let new = scratch("new.toml", &good.replacen("weight = 1", "weight = 7", 1));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&new)
+        .arg("--diff")
+        .arg(&example)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("reload from") && text.contains("backends changed: main/db1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +273,146 @@ async fn accept_survives_running_out_of_file_descriptors() {
     })
     .await
     .unwrap_or_else(|| panic!("dbsplice recovered: {}", running.logs()));
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}
+
+/// A config that sends the `rw` listener to `db`, polling the file only hourly:
+/// every reload below comes from the directory watch (or SIGHUP).
+fn routed_to(db: &MariaDb) -> String {
+    format!(
+        "reload_poll = \"1h\"\n{}",
+        config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+            &[backend(db.addr(), 1, "primary")]
+        )
+    )
+}
+
+async fn serves(addr: std::net::SocketAddr, db: &MariaDb) {
+    let port = db.port;
+    wait_until(Duration::from_secs(5), || async {
+        let mut conn = connect(addr).await.ok()?;
+        let got = server_port(&mut conn).await;
+        let _ = conn.disconnect().await;
+        (got == port).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the edit reached dbsplice: expected port {port}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_of_editing_the_file_is_picked_up() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let dir = crate::support::Scratch::new("edits");
+    let path = dir.0.join("dbsplice.toml");
+    std::fs::write(&path, routed_to(&a)).unwrap();
+    let running = Running::start(&path, None);
+    let addr = running.addr;
+    serves(addr, &a).await;
+
+    // In place (truncate and write).
+    std::fs::write(&path, routed_to(&b)).unwrap();
+    serves(addr, &b).await;
+    // Rename over (vim, sed -i, Ansible, install).
+    let tmp = dir.0.join(".dbsplice.toml.swp");
+    std::fs::write(&tmp, routed_to(&a)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    serves(addr, &a).await;
+    // Delete and re-create.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, routed_to(&b)).unwrap();
+    serves(addr, &b).await;
+    // A broken edit keeps the running config; the next good one applies.
+    std::fs::write(&path, "[[listener]]\nname = \"rw\"\nthis is broken\n").unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        running.logs().contains("reload rejected").then_some(())
+    })
+    .await
+    .unwrap();
+    serves(addr, &b).await;
+    // A slow writer: half the file, a pause shorter than the debounce, the rest.
+    let text = routed_to(&a);
+    let (head, tail) = text.split_at(text.len() / 2);
+    let mut file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut file, head.as_bytes()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::io::Write::write_all(&mut file, tail.as_bytes()).unwrap();
+    drop(file);
+    serves(addr, &a).await;
+    let logs = running.logs();
+    assert_eq!(
+        logs.matches("config reloaded").count(),
+        4,
+        "one reload per good edit: {logs}"
+    );
+
+    // SIGHUP: the config is a symlink to a file in a directory nobody watches.
+    let elsewhere = crate::support::Scratch::new("edits-elsewhere");
+    let target = elsewhere.0.join("real.toml");
+    std::fs::write(&target, routed_to(&a)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    // The symlink's creation is an event, read once the debounce is over:
+    // the same content as running, so nothing changes.
+    wait_until(Duration::from_secs(5), || async {
+        running.logs().contains("config unchanged").then_some(())
+    })
+    .await
+    .expect("the symlink swap was read");
+    std::fs::write(&target, routed_to(&b)).unwrap();
+    // No event reaches the watch; after more than the debounce, the old
+    // config still serves...
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut conn = connect(addr).await.unwrap();
+    assert_eq!(
+        server_port(&mut conn).await,
+        a.port,
+        "an unwatched change is not applied by itself"
+    );
+    conn.disconnect().await.unwrap();
+    // ...until SIGHUP.
+    let status = Command::new("kill")
+        .args(["-HUP", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serves(addr, &b).await;
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubernetes_configmap_symlink_swap_is_picked_up() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let dir = crate::support::Scratch::new("configmap");
+    // The layout a kubelet writes: dbsplice.toml -> ..data/dbsplice.toml,
+    // ..data -> ..<timestamp>, swapped by renaming a new ..data link over it.
+    let version = |name: &str, text: String| {
+        let v = dir.0.join(name);
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("dbsplice.toml"), text).unwrap();
+    };
+    version("..2026_11_26_1", routed_to(&a));
+    std::os::unix::fs::symlink("..2026_11_26_1", dir.0.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/dbsplice.toml", dir.0.join("dbsplice.toml")).unwrap();
+    let running = Running::start(&dir.0.join("dbsplice.toml"), None);
+    serves(running.addr, &a).await;
+    version("..2026_11_26_2", routed_to(&b));
+    std::os::unix::fs::symlink("..2026_11_26_2", dir.0.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.0.join("..2026_11_26_1")).unwrap();
+    serves(running.addr, &b).await;
     let logs = running.logs.clone();
     assert_eq!(
         running.terminate().await,
