@@ -77,6 +77,8 @@ pub struct App {
     kill_sessions: CancellationToken,
     pub(crate) stop_checks: CancellationToken,
     pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// Reload counters.
+    pub reload_stats: crate::reload::ReloadStats,
 }
 
 /// A running accept loop.
@@ -109,6 +111,7 @@ impl App {
             kill_sessions: CancellationToken::new(),
             stop_checks: CancellationToken::new(),
             changed: Arc::clone(&changed),
+            reload_stats: crate::reload::ReloadStats::default(),
         };
         app.supervisor.reconcile(
             &app.routes.load().config,

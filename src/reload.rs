@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::app::{bind_one, App, BoundListener};
 use crate::cluster::{Pool, Snapshot};
@@ -25,6 +27,36 @@ pub enum ReloadOutcome {
     },
     /// The file could not be used; the running config stays.
     Rejected(String),
+}
+
+/// Reload counters, for metrics and status.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads that applied a new config.
+    pub applied: AtomicU64,
+    /// Reloads that found nothing to change.
+    pub unchanged: AtomicU64,
+    /// Reloads rejected (the running config stayed).
+    pub rejected: AtomicU64,
+    /// Seconds since the Unix epoch of the last applied reload (0: none).
+    pub last_applied_unix: AtomicU64,
+}
+
+impl ReloadStats {
+    fn count(&self, outcome: &ReloadOutcome) {
+        let counter = match outcome {
+            ReloadOutcome::Unchanged => &self.unchanged,
+            ReloadOutcome::Applied { .. } => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_applied_unix.store(now, Ordering::Relaxed);
+                &self.applied
+            }
+            ReloadOutcome::Rejected(_) => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What made a reload happen.
@@ -58,6 +90,7 @@ impl Reloader {
     /// (nothing for unchanged bytes).
     pub fn reload(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
         let outcome = self.attempt(app, trigger);
+        app.reload_stats.count(&outcome);
         match &outcome {
             ReloadOutcome::Unchanged => {
                 tracing::debug!(file = %self.path.display(), "config unchanged")

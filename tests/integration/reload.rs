@@ -319,5 +319,69 @@ async fn two_hundred_reloads_under_load_fail_no_connection() {
     let (ok, failed) = client.await.unwrap();
     assert_eq!(failed, 0, "{ok} connections succeeded");
     assert!(ok > 20, "the client loop ran during the reloads: {ok}");
-    assert_eq!(proxy.app.as_ref().unwrap().snapshot().generation, 201);
+    let app = proxy.app.as_ref().unwrap();
+    assert_eq!(app.snapshot().generation, 201);
+    assert_eq!(
+        app.reload_stats
+            .applied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        200
+    );
+    assert!(
+        app.reload_stats
+            .last_applied_unix
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_is_drained_by_its_deadline() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let dir = Scratch::new("reload-drain");
+    let path = dir.0.join("dbsplice.toml");
+    let settings = format!("balance = \"weighted-round-robin\"\non_remove = \"drain:1s\"\n{CHECK}");
+    std::fs::write(
+        &path,
+        config(
+            &settings,
+            &[
+                backend(a.addr(), 1, "primary"),
+                backend(b.addr(), 1, "primary"),
+            ],
+        ),
+    )
+    .unwrap();
+    let mut proxy = Proxy::start_file(&path);
+    proxy.wait_health(a.addr(), Health::Up).await;
+    proxy.wait_health(b.addr(), Health::Up).await;
+    let mut on_b = loop {
+        let mut conn = connect(proxy.addr("rw")).await.unwrap();
+        if server_port(&mut conn).await == b.port {
+            break conn;
+        }
+    };
+    let mut reloader = Reloader::new(&path);
+    std::fs::write(&path, config(&settings, &[backend(a.addr(), 1, "primary")])).unwrap();
+    assert!(matches!(
+        reloader.reload(proxy.app_mut(), Trigger::File),
+        ReloadOutcome::Applied { .. }
+    ));
+    let removed_at = tokio::time::Instant::now();
+    assert_eq!(
+        server_port(&mut on_b).await,
+        b.port,
+        "draining: the session still works"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while on_b.query_drop("DO 1").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(closed.await.is_ok(), "closed by the drain deadline");
+    assert!(
+        removed_at.elapsed() >= Duration::from_millis(900),
+        "not before the deadline: {:?}",
+        removed_at.elapsed()
+    );
 }
