@@ -421,3 +421,30 @@ async fn a_kubernetes_configmap_symlink_swap_is_picked_up() {
         logs.lock().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poll_catches_what_no_event_reports() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let (dir, elsewhere) = (
+        crate::support::Scratch::new("poll"),
+        crate::support::Scratch::new("poll-target"),
+    );
+    // The file lives in a directory nobody watches; only the poll sees edits.
+    let target = elsewhere.0.join("real.toml");
+    let polled =
+        |db: &MariaDb| routed_to(db).replace("reload_poll = \"1h\"", "reload_poll = \"300ms\"");
+    std::fs::write(&target, polled(&a)).unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let running = Running::start(&path, None);
+    serves(running.addr, &a).await;
+    std::fs::write(&target, polled(&b)).unwrap();
+    serves(running.addr, &b).await;
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}
