@@ -6,6 +6,7 @@
 //! passed in, so the same code checks a file, loads it at start and reloads it.
 
 mod check;
+mod cidr;
 mod diff;
 mod duration;
 mod raw;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use crate::balance::hold::{Failback, HoldPolicy};
 pub use check::{CheckConfig, MysqlCheck, Secret};
+pub use cidr::Cidr;
 pub use diff::ConfigDiff;
 pub use duration::{format_duration, parse_duration};
 pub use raw::{
@@ -59,6 +61,17 @@ pub struct ListenerConfig {
     /// Close a session after this long without a byte either way; `None` leaves
     /// idle sessions to the server's `wait_timeout`.
     pub idle_timeout: Option<Duration>,
+    /// Client address ranges allowed to connect; `None` allows everyone.
+    pub allow: Option<Vec<Cidr>>,
+}
+
+impl ListenerConfig {
+    /// Whether a client from `ip` may connect.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|r| r.contains(ip)))
+    }
 }
 
 /// A set of backends with a balance policy and a health check.

@@ -34,6 +34,7 @@ pub struct RawListener {
     pub pool: String,
     pub max_connections: Option<u32>,
     pub idle_timeout: Option<ConfigDuration>,
+    pub allow: Option<Vec<super::cidr::Cidr>>,
 }
 
 /// One `[pool.NAME]`.

@@ -132,6 +132,7 @@ fn listener_configs(
             pool: l.pool,
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             idle_timeout: l.idle_timeout.map(|d| d.0),
+            allow: l.allow,
         });
     }
     out

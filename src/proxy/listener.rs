@@ -29,6 +29,9 @@ pub struct ListenerStats {
     pub rejected_limit: AtomicU64,
     /// Clients refused because no backend of the pool could take them.
     pub rejected_no_backend: AtomicU64,
+    /// Clients closed because their address is not in the `allow` list.
+    pub rejected_access: AtomicU64,
+    denied_log: RateLimit,
     /// Accept calls that failed (for example out of file descriptors).
     pub accept_errors: AtomicU64,
     active: AtomicU64,
@@ -38,6 +41,38 @@ impl ListenerStats {
     /// Sessions open now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Lets a log line through at most once a second, counting the rest.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    /// `Some(lines suppressed since the last one)` when a line may be logged now.
+    fn ready(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = u64::try_from(
+            START
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if (last != 0 && now.saturating_sub(last) < 1_000)
+            || self
+                .last_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -107,6 +142,14 @@ impl AcceptLoop {
         let Some(pool) = snapshot.pool(&listener.pool) else {
             return;
         };
+        if !listener.allows(peer.ip()) {
+            // Closed before any backend is touched; logged at most once a second.
+            self.stats.rejected_access.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.stats.denied_log.ready() {
+                tracing::warn!(listener = %self.name, client = %peer, suppressed, "client not in the listener's allow list, closed");
+            }
+            return;
+        }
         if self.stats.active.load(Ordering::Relaxed) >= u64::from(listener.max_connections) {
             self.stats.rejected_limit.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = %self.name, client = %peer, "max_connections reached, closing client");

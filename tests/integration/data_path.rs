@@ -292,3 +292,48 @@ async fn shutdown_drains_then_closes_what_is_left() {
         "the session was closed"
     );
 }
+
+/// Connects from `source` and reads what arrives until EOF or 2 s.
+async fn first_bytes_from(source: &str, to: std::net::SocketAddr) -> Vec<u8> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].to_vec(),
+        _ => b"(no EOF)".to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allow_list_refuses_clients_before_any_backend_is_touched() {
+    let db = MariaDb::start().await;
+    let toml = config(CHECK, &[backend(db.addr(), 1, "primary")]).replace(
+        "pool = \"main\"\n",
+        "pool = \"main\"\nallow = [\"127.0.0.2/32\", \"10.0.0.0/8\"]\n",
+    );
+    let proxy = Proxy::start(&toml);
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let addr = proxy.addr("rw");
+    let sessions = proxy.backend(db.addr()).total();
+    let denied = first_bytes_from("127.0.0.3", addr).await;
+    assert!(denied.is_empty(), "closed without a byte: {denied:?}");
+    assert_eq!(
+        proxy.backend(db.addr()).total(),
+        sessions,
+        "no backend was touched"
+    );
+    let stats = proxy.app.as_ref().unwrap().listener_stats("rw").unwrap();
+    assert_eq!(
+        stats
+            .rejected_access
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let allowed = first_bytes_from("127.0.0.2", addr).await;
+    assert_eq!(
+        allowed.get(4),
+        Some(&10),
+        "an allowed client gets the server's greeting"
+    );
+}
