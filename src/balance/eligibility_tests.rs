@@ -19,6 +19,7 @@ fn routing(role: PoolRole) -> Routing {
         slow_start: None,
         on_primary_return: OnDown::Keep,
         on_remove: OnDown::Keep,
+        send_proxy: None,
         hold: crate::config::HoldPolicy {
             failback: crate::config::Failback::Auto,
             flap_threshold: 0,

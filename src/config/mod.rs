@@ -26,8 +26,8 @@ pub use cidr::Cidr;
 pub use diff::ConfigDiff;
 pub use duration::{format_duration, parse_duration};
 pub use raw::{
-    Address, Balance, CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, Tier,
-    TlsSetting, Verify, MAX_WEIGHT,
+    Address, Balance, CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole,
+    ProxyVersion, Tier, TlsSetting, Verify, MAX_WEIGHT,
 };
 pub use validate::validate;
 
@@ -121,6 +121,8 @@ pub struct Routing {
     pub on_primary_return: OnDown,
     /// Sessions on a backend removed from the pool by a reload.
     pub on_remove: OnDown,
+    /// PROXY protocol header sent to backends (sessions and probes).
+    pub send_proxy: Option<ProxyVersion>,
     /// After a backend returns from down, its weight ramps up over this long.
     pub slow_start: Option<Duration>,
 }

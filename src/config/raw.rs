@@ -62,8 +62,19 @@ pub struct RawPool {
     pub slow_start: Option<ConfigDuration>,
     pub on_primary_return: Option<OnDown>,
     pub on_remove: Option<OnDown>,
+    pub send_proxy: Option<ProxyVersion>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// `send_proxy`: which PROXY protocol header dbsplice sends to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// What a pool's clients may be sent to.

@@ -96,6 +96,7 @@ pub(super) fn routing(
         slow_start: raw.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
         on_primary_return: raw.on_primary_return.unwrap_or(OnDown::Keep),
         on_remove: raw.on_remove.unwrap_or(OnDown::Keep),
+        send_proxy: raw.send_proxy,
         hold: hold_policy(key, raw, problems),
     }
 }

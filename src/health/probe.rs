@@ -11,8 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{format_duration, CheckConfig, CheckKind, TlsSetting};
+use crate::config::{format_duration, CheckConfig, CheckKind, ProxyVersion, TlsSetting};
 use crate::mysql::{Action, Facts, Lag, Probe, ProbeError, ProbeOptions, TlsMode};
+use crate::proxy::proxy_header;
 
 /// What one probe concluded.
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub struct Prober {
 struct MysqlProber {
     opts: Arc<ProbeOptions>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The pool sends PROXY headers: probes send a LOCAL one.
+    proxy: Option<ProxyVersion>,
 }
 
 impl std::fmt::Debug for MysqlProber {
@@ -69,7 +72,11 @@ impl std::fmt::Debug for MysqlProber {
 impl Prober {
     /// Prepares probes of the backend whose host (as written) is `host`; the
     /// host is the name a TLS certificate is checked against.
-    pub fn new(check: &CheckConfig, host: &str) -> Result<Prober, String> {
+    pub fn new(
+        check: &CheckConfig,
+        host: &str,
+        proxy: Option<ProxyVersion>,
+    ) -> Result<Prober, String> {
         let mysql = match (&check.kind, &check.mysql) {
             (CheckKind::Mysql, Some(m)) => {
                 let tls = match m.tls {
@@ -99,6 +106,7 @@ impl Prober {
                 Some(MysqlProber {
                     opts: Arc::new(opts),
                     tls,
+                    proxy,
                 })
             }
             (CheckKind::Mysql, None) => return Err("the mysql check has no settings".to_owned()),
@@ -150,6 +158,11 @@ async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
         Err(e) => return Outcome::fail(describe_connect_error(&e)),
     };
     let _ = stream.set_nodelay(true);
+    if let Some(version) = m.proxy {
+        if let Err(e) = stream.write_all(&proxy_header::local(version)).await {
+            return Outcome::fail(format!("sending the PROXY header failed: {e}"));
+        }
+    }
     let mut probe = Probe::new(Arc::clone(&m.opts));
     let result = match drive(&mut probe, &mut stream).await {
         Ok(Some(result)) => result,

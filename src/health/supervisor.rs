@@ -12,8 +12,8 @@ use tokio_util::task::TaskTracker;
 use super::checker::Checker;
 use super::probe::Prober;
 use super::state::Health;
-use crate::cluster::Registry;
-use crate::config::{BackendConfig, CheckConfig, Config};
+use crate::cluster::{BackendState, Registry};
+use crate::config::{BackendConfig, CheckConfig, Config, ProxyVersion};
 
 /// Probes in flight at once across all backends: a large pool does not open
 /// hundreds of connections in the same instant.
@@ -22,7 +22,7 @@ const MAX_PROBES_IN_FLIGHT: usize = 64;
 /// The running checkers.
 #[derive(Debug)]
 pub struct Supervisor {
-    checkers: HashMap<String, (CheckConfig, CancellationToken)>,
+    checkers: HashMap<String, (Settings, CancellationToken)>,
     slots: Arc<Semaphore>,
     changed: Arc<Notify>,
 }
@@ -38,8 +38,9 @@ impl Supervisor {
         }
     }
 
-    /// Starts checkers for new addresses, restarts those whose settings
-    /// changed (keeping their state) and stops those no longer configured.
+    /// Starts checkers for new addresses, restarts those whose settings (or
+    /// state, after a new resolution) changed, and stops those no longer
+    /// configured. A restarted checker carries on from the backend's state.
     pub fn reconcile(
         &mut self,
         config: &Config,
@@ -47,39 +48,44 @@ impl Supervisor {
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) {
-        let mut wanted: HashMap<&str, (&CheckConfig, &BackendConfig)> = HashMap::new();
+        let mut wanted: HashMap<&str, (Settings, &BackendConfig)> = HashMap::new();
         for pool in config.pools.values() {
             for b in &pool.backends {
+                let Some(state) = registry.get(&b.address.text) else {
+                    continue;
+                };
+                let settings = Settings {
+                    check: pool.check.clone(),
+                    proxy: pool.routing.send_proxy,
+                    state: Arc::clone(state),
+                };
                 wanted
                     .entry(b.address.text.as_str())
-                    .or_insert((&pool.check, b));
+                    .or_insert((settings, b));
             }
         }
-        self.checkers.retain(|address, (check, stop)| {
+        self.checkers.retain(|address, (running, stop)| {
             let keep = wanted
                 .get(address.as_str())
-                .is_some_and(|(w, _)| *w == check);
+                .is_some_and(|(w, _)| w == running);
             if !keep {
                 stop.cancel();
             }
             keep
         });
-        for (address, (check, backend)) in wanted {
+        for (address, (settings, backend)) in wanted {
             if self.checkers.contains_key(address) {
                 continue;
             }
-            let Some(state) = registry.get(address) else {
-                continue;
-            };
             let stop = parent.child_token();
-            match Prober::new(check, &backend.address.host) {
+            let state = &settings.state;
+            match Prober::new(&settings.check, &backend.address.host, settings.proxy) {
                 Ok(prober) => {
-                    let slots = Arc::clone(&self.slots);
                     let checker = Checker {
                         state: Arc::clone(state),
-                        check: check.clone(),
+                        check: settings.check.clone(),
                         prober,
-                        slots,
+                        slots: Arc::clone(&self.slots),
                         changed: Arc::clone(&self.changed),
                     };
                     tasks.spawn(checker.run(stop.clone()));
@@ -90,8 +96,23 @@ impl Supervisor {
                     self.changed.notify_one();
                 }
             }
-            self.checkers
-                .insert(address.to_owned(), (check.clone(), stop));
+            self.checkers.insert(address.to_owned(), (settings, stop));
         }
+    }
+}
+
+/// What a checker was started with; any difference restarts it.
+#[derive(Debug)]
+struct Settings {
+    check: CheckConfig,
+    proxy: Option<ProxyVersion>,
+    state: Arc<BackendState>,
+}
+
+impl PartialEq for Settings {
+    fn eq(&self, other: &Settings) -> bool {
+        self.check == other.check
+            && self.proxy == other.proxy
+            && Arc::ptr_eq(&self.state, &other.state)
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod greeting;
 pub mod listener;
+pub mod proxy_header;
 pub mod session;
 pub mod sockopt;
 pub mod splice;

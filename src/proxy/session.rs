@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::splice::CloseReason;
-use super::{greeting, sockopt, splice};
+use super::{greeting, proxy_header, sockopt, splice};
 use crate::cluster::{Pool, SessionGuard};
 use crate::config::format_duration;
 use crate::health::probe::describe_connect_error;
@@ -40,7 +40,14 @@ pub async fn serve(
     kill: CancellationToken,
 ) -> bool {
     sockopt::tune(&client);
-    let mut backend = match connect(&pool).await {
+    let header = pool.config.routing.send_proxy.and_then(|version| {
+        Some(proxy_header::header(
+            version,
+            peer,
+            client.local_addr().ok()?,
+        ))
+    });
+    let mut backend = match connect(&pool, header.as_deref()).await {
         Ok(connected) => connected,
         Err(message) => {
             tracing::warn!(client = %peer, pool = %pool.config.name, "refusing client: {message}");
@@ -87,7 +94,7 @@ pub async fn serve(
 /// ones. A MySQL server speaks first, so a retry is invisible to the client;
 /// with the greeting gate, a server that greets with an error (or not at all)
 /// is skipped the same way.
-async fn connect(pool: &Pool) -> Result<Connected, String> {
+async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, String> {
     let mut excluded = Vec::new();
     let mut failures = Vec::new();
     let routing = &pool.config.routing;
@@ -105,27 +112,17 @@ async fn connect(pool: &Pool) -> Result<Connected, String> {
             TcpStream::connect(member.state.addr),
         );
         let error = match connect.await {
-            Ok(Ok(mut stream)) if routing.greeting_gate => {
-                match greeting::read(&mut stream, routing.greeting_timeout).await {
-                    Ok(greeting) => {
-                        return Ok(Connected {
-                            stream,
-                            guard,
-                            index,
-                            greeting,
-                        })
-                    }
-                    Err(e) => e,
+            Ok(Ok(stream)) => match prepare(stream, routing, proxy_header).await {
+                Ok((stream, greeting)) => {
+                    return Ok(Connected {
+                        stream,
+                        guard,
+                        index,
+                        greeting,
+                    })
                 }
-            }
-            Ok(Ok(stream)) => {
-                return Ok(Connected {
-                    stream,
-                    guard,
-                    index,
-                    greeting: Vec::new(),
-                })
-            }
+                Err(e) => e,
+            },
             Ok(Err(e)) => describe_connect_error(&e),
             Err(_) => format!(
                 "connect timed out after {}",
@@ -151,6 +148,27 @@ async fn connect(pool: &Pool) -> Result<Connected, String> {
             failures.join("; ")
         )
     })
+}
+
+/// Readies a fresh backend connection: the PROXY header first, then, with
+/// the greeting gate, the server's greeting (returned to forward).
+async fn prepare(
+    mut stream: TcpStream,
+    routing: &crate::config::Routing,
+    proxy_header: Option<&[u8]>,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    if let Some(header) = proxy_header {
+        stream
+            .write_all(header)
+            .await
+            .map_err(|e| format!("sending the PROXY header failed: {e}"))?;
+    }
+    let greeting = if routing.greeting_gate {
+        greeting::read(&mut stream, routing.greeting_timeout).await?
+    } else {
+        Vec::new()
+    };
+    Ok((stream, greeting))
 }
 
 /// Tells a client that no server can take it, as a server would.

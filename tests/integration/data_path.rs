@@ -337,3 +337,29 @@ async fn the_allow_list_refuses_clients_before_any_backend_is_touched() {
         "an allowed client gets the server's greeting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_shows_the_client_address_to_the_server() {
+    // Only dbsplice's own address may send PROXY headers.
+    let db = MariaDb::start_with(&["--proxy-protocol-networks=127.0.0.1".to_owned()]).await;
+    for version in ["v1", "v2"] {
+        let check = crate::support::mysql_check("check", "checkpw", "");
+        let toml = config(
+            &format!("send_proxy = \"{version}\"\n{check}"),
+            &[backend(db.addr(), 1, "primary")],
+        );
+        let proxy = Proxy::start(&toml);
+        proxy.wait_health(db.addr(), Health::Up).await; // probes send LOCAL headers
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+        let stream = socket.connect(proxy.addr("rw")).await.unwrap();
+        let client = stream.local_addr().unwrap();
+        let sql = "SELECT host FROM information_schema.processlist WHERE id = CONNECTION_ID()";
+        let host = crate::support::fake::query_over(stream, "dbsplice", "secret", sql).await;
+        assert_eq!(
+            host,
+            Some(client.to_string()),
+            "{version}: the server sees the client itself, not dbsplice"
+        );
+    }
+}

@@ -121,3 +121,57 @@ where
     });
     addr
 }
+
+/// A minimal client over an already connected stream (so the test chooses
+/// the source address): native-password login, one query, the first value
+/// of the first row.
+pub async fn query_over(
+    mut s: tokio::net::TcpStream,
+    user: &str,
+    password: &str,
+    sql: &str,
+) -> Option<String> {
+    use dbsplice::mysql::resultset::{QueryOutcome, ResultReader};
+    use mysql_common::io::ParseBuf;
+    use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
+    let greeting = read_packet(&mut s).await?;
+    let handshake: HandshakePacket<'_> = ParseBuf(&greeting).parse(()).ok()?;
+    let nonce = handshake.nonce();
+    let scramble =
+        dbsplice::mysql::auth::scramble(&AuthPlugin::MysqlNativePassword, password, &nonce);
+    let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH
+        | CapabilityFlags::CLIENT_LONG_PASSWORD;
+    let response = HandshakeResponse::new(
+        Some(scramble),
+        (10, 11, 0),
+        Some(user.as_bytes()),
+        None::<&[u8]>,
+        Some(AuthPlugin::MysqlNativePassword),
+        caps,
+        None,
+        1 << 24,
+    );
+    let mut payload = Vec::new();
+    response.serialize(&mut payload);
+    s.write_all(&packet(1, &payload)).await.ok()?;
+    let ok = read_packet(&mut s).await?;
+    if ok.first() != Some(&0) {
+        return None;
+    }
+    let mut query = vec![0x03];
+    query.extend_from_slice(sql.as_bytes());
+    s.write_all(&packet(0, &query)).await.ok()?;
+    let mut reader = ResultReader::default();
+    loop {
+        let p = read_packet(&mut s).await?;
+        if let Some(outcome) = reader.feed(&p).ok()? {
+            let _ = s.write_all(&packet(0, &[0x01])).await;
+            return match outcome {
+                QueryOutcome::Rows(r) => r.rows.first()?.first()?.clone(),
+                _ => None,
+            };
+        }
+    }
+}
