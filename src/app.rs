@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -50,7 +51,8 @@ pub fn bind(config: &Config) -> io::Result<Vec<BoundListener>> {
         .collect()
 }
 
-pub(crate) fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Binds one listening socket (reuse-address, non-blocking, backlog 1024).
+pub fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
@@ -77,8 +79,44 @@ pub struct App {
     kill_sessions: CancellationToken,
     pub(crate) stop_checks: CancellationToken,
     pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// What the admin server reads.
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// The state the admin server and metrics read while dbsplice runs.
+#[derive(Debug)]
+pub struct Shared {
+    /// The routing snapshot.
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    /// The running listeners.
+    pub listeners: Mutex<Vec<ListenerView>>,
     /// Reload counters.
     pub reload_stats: crate::reload::ReloadStats,
+    /// Set once shutdown begins: not ready any more.
+    pub draining: AtomicBool,
+}
+
+/// One running listener, as the admin server sees it.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    /// Its name.
+    pub name: String,
+    /// Where it is bound.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<ListenerStats>,
+}
+
+impl Shared {
+    /// Ready for traffic: not draining, and every backend probed at least once.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && self.routes.load().pools().all(|p| {
+                p.members
+                    .iter()
+                    .all(|m| m.state.health() != crate::health::Health::Unknown)
+            })
+    }
 }
 
 /// A running accept loop.
@@ -99,6 +137,7 @@ impl App {
         let mut registry = Registry::default();
         let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry, None);
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+        let routes_for_shared = Arc::clone(&routes);
         let changed = Arc::new(tokio::sync::Notify::new());
         let mut app = App {
             routes,
@@ -111,7 +150,12 @@ impl App {
             kill_sessions: CancellationToken::new(),
             stop_checks: CancellationToken::new(),
             changed: Arc::clone(&changed),
-            reload_stats: crate::reload::ReloadStats::default(),
+            shared: Arc::new(Shared {
+                routes: Arc::clone(&routes_for_shared),
+                listeners: Mutex::new(Vec::new()),
+                reload_stats: crate::reload::ReloadStats::default(),
+                draining: AtomicBool::new(false),
+            }),
         };
         app.supervisor.reconcile(
             &app.routes.load().config,
@@ -127,6 +171,7 @@ impl App {
         for b in bound {
             app.spawn_listener(b)?;
         }
+        app.publish_listeners();
         Ok(app)
     }
 
@@ -155,6 +200,30 @@ impl App {
         };
         self.tasks.spawn(accept.run());
         Ok(())
+    }
+
+    /// What the admin server reads.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Publishes the running listeners for the admin server.
+    pub(crate) fn publish_listeners(&self) {
+        let mut views: Vec<ListenerView> = self
+            .listeners
+            .iter()
+            .map(|(name, l)| ListenerView {
+                name: name.clone(),
+                addr: l.addr,
+                stats: Arc::clone(&l.stats),
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        *self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = views;
     }
 
     /// The address a listener is bound to.
@@ -191,6 +260,7 @@ impl App {
     /// Stops accepting, lets open sessions finish for up to `grace`, closes the
     /// rest, then stops the checkers. Returns the number of sessions closed by force.
     pub async fn shutdown(self, grace: Duration) -> usize {
+        self.shared.draining.store(true, Ordering::Relaxed);
         self.stop_accepting.cancel();
         self.sessions.close();
         let open = self.sessions.len();

@@ -15,6 +15,7 @@
 //! Client bytes are never parsed: a session is a pick, a connect (retried on
 //! another backend while the client has seen nothing) and a splice.
 
+pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod mysql;
 pub mod proxy;
 pub mod reload;

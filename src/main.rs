@@ -8,15 +8,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
+use dbsplice::admin::{self, Admin};
 use dbsplice::app::{self, App};
 use dbsplice::config::watch::FileWatch;
 use dbsplice::config::{Config, ConfigDiff};
-use dbsplice::reload::{Reloader, Trigger};
+use dbsplice::reload::{ReloadOutcome, Reloader, Trigger};
 
 /// Exit code for a config that cannot be used (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -137,8 +139,22 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let poll = config.reload_poll;
+        let admin_addr = config.admin.as_ref().map(|a| a.addr);
         let bound = app::bind(&config)?;
         let mut app = App::start(config, bound)?;
+        let (commands, mut inbox) = tokio::sync::mpsc::channel(16);
+        let stop_admin = tokio_util::sync::CancellationToken::new();
+        if let Some(addr) = admin_addr {
+            let listener = tokio::net::TcpListener::from_std(
+                app::bind_one(addr).context("binding the admin server")?,
+            )?;
+            tracing::info!(addr = %listener.local_addr()?, "admin listening");
+            let server = Arc::new(Admin {
+                shared: Arc::clone(app.shared()),
+                commands,
+            });
+            tokio::spawn(admin::serve(listener, server, stop_admin.clone()));
+        }
         let mut reloader = Reloader::new(path);
         let mut watch = FileWatch::new(path, poll);
         loop {
@@ -147,8 +163,10 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                 _ = hup.recv() => { reloader.reload(&mut app, Trigger::Forced); }
                 () = watch.changed() => { reloader.reload(&mut app, Trigger::File); }
+                Some(command) = inbox.recv() => act(&mut app, &mut reloader, command),
             }
         }
+        stop_admin.cancel();
         let grace = app.snapshot().config.shutdown_grace;
         tokio::select! {
             forced = app.shutdown(grace) => tracing::info!(forced, "stopped"),
@@ -157,4 +175,23 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Carries out an admin action on the app the loop owns.
+fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command) {
+    match command {
+        admin::Command::Reload(reply) => {
+            let answer = match reloader.reload(app, Trigger::Forced) {
+                ReloadOutcome::Unchanged => (true, "unchanged".to_owned()),
+                ReloadOutcome::Applied { generation, diff } => {
+                    (true, format!("applied generation {generation}: {diff}"))
+                }
+                ReloadOutcome::Rejected(why) => (false, why),
+            };
+            let _ = reply.send(answer);
+        }
+        admin::Command::Failback(pool, reply) => {
+            let _ = reply.send(app.failback(&pool));
+        }
+    }
 }

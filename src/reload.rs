@@ -90,7 +90,7 @@ impl Reloader {
     /// (nothing for unchanged bytes).
     pub fn reload(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
         let outcome = self.attempt(app, trigger);
-        app.reload_stats.count(&outcome);
+        app.shared.reload_stats.count(&outcome);
         match &outcome {
             ReloadOutcome::Unchanged => {
                 tracing::debug!(file = %self.path.display(), "config unchanged")
@@ -187,6 +187,7 @@ impl App {
                 tracing::error!(listener = %name, "cannot start the listener: {e}");
             }
         }
+        self.publish_listeners();
         self.supervisor
             .reconcile(&config, &self.registry, &self.tasks, &self.stop_checks);
         evict_removed(&current, &next);

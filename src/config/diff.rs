@@ -41,6 +41,16 @@ impl ConfigDiff {
         if old.reload_poll != new.reload_poll {
             d.settings_changed.push("reload_poll".to_owned());
         }
+        let admin_addr = |c: &Config| c.admin.as_ref().map(|a| a.addr);
+        if admin_addr(old) != admin_addr(new) {
+            // The admin server is bound once, at start.
+            d.settings_changed
+                .push("admin.listen (takes effect after a restart)".to_owned());
+        }
+        let token = |c: &Config| c.admin.as_ref().and_then(|a| a.token.clone());
+        if token(old) != token(new) {
+            d.settings_changed.push("admin token".to_owned());
+        }
         let old_listeners: BTreeMap<&str, _> =
             old.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
         let new_listeners: BTreeMap<&str, _> =

@@ -39,10 +39,25 @@ pub struct Config {
     /// How often the config file is read again as a safety net for missed
     /// file events.
     pub reload_poll: Duration,
+    /// The admin server, if enabled.
+    pub admin: Option<AdminConfig>,
     /// Listeners in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// `[admin]`: the HTTP server for status, metrics and operator actions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// The address as written.
+    pub listen: Address,
+    /// Resolved.
+    pub addr: SocketAddr,
+    /// Where the bearer token for mutating endpoints is read from.
+    pub token_file: Option<PathBuf>,
+    /// The token, read at load.
+    pub token: Option<Secret>,
 }
 
 /// One listening address and the pool it routes to.
@@ -220,12 +235,34 @@ impl Config {
     pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut config = Config::from_toml(path, text, &resolve_system)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let problems: Vec<Problem> = config
+        let mut problems: Vec<Problem> = config
             .pools
             .values_mut()
             .filter_map(|p| Some((format!("pool.{}.check", p.name), p.check.mysql.as_mut()?)))
             .flat_map(|(key, mysql)| mysql.load_files(&key, base))
             .collect();
+        if let Some(admin) = config.admin.as_mut() {
+            if let Some(file) = &admin.token_file {
+                let full = base.join(file);
+                match std::fs::read_to_string(&full) {
+                    Ok(t) if !t.trim().is_empty() => admin.token = Some(Secret::new(t.trim())),
+                    Ok(_) => problems.push(Problem {
+                        key: "admin.token_file".into(),
+                        message: format!(
+                            "{} is empty; write a long random token into it",
+                            full.display()
+                        ),
+                    }),
+                    Err(e) => problems.push(Problem {
+                        key: "admin.token_file".into(),
+                        message: format!(
+                            "cannot read {}: {e}; fix the path or the file's permissions",
+                            full.display()
+                        ),
+                    }),
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(config)
         } else {

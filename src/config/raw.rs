@@ -19,10 +19,19 @@ use super::duration::ConfigDuration;
 pub struct RawConfig {
     pub shutdown_grace: Option<ConfigDuration>,
     pub reload_poll: Option<ConfigDuration>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
     pub pool: BTreeMap<String, RawPool>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Address,
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// One `[[listener]]`.

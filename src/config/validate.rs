@@ -56,10 +56,14 @@ pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Pr
         })
         .collect();
     let listeners = listener_configs(raw.listener, &pools, resolve, &mut problems);
+    let admin = raw
+        .admin
+        .and_then(|a| admin_config(a, resolve, &mut problems));
     if !problems.0.is_empty() {
         return Err(problems.0);
     }
     Ok(Config {
+        admin,
         reload_poll: raw
             .reload_poll
             .map_or(DEFAULT_RELOAD_POLL, |d| d.0)
@@ -249,4 +253,27 @@ fn check_name(key: &str, name: &str, problems: &mut Problems) {
     if name.is_empty() || name.len() > 64 || !name.chars().all(plain) {
         problems.add(key, format!("\"{name}\" is not a usable name; use 1 to 64 letters, digits, '-', '_', '.' or ':'"));
     }
+}
+
+fn admin_config(
+    raw: super::raw::RawAdmin,
+    resolve: &Resolver<'_>,
+    problems: &mut Problems,
+) -> Option<super::AdminConfig> {
+    let addr = problems.resolve("admin.listen".to_owned(), &raw.listen, resolve)?;
+    if !addr.ip().is_loopback() && raw.token_file.is_none() {
+        problems.add(
+            "admin.token_file",
+            format!(
+                "the admin server listens on {}, beyond this host, without a token: add token_file = \"/etc/dbsplice/admin.token\" or listen on 127.0.0.1",
+                raw.listen
+            ),
+        );
+    }
+    Some(super::AdminConfig {
+        listen: raw.listen,
+        addr,
+        token_file: raw.token_file,
+        token: None,
+    })
 }

@@ -448,3 +448,191 @@ async fn the_poll_catches_what_no_event_reports() {
         logs.lock().unwrap()
     );
 }
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn admin_addr(logs: &str) -> Option<std::net::SocketAddr> {
+    let line = logs.lines().find(|l| l.contains("\"admin listening\""))?;
+    line.split("\"addr\":\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The value of a sample line `name{labels} value` in a Prometheus scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reports_and_acts_with_a_token() {
+    let db = MariaDb::start().await;
+    let dir = crate::support::Scratch::new("admin");
+    std::fs::write(dir.0.join("admin.token"), "tok-123456\n").unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
+        config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+            &[backend(db.addr(), 1, "primary")]
+        )
+    );
+    let text = text.replacen("shutdown_grace = \"5s\"\n", "", 1);
+    std::fs::write(&path, format!("shutdown_grace = \"5s\"\n{text}")).unwrap();
+    let running = Running::start(&path, None);
+    let admin = wait_until(Duration::from_secs(10), || async {
+        admin_addr(&running.logs())
+    })
+    .await
+    .expect("admin address logged");
+
+    assert_eq!(http(admin, "GET", "/healthz", None).await.0, 200);
+    wait_until(Duration::from_secs(10), || async {
+        (http(admin, "GET", "/readyz", None).await.0 == 200).then_some(())
+    })
+    .await
+    .expect("ready once the backend was probed");
+    let (code, status) = http(admin, "GET", "/api/status", None).await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["pools"][0]["backends"][0]["health"], "up",
+        "{status}"
+    );
+    assert_eq!(status["pools"][0]["backends"][0]["eligible"], true);
+
+    // Known traffic, then a scrape with matching figures.
+    let scrape = http(admin, "GET", "/metrics", None).await.1;
+    let accepted =
+        sample(&scrape, "dbsplice_listener_accepted_total{listener=\"rw\"}").unwrap_or(0.0);
+    for _ in 0..5 {
+        let mut conn = connect(running.addr).await.unwrap();
+        server_port(&mut conn).await;
+        conn.disconnect().await.unwrap();
+    }
+    let scrape = http(admin, "GET", "/metrics", None).await.1;
+    assert_eq!(
+        sample(&scrape, "dbsplice_listener_accepted_total{listener=\"rw\"}"),
+        Some(accepted + 5.0),
+        "{scrape}"
+    );
+    assert!(scrape.contains("# HELP dbsplice_backend_up"), "{scrape}");
+    let up = format!(
+        "dbsplice_backend_up{{pool=\"main\",backend=\"{0}\",address=\"{0}\"}}",
+        db.addr()
+    );
+    assert_eq!(sample(&scrape, &up), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, "dbsplice_config_generation"), Some(1.0));
+    assert!(sample(&scrape, "dbsplice_process_open_fds").is_some_and(|n| n > 3.0));
+
+    // Refusals.
+    assert_eq!(
+        http(admin, "POST", "/api/reload", None).await.0,
+        401,
+        "no token"
+    );
+    assert_eq!(
+        http(admin, "POST", "/api/reload", Some("wrong")).await.0,
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        http(admin, "GET", "/api/reload", Some("tok-123456"))
+            .await
+            .0,
+        405,
+        "wrong method"
+    );
+    assert_eq!(http(admin, "POST", "/api/status", None).await.0, 405);
+    assert_eq!(http(admin, "GET", "/nope", None).await.0, 404);
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            "/api/pools/nope/failback",
+            Some("tok-123456")
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Actions with the token.
+    let (code, body) = http(admin, "POST", "/api/reload", Some("tok-123456")).await;
+    assert_eq!((code, body.contains("unchanged")), (200, true), "{body}");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("weight = 1", "weight = 4"),
+    )
+    .unwrap();
+    let (code, body) = http(admin, "POST", "/api/reload", Some("tok-123456")).await;
+    assert!(
+        code == 200 && (body.contains("applied") || body.contains("unchanged")),
+        "{code} {body}"
+    );
+    wait_until(Duration::from_secs(5), || async {
+        let s = http(admin, "GET", "/api/status", None).await.1;
+        s.contains("\"weight\":4").then_some(())
+    })
+    .await
+    .expect("the reload shows in the status");
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            "/api/pools/main/failback",
+            Some("tok-123456")
+        )
+        .await
+        .0,
+        200
+    );
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}

@@ -322,13 +322,15 @@ async fn two_hundred_reloads_under_load_fail_no_connection() {
     let app = proxy.app.as_ref().unwrap();
     assert_eq!(app.snapshot().generation, 201);
     assert_eq!(
-        app.reload_stats
+        app.shared()
+            .reload_stats
             .applied
             .load(std::sync::atomic::Ordering::Relaxed),
         200
     );
     assert!(
-        app.reload_stats
+        app.shared()
+            .reload_stats
             .last_applied_unix
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0

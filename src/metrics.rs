@@ -1,0 +1,242 @@
+//! Prometheus metrics: every name and help text lives here. Values are read
+//! from the atomics the data path and checkers keep anyway and rendered at
+//! scrape time into a fresh recorder, so the hot path pays nothing and a
+//! removed backend leaves no stale series behind.
+
+use std::sync::atomic::Ordering;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::app::Shared;
+use crate::config::Tier;
+use crate::health::Health;
+use crate::mysql::{Lag, Role};
+
+/// A metric's name and help text.
+pub type Metric = (&'static str, &'static str);
+
+/// 1 when the backend may take new sessions in the pool.
+pub const BACKEND_ELIGIBLE: Metric = (
+    "dbsplice_backend_eligible",
+    "1 when the backend takes new sessions in the pool",
+);
+/// Health as the checker sees it.
+pub const BACKEND_UP: Metric = (
+    "dbsplice_backend_up",
+    "1 when the backend's health checks pass",
+);
+/// Role.
+pub const BACKEND_WRITABLE: Metric = (
+    "dbsplice_backend_writable",
+    "1 when the server is writable (read_only off), 0 when read-only, -1 unknown",
+);
+/// Lag.
+pub const BACKEND_LAG: Metric = (
+    "dbsplice_backend_replication_lag_seconds",
+    "Replication lag; absent when unknown, 0 for a server that replicates from no one",
+);
+/// Sessions open.
+pub const BACKEND_ACTIVE: Metric = (
+    "dbsplice_backend_active_sessions",
+    "Sessions open to the backend now",
+);
+/// Sessions ever.
+pub const BACKEND_SESSIONS: Metric = (
+    "dbsplice_backend_sessions_total",
+    "Sessions started to the backend",
+);
+/// Connect failures.
+pub const BACKEND_CONNECT_FAILURES: Metric = (
+    "dbsplice_backend_connect_failures_total",
+    "Failed connects from the data path to the backend",
+);
+/// Accepted clients.
+pub const LISTENER_ACCEPTED: Metric = (
+    "dbsplice_listener_accepted_total",
+    "Clients accepted by the listener",
+);
+/// Rejected clients.
+pub const LISTENER_REJECTED: Metric = (
+    "dbsplice_listener_rejected_total",
+    "Clients refused by the listener, by reason (limit, access, no_backend)",
+);
+/// Open sessions per listener.
+pub const LISTENER_ACTIVE: Metric = (
+    "dbsplice_listener_active_sessions",
+    "Sessions open through the listener now",
+);
+/// Accept errors.
+pub const LISTENER_ACCEPT_ERRORS: Metric = (
+    "dbsplice_listener_accept_errors_total",
+    "Failed accept calls (for example out of file descriptors)",
+);
+/// Tier taking sessions.
+pub const POOL_STANDBY_ACTIVE: Metric = (
+    "dbsplice_pool_on_standby",
+    "1 while the pool's new sessions go to standbys",
+);
+/// Writer pools' writer.
+pub const POOL_WRITER: Metric = (
+    "dbsplice_pool_writer",
+    "1 for the backend that is the writer pool's writer",
+);
+/// Reloads.
+pub const RELOADS: Metric = (
+    "dbsplice_config_reloads_total",
+    "Config reloads by result (applied, unchanged, rejected)",
+);
+/// Generation.
+pub const CONFIG_GENERATION: Metric = (
+    "dbsplice_config_generation",
+    "Generation of the running config, 1 at start",
+);
+/// Last good reload.
+pub const CONFIG_LAST_RELOAD: Metric = (
+    "dbsplice_config_last_reload_timestamp_seconds",
+    "Unix time of the last applied reload, 0 if none",
+);
+/// Open descriptors.
+pub const PROCESS_OPEN_FDS: Metric = ("dbsplice_process_open_fds", "Open file descriptors");
+/// Descriptor limit.
+pub const PROCESS_MAX_FDS: Metric = (
+    "dbsplice_process_max_fds",
+    "Soft limit on open file descriptors",
+);
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(shared: &Shared) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe();
+        backends(shared);
+        listeners(shared);
+        config(shared);
+        process();
+    });
+    handle.render()
+}
+
+fn describe() {
+    for (name, help) in [
+        BACKEND_SESSIONS,
+        BACKEND_CONNECT_FAILURES,
+        LISTENER_ACCEPTED,
+        LISTENER_REJECTED,
+        LISTENER_ACCEPT_ERRORS,
+        RELOADS,
+    ] {
+        describe_counter!(name, help);
+    }
+    for (name, help) in [
+        BACKEND_ELIGIBLE,
+        BACKEND_UP,
+        BACKEND_WRITABLE,
+        BACKEND_LAG,
+        BACKEND_ACTIVE,
+        LISTENER_ACTIVE,
+        POOL_STANDBY_ACTIVE,
+        POOL_WRITER,
+        CONFIG_GENERATION,
+        CONFIG_LAST_RELOAD,
+        PROCESS_OPEN_FDS,
+        PROCESS_MAX_FDS,
+    ] {
+        describe_gauge!(name, help);
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn backends(shared: &Shared) {
+    let snapshot = shared.routes.load();
+    for pool in snapshot.pools() {
+        let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
+        gauge!(POOL_STANDBY_ACTIVE.0, "pool" => pool.config.name.clone())
+            .set(flag(decided.tier == Some(Tier::Standby)));
+        for (i, m) in pool.members.iter().enumerate() {
+            let labels = [
+                ("pool", pool.config.name.clone()),
+                ("backend", m.name.clone()),
+                ("address", m.state.address.clone()),
+            ];
+            let s = &m.state;
+            gauge!(BACKEND_ELIGIBLE.0, &labels).set(flag(m.is_eligible()));
+            gauge!(BACKEND_UP.0, &labels).set(flag(s.health() == Health::Up));
+            let writable = match s.role() {
+                Role::Writable => 1.0,
+                Role::ReadOnly => 0.0,
+                Role::Unknown => -1.0,
+            };
+            gauge!(BACKEND_WRITABLE.0, &labels).set(writable);
+            match s.lag() {
+                Some(Lag::Seconds(l)) => gauge!(BACKEND_LAG.0, &labels).set(l as f64),
+                Some(Lag::NotReplica) => gauge!(BACKEND_LAG.0, &labels).set(0.0),
+                _ => {}
+            }
+            gauge!(BACKEND_ACTIVE.0, &labels).set(s.active() as f64);
+            counter!(BACKEND_SESSIONS.0, &labels).absolute(s.total());
+            counter!(BACKEND_CONNECT_FAILURES.0, &labels).absolute(s.connect_failures());
+            if pool.config.routing.role == crate::config::PoolRole::Writer {
+                gauge!(POOL_WRITER.0, &labels).set(flag(decided.writer == Some(i)));
+            }
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn listeners(shared: &Shared) {
+    let listeners = shared
+        .listeners
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    for l in listeners {
+        let stats = &l.stats;
+        counter!(LISTENER_ACCEPTED.0, "listener" => l.name.clone())
+            .absolute(stats.accepted.load(Ordering::Relaxed));
+        for (reason, value) in [
+            ("limit", &stats.rejected_limit),
+            ("access", &stats.rejected_access),
+            ("no_backend", &stats.rejected_no_backend),
+        ] {
+            counter!(LISTENER_REJECTED.0, "listener" => l.name.clone(), "reason" => reason)
+                .absolute(value.load(Ordering::Relaxed));
+        }
+        counter!(LISTENER_ACCEPT_ERRORS.0, "listener" => l.name.clone())
+            .absolute(stats.accept_errors.load(Ordering::Relaxed));
+        gauge!(LISTENER_ACTIVE.0, "listener" => l.name.clone()).set(stats.active() as f64);
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn config(shared: &Shared) {
+    let r = &shared.reload_stats;
+    for (result, value) in [
+        ("applied", &r.applied),
+        ("unchanged", &r.unchanged),
+        ("rejected", &r.rejected),
+    ] {
+        counter!(RELOADS.0, "result" => result).absolute(value.load(Ordering::Relaxed));
+    }
+    gauge!(CONFIG_GENERATION.0).set(shared.routes.load().generation as f64);
+    gauge!(CONFIG_LAST_RELOAD.0).set(r.last_applied_unix.load(Ordering::Relaxed) as f64);
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn process() {
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        gauge!(PROCESS_OPEN_FDS.0).set(entries.count() as f64);
+    }
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        gauge!(PROCESS_MAX_FDS.0).set(soft as f64);
+    }
+}
