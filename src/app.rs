@@ -94,6 +94,8 @@ pub struct Shared {
     pub reload_stats: crate::reload::ReloadStats,
     /// Set once shutdown begins: not ready any more.
     pub draining: AtomicBool,
+    /// Wakes the control loop to decide routing again.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 /// One running listener, as the admin server sees it.
@@ -108,6 +110,39 @@ pub struct ListenerView {
 }
 
 impl Shared {
+    /// Sets (or, with `None`, clears) an operator's override on every backend
+    /// named `name` in any pool; `disable` also closes their sessions at once.
+    /// Returns how many backends matched.
+    pub fn set_override(
+        &self,
+        name: &str,
+        value: Option<crate::cluster::backend::Override>,
+    ) -> usize {
+        let snapshot = self.routes.load();
+        let mut matched = 0;
+        for pool in snapshot.pools() {
+            for member in pool.members.iter().filter(|m| m.name == name) {
+                matched += 1;
+                member.state.set_admin_override(value.clone());
+                if value
+                    .as_ref()
+                    .is_some_and(|o| o.mode == crate::cluster::backend::OverrideMode::Disable)
+                {
+                    member.take_evict_token().cancel();
+                }
+            }
+        }
+        if matched > 0 {
+            tracing::info!(
+                backend = name,
+                state = value.as_ref().map_or("enabled", |o| o.mode.as_str()),
+                "admin override"
+            );
+            self.changed.notify_one();
+        }
+        matched
+    }
+
     /// Ready for traffic: not draining, and every backend probed at least once.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed)
@@ -155,6 +190,7 @@ impl App {
                 listeners: Mutex::new(Vec::new()),
                 reload_stats: crate::reload::ReloadStats::default(),
                 draining: AtomicBool::new(false),
+                changed: Arc::clone(&changed),
             }),
         };
         app.supervisor.reconcile(

@@ -55,7 +55,7 @@ pub fn evaluate(pool: &Pool, now: Instant) -> Option<Instant> {
         .map(|m| {
             let (view, member_wake) = view(m, &pool.config.routing.hold, now);
             wake = wake.into_iter().chain(member_wake).min();
-            if view.held && m.is_eligible() {
+            if view.held && m.is_eligible() && m.state.admin_override(now).is_none() {
                 tracing::info!(pool = %pool.config.name, backend = %m.name, "backend held out: flapping (hold-down)");
             }
             view
@@ -102,11 +102,15 @@ pub fn evaluate(pool: &Pool, now: Instant) -> Option<Instant> {
 
 fn view(member: &Member, hold: &HoldPolicy, now: Instant) -> (View, Option<Instant>) {
     let health = member.state.health();
-    let (held, wake) = member
+    let (held, mut wake) = member
         .memory
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .update(health, now, hold);
+    let admin = member.state.admin_override(now);
+    if let Some(until) = admin.as_ref().and_then(|o| o.until) {
+        wake = Some(wake.map_or(until, |w| w.min(until)));
+    }
     let view = View {
         health,
         role: member.state.role(),
@@ -117,7 +121,7 @@ fn view(member: &Member, hold: &HoldPolicy, now: Instant) -> (View, Option<Insta
         },
         tier: member.tier,
         lagged_out: member.lagged_out(),
-        held: held.is_some(),
+        held: held.is_some() || admin.is_some(),
     };
     (view, wake)
 }

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Shared;
+use crate::cluster::backend::{Override, OverrideMode};
 
 /// An action only the control loop may carry out.
 #[derive(Debug)]
@@ -104,7 +105,11 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Repl
     let method = req.method().clone();
     let read_only = matches!(
         path.as_slice(),
-        [] | ["healthz"] | ["readyz"] | ["metrics"] | ["api", "status"]
+        [] | ["healthz"]
+            | ["readyz"]
+            | ["metrics"]
+            | ["api", "status"]
+            | ["api", "backends", _, "why"]
     );
     match (read_only, &method) {
         (true, &Method::GET | &Method::HEAD) => return read(admin, &path),
@@ -128,11 +133,17 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Repl
         tracing::warn!(client = %peer, path = %req.uri().path(), "admin request refused: {message}");
         return error(status, message);
     }
-    act(admin, &path).await
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    act(admin, &path, &query, peer).await
 }
 
 fn is_action(path: &[&str]) -> bool {
-    matches!(path, ["api", "reload"] | ["api", "pools", _, "failback"])
+    matches!(
+        path,
+        ["api", "reload"]
+            | ["api", "pools", _, "failback"]
+            | ["api", "backends", _, "drain" | "disable" | "enable"]
+    )
 }
 
 fn read(admin: &Admin, path: &[&str]) -> Reply {
@@ -145,12 +156,46 @@ fn read(admin: &Admin, path: &[&str]) -> Reply {
             "text/plain; version=0.0.4",
             crate::metrics::render(&admin.shared),
         ),
+        ["api", "backends", name, "why"] => match status::why(&admin.shared, name) {
+            Some(answer) => json(StatusCode::OK, &answer),
+            None => error(StatusCode::NOT_FOUND, "no backend of that name"),
+        },
         _ => json(StatusCode::OK, &status::status(&admin.shared)),
     }
 }
 
-async fn act(admin: &Admin, path: &[&str]) -> Reply {
+async fn act(admin: &Admin, path: &[&str], query: &str, peer: SocketAddr) -> Reply {
     match path {
+        ["api", "backends", name, action] => {
+            let mode = match *action {
+                "drain" => Some(OverrideMode::Drain),
+                "disable" => Some(OverrideMode::Disable),
+                _ => None,
+            };
+            let until = match query.split('&').find_map(|kv| kv.strip_prefix("for=")) {
+                None => None,
+                Some(d) => match crate::config::parse_duration(d) {
+                    Ok(d) => Some(std::time::Instant::now() + d),
+                    Err(e) => return error(StatusCode::BAD_REQUEST, &format!("for: {e}")),
+                },
+            };
+            let since_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let value = mode.map(|mode| Override {
+                mode,
+                origin: format!("admin API from {peer}"),
+                since_unix,
+                until,
+            });
+            match admin.shared.set_override(name, value) {
+                0 => error(StatusCode::NOT_FOUND, "no backend of that name"),
+                n => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "backend": name, "state": action, "backends": n }),
+                ),
+            }
+        }
         ["api", "reload"] => {
             let (tx, rx) = oneshot::channel();
             if admin.commands.send(Command::Reload(tx)).await.is_err() {

@@ -1,6 +1,7 @@
 //! `GET /api/status`: what dbsplice believes, as JSON.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -59,6 +60,12 @@ pub(super) fn status(shared: &Shared) -> Value {
                         "active_sessions": s.active(),
                         "total_sessions": s.total(),
                         "connect_failures": s.connect_failures(),
+                        "admin": s.admin_override(Instant::now()).map(|o| json!({
+                            "state": o.mode.as_str(),
+                            "origin": o.origin,
+                            "since_unix": o.since_unix,
+                            "expires_in_seconds": o.until.map(|u| u.saturating_duration_since(Instant::now()).as_secs()),
+                        })),
                     })
                 })
                 .collect();
@@ -88,4 +95,80 @@ pub(super) fn status(shared: &Shared) -> Value {
         "listeners": listeners,
         "pools": pools,
     })
+}
+
+/// `GET /api/backends/NAME/why`: in plain words, per pool, why the backend
+/// does or does not take new sessions. `None` when no backend has that name.
+pub(super) fn why(shared: &Shared, name: &str) -> Option<Value> {
+    let snapshot = shared.routes.load();
+    let mut answers = Vec::new();
+    for pool in snapshot.pools() {
+        for (i, m) in pool
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.name == name)
+        {
+            answers.push(json!({ "pool": pool.config.name, "eligible": m.is_eligible(), "why": explain(pool, i, m) }));
+        }
+    }
+    (!answers.is_empty()).then(|| json!({ "backend": name, "pools": answers }))
+}
+
+fn explain(pool: &crate::cluster::Pool, index: usize, m: &crate::cluster::Member) -> String {
+    use crate::config::{PoolRole, Tier};
+    use crate::health::Health;
+    use crate::mysql::Role;
+    let s = &m.state;
+    let routing = &pool.config.routing;
+    if let Some(o) = s.admin_override(Instant::now()) {
+        return format!("an operator set it to {} ({})", o.mode.as_str(), o.origin);
+    }
+    match s.health() {
+        Health::Unknown => return "it has not been probed yet".to_owned(),
+        Health::Down => return format!("its health check fails: {}", s.reason()),
+        Health::Up => {}
+    }
+    let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
+    if m.is_eligible() {
+        let tier = if m.tier == Tier::Standby {
+            " as a standby, because no primary is eligible"
+        } else {
+            ""
+        };
+        return match routing.role {
+            PoolRole::Writer => format!("it is the pool's writer{tier}"),
+            PoolRole::Reader if decided.fallback => {
+                "no replica is eligible, so reads fall back to it (a writer)".to_owned()
+            }
+            _ => format!("it is healthy and takes new sessions{tier}"),
+        };
+    }
+    if m.lagged_out() {
+        return format!(
+            "its replication lag ({:?}) is above max_lag; it returns at or below readmit_lag",
+            s.lag()
+        );
+    }
+    match (routing.role, s.role()) {
+        (PoolRole::Writer, Role::Writable) if decided.writer.is_some_and(|w| w != index) => {
+            return "another writable backend is the pool's writer (one writer at a time)"
+                .to_owned();
+        }
+        (PoolRole::Writer, Role::Writable) => {
+            return "several servers are writable and on_multiple_writers = \"refuse\"".to_owned();
+        }
+        (PoolRole::Writer, _) => return "it is not writable (read_only is on)".to_owned(),
+        (PoolRole::Reader, Role::Writable) => {
+            return "it is writable, and a reader pool uses read-only replicas".to_owned()
+        }
+        (PoolRole::Reader, _) if s.lag().is_none() && routing.max_lag.is_some() => {
+            return "its replication lag is unknown and lag_unknown = \"exclude\"".to_owned();
+        }
+        _ => {}
+    }
+    if m.tier == Tier::Standby && decided.tier == Some(Tier::Primary) {
+        return "it is a standby and a primary is eligible".to_owned();
+    }
+    "it is held back after returning from down (fail-back) or for flapping".to_owned()
 }

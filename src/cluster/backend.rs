@@ -33,6 +33,39 @@ pub struct BackendState {
     connect_failures: AtomicU64,
     reason: Mutex<Arc<str>>,
     probe_now: Notify,
+    admin: Mutex<Option<Override>>,
+}
+
+/// What an operator asked of a backend through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideMode {
+    /// No new sessions; open ones continue.
+    Drain,
+    /// No new sessions, and open ones are closed.
+    Disable,
+}
+
+impl OverrideMode {
+    /// Lower-case name for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverrideMode::Drain => "drain",
+            OverrideMode::Disable => "disable",
+        }
+    }
+}
+
+/// An operator's override: kept by address, so it survives reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Drain or disable.
+    pub mode: OverrideMode,
+    /// Who asked, in words (client address of the admin request).
+    pub origin: String,
+    /// When, in Unix seconds.
+    pub since_unix: u64,
+    /// When it lapses by itself, if ever.
+    pub until: Option<Instant>,
 }
 
 impl BackendState {
@@ -50,6 +83,7 @@ impl BackendState {
             connect_failures: AtomicU64::new(0),
             reason: Mutex::new(Arc::from("not probed yet")),
             probe_now: Notify::new(),
+            admin: Mutex::new(None),
         }
     }
 
@@ -92,6 +126,24 @@ impl BackendState {
         let before = self.role();
         self.role.store(code, Ordering::Release);
         (before != facts.role).then_some(before)
+    }
+
+    /// The operator's override in force at `now` (a lapsed one is cleared).
+    pub fn admin_override(&self, now: Instant) -> Option<Override> {
+        let mut admin = self.admin.lock().unwrap_or_else(PoisonError::into_inner);
+        if admin
+            .as_ref()
+            .and_then(|o| o.until)
+            .is_some_and(|until| until <= now)
+        {
+            *admin = None;
+        }
+        admin.clone()
+    }
+
+    /// Sets or clears the operator's override.
+    pub fn set_admin_override(&self, value: Option<Override>) {
+        *self.admin.lock().unwrap_or_else(PoisonError::into_inner) = value;
     }
 
     /// Whether new sessions may go here.

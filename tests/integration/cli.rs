@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use mysql_async::prelude::Queryable;
+
 use crate::support::{backend, config, connect, server_port, wait_until, MariaDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbsplice");
@@ -628,6 +630,173 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
         .0,
         200
     );
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let dir = crate::support::Scratch::new("overrides");
+    std::fs::write(dir.0.join("admin.token"), "tok").unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    let write = |weight: u32| {
+        let body = config(
+            "balance = \"weighted-round-robin\"\n[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+            &[backend(a.addr(), weight, "primary"), backend(b.addr(), 1, "primary")],
+        );
+        std::fs::write(
+            &path,
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{body}")
+                .replacen("shutdown_grace = \"5s\"\n", "", 1),
+        )
+        .unwrap();
+    };
+    write(1);
+    let running = Running::start(&path, None);
+    let admin = wait_until(Duration::from_secs(10), || async {
+        admin_addr(&running.logs())
+    })
+    .await
+    .unwrap();
+    let addr = running.addr;
+    let ports = |n: usize| async move {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..n {
+            // Before the first probes pass there is no backend: an empty set.
+            let Ok(mut conn) = connect(addr).await else {
+                return std::collections::HashSet::new();
+            };
+            seen.insert(server_port(&mut conn).await);
+            conn.disconnect().await.unwrap();
+        }
+        seen
+    };
+    wait_until(Duration::from_secs(10), || async {
+        (ports(4).await.len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let (name_a, name_b) = (a.addr().to_string(), b.addr().to_string());
+
+    // Drain a: new sessions only to b; a session already on a continues.
+    let mut on_a = loop {
+        let mut conn = connect(addr).await.unwrap();
+        if server_port(&mut conn).await == a.port {
+            break conn;
+        }
+    };
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            &format!("/api/backends/{name_a}/drain"),
+            Some("tok")
+        )
+        .await
+        .0,
+        200
+    );
+    wait_until(Duration::from_secs(5), || async {
+        (ports(4).await == [b.port].into()).then_some(())
+    })
+    .await
+    .expect("drained");
+    assert_eq!(
+        server_port(&mut on_a).await,
+        a.port,
+        "a drained backend keeps its sessions"
+    );
+    let why = http(admin, "GET", &format!("/api/backends/{name_a}/why"), None)
+        .await
+        .1;
+    assert!(why.contains("an operator set it to drain"), "{why}");
+    assert!(http(admin, "GET", "/api/status", None)
+        .await
+        .1
+        .contains("\"state\":\"drain\""));
+
+    // An unrelated reload keeps the override.
+    write(2);
+    wait_until(Duration::from_secs(5), || async {
+        http(admin, "GET", "/api/status", None)
+            .await
+            .1
+            .contains("\"weight\":2")
+            .then_some(())
+    })
+    .await
+    .expect("reloaded");
+    assert_eq!(
+        ports(4).await,
+        [b.port].into(),
+        "the drain survives the reload"
+    );
+
+    // Enable a; disable b, which closes b's sessions at once.
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            &format!("/api/backends/{name_a}/enable"),
+            Some("tok")
+        )
+        .await
+        .0,
+        200
+    );
+    let mut on_b = loop {
+        let mut conn = connect(addr).await.unwrap();
+        if server_port(&mut conn).await == b.port {
+            break conn;
+        }
+    };
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            &format!("/api/backends/{name_b}/disable?for=1s"),
+            Some("tok")
+        )
+        .await
+        .0,
+        200
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while on_b.query_drop("DO 1").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(closed.await.is_ok(), "disable closes open sessions");
+    assert_eq!(ports(4).await, [a.port].into());
+    wait_until(Duration::from_secs(10), || async {
+        (ports(4).await.len() == 2).then_some(())
+    })
+    .await
+    .expect("the timed disable lapsed by itself");
+    assert_eq!(
+        http(admin, "POST", "/api/backends/nope/drain", Some("tok"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            &format!("/api/backends/{name_a}/drain?for=soon"),
+            Some("tok")
+        )
+        .await
+        .0,
+        400
+    );
+    on_a.disconnect().await.unwrap();
     let logs = running.logs.clone();
     assert_eq!(
         running.terminate().await,
