@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
+use dbsplice::admin::cli::{Action, Target};
 use dbsplice::admin::{self, Admin};
 use dbsplice::app::{self, App};
 use dbsplice::config::watch::FileWatch;
@@ -49,6 +50,58 @@ enum Command {
         #[arg(long)]
         diff: Option<PathBuf>,
     },
+    /// Show pools and backends of the running instance.
+    Status(AdminArgs),
+    /// Stop new sessions to a backend; open ones continue.
+    Drain {
+        /// The backend's name.
+        name: String,
+        /// Only for this long, such as "10m".
+        #[arg(long = "for")]
+        duration: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop new sessions to a backend and close its open ones.
+    Disable {
+        /// The backend's name.
+        name: String,
+        /// Only for this long, such as "10m".
+        #[arg(long = "for")]
+        duration: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Clear a drain or disable.
+    Enable {
+        /// The backend's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reload the running instance's config file now.
+    Reload(AdminArgs),
+    /// Let backends held by `failback = "manual"` take traffic in a pool.
+    Failback {
+        /// The pool's name.
+        pool: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a running instance's admin server.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The config file, read for [admin] listen and token_file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The admin server's address, overriding the config.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token, overriding the config.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +127,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config, diff }) => check(&config, diff.as_deref()),
+        Some(Command::Status(admin)) => remote(&admin, Action::Status),
+        Some(Command::Drain {
+            name,
+            duration,
+            admin,
+        }) => remote(&admin, Action::Drain(name, duration)),
+        Some(Command::Disable {
+            name,
+            duration,
+            admin,
+        }) => remote(&admin, Action::Disable(name, duration)),
+        Some(Command::Enable { name, admin }) => remote(&admin, Action::Enable(name)),
+        Some(Command::Reload(admin)) => remote(&admin, Action::Reload),
+        Some(Command::Failback { pool, admin }) => remote(&admin, Action::Failback(pool)),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     }
@@ -103,6 +170,28 @@ fn check(path: &Path, old: Option<&Path>) -> ExitCode {
     }
     let _ = write!(std::io::stdout(), "{out}");
     ExitCode::SUCCESS
+}
+
+/// Runs an operator command against a running instance's admin API.
+fn remote(args: &AdminArgs, action: Action) -> ExitCode {
+    let result =
+        Target::resolve(&args.config, args.admin, args.token_file.as_deref()).and_then(|target| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(admin::cli::run(&target, &action))
+        });
+    match result {
+        Ok(out) => {
+            let _ = writeln!(std::io::stdout(), "{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "dbsplice: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(args: &RunArgs) -> ExitCode {

@@ -4,6 +4,8 @@
 //! loop that owns the app and answered through a reply channel.
 
 mod auth;
+pub mod cli;
+pub mod client;
 mod status;
 
 use std::convert::Infallible;

@@ -630,6 +630,37 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
         .0,
         200
     );
+
+    // The CLI: token from the config's token_file, address given (port 0 in the file).
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .args(["--admin", &admin.to_string()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let name = db.addr().to_string();
+    let (code, table) = cli(&["status"]);
+    assert_eq!(code, Some(0), "{table}");
+    assert!(
+        table.starts_with("POOL") && table.contains(&name) && table.contains(" up "),
+        "{table}"
+    );
+    assert_eq!(cli(&["drain", &name, "--for", "1m"]).0, Some(0));
+    assert!(cli(&["status"]).1.contains("drain"));
+    assert_eq!(cli(&["enable", &name]).0, Some(0));
+    let (code, out) = cli(&["reload"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&["drain", "nope"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("404"), "{out}");
     let logs = running.logs.clone();
     assert_eq!(
         running.terminate().await,

@@ -1,0 +1,186 @@
+//! The operator's commands against a running dbsplice: `status`, `drain`,
+//! `disable`, `enable`, `reload` and `failback`, through its admin API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::client::request;
+use crate::config::Config;
+
+/// What to ask of the running instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Print pools and backends as a table.
+    Status,
+    /// Drain a backend (optionally for a while, such as "10m").
+    Drain(String, Option<String>),
+    /// Disable a backend, closing its sessions.
+    Disable(String, Option<String>),
+    /// Clear a backend's override.
+    Enable(String),
+    /// Reload the config file now.
+    Reload,
+    /// Manual fail-back in a pool.
+    Failback(String),
+}
+
+/// Where the admin server is and the token for actions.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The admin server.
+    pub addr: SocketAddr,
+    /// The bearer token, if one is configured.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// Finds the admin server and token in the config file, unless given.
+    pub fn resolve(
+        config: &Path,
+        admin: Option<SocketAddr>,
+        token_file: Option<&Path>,
+    ) -> Result<Target, String> {
+        let loaded = Config::load(config);
+        let from_config = loaded.as_ref().ok().and_then(|c| c.admin.clone());
+        let addr = admin
+            .or(from_config.as_ref().map(|a| a.addr))
+            .ok_or_else(|| match &loaded {
+                Err(e) => format!("{e}\n(or give the admin address with --admin HOST:PORT)"),
+                Ok(_) => format!(
+                    "{} has no [admin] section; give the address with --admin HOST:PORT",
+                    config.display()
+                ),
+            })?;
+        let token = match token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("{}: {e}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => from_config
+                .and_then(|a| a.token)
+                .map(|t| t.expose().to_owned()),
+        };
+        Ok(Target { addr, token })
+    }
+}
+
+/// Carries out `action`; returns what to print.
+pub async fn run(target: &Target, action: &Action) -> Result<String, String> {
+    let token = target.token.as_deref();
+    let (method, path) = match action {
+        Action::Status => ("GET", "/api/status".to_owned()),
+        Action::Drain(name, until) => (
+            "POST",
+            with_for(&format!("/api/backends/{name}/drain"), until.as_deref()),
+        ),
+        Action::Disable(name, until) => (
+            "POST",
+            with_for(&format!("/api/backends/{name}/disable"), until.as_deref()),
+        ),
+        Action::Enable(name) => ("POST", format!("/api/backends/{name}/enable")),
+        Action::Reload => ("POST", "/api/reload".to_owned()),
+        Action::Failback(pool) => ("POST", format!("/api/pools/{pool}/failback")),
+    };
+    let (status, body) = request(target.addr, method, &path, token).await?;
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    if status != 200 {
+        let why = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        return Err(format!("{status}: {why}"));
+    }
+    Ok(match action {
+        Action::Status => table(&value),
+        Action::Reload => value
+            .get("outcome")
+            .and_then(Value::as_str)
+            .unwrap_or("done")
+            .to_owned(),
+        _ => value.to_string(),
+    })
+}
+
+fn with_for(path: &str, until: Option<&str>) -> String {
+    match until {
+        Some(d) => format!("{path}?for={d}"),
+        None => path.to_owned(),
+    }
+}
+
+/// Pools and backends as an aligned text table.
+pub fn table(status: &Value) -> String {
+    let mut rows = vec![[
+        "POOL", "BACKEND", "HEALTH", "IN", "ROLE", "LAG", "ACTIVE", "ADMIN", "REASON",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for pool in status["pools"].as_array().into_iter().flatten() {
+        for b in pool["backends"].as_array().into_iter().flatten() {
+            let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            rows.push(vec![
+                text(&pool["name"]),
+                text(&b["name"]),
+                text(&b["health"]),
+                if b["eligible"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                text(&b["role"]),
+                if b["lag_seconds"].is_null() {
+                    "-".into()
+                } else {
+                    format!("{}s", b["lag_seconds"])
+                },
+                text(&b["active_sessions"]),
+                b["admin"]["state"].as_str().unwrap_or("-").to_owned(),
+                text(&b["reason"]),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_lines_up() {
+        let status = serde_json::json!({"pools": [{"name": "main", "backends": [
+            {"name": "db1", "health": "up", "eligible": true, "role": "writable", "lag_seconds": null, "active_sessions": 3, "admin": null, "reason": "ok"},
+            {"name": "db2-long", "health": "down", "eligible": false, "role": "read-only", "lag_seconds": 4, "active_sessions": 0, "admin": {"state": "drain"}, "reason": "refused"},
+        ]}]});
+        let t = table(&status);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("POOL  BACKEND   HEALTH"), "{t}");
+        assert!(
+            lines[2].contains("db2-long  down    no   read-only  4s   0       drain  refused"),
+            "{t}"
+        );
+    }
+}
