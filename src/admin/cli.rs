@@ -112,6 +112,11 @@ fn with_for(path: &str, until: Option<&str>) -> String {
     }
 }
 
+/// A field of a JSON object, `Null` when absent.
+fn at<'a>(value: &'a Value, key: &str) -> &'a Value {
+    value.get(key).unwrap_or(&Value::Null)
+}
+
 /// Pools and backends as an aligned text table.
 pub fn table(status: &Value) -> String {
     let mut rows = vec![[
@@ -119,27 +124,30 @@ pub fn table(status: &Value) -> String {
     ]
     .map(String::from)
     .to_vec()];
-    for pool in status["pools"].as_array().into_iter().flatten() {
-        for b in pool["backends"].as_array().into_iter().flatten() {
+    for pool in at(status, "pools").as_array().into_iter().flatten() {
+        for b in at(pool, "backends").as_array().into_iter().flatten() {
             let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
             rows.push(vec![
-                text(&pool["name"]),
-                text(&b["name"]),
-                text(&b["health"]),
-                if b["eligible"].as_bool() == Some(true) {
+                text(at(pool, "name")),
+                text(at(b, "name")),
+                text(at(b, "health")),
+                if at(b, "eligible").as_bool() == Some(true) {
                     "yes".into()
                 } else {
                     "no".into()
                 },
-                text(&b["role"]),
-                if b["lag_seconds"].is_null() {
+                text(at(b, "role")),
+                if at(b, "lag_seconds").is_null() {
                     "-".into()
                 } else {
-                    format!("{}s", b["lag_seconds"])
+                    format!("{}s", at(b, "lag_seconds"))
                 },
-                text(&b["active_sessions"]),
-                b["admin"]["state"].as_str().unwrap_or("-").to_owned(),
-                text(&b["reason"]),
+                text(at(b, "active_sessions")),
+                b.pointer("/admin/state")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_owned(),
+                text(at(b, "reason")),
             ]);
         }
     }
