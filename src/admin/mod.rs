@@ -77,6 +77,9 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
 
 type Reply = Response<Full<Bytes>>;
 
+/// The status page: self-contained, nothing fetched from elsewhere.
+const STATUS_PAGE: &str = include_str!("page.html");
+
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -150,6 +153,7 @@ fn is_action(path: &[&str]) -> bool {
 
 fn read(admin: &Admin, path: &[&str]) -> Reply {
     match path {
+        [] => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
         ["healthz"] => reply(StatusCode::OK, "text/plain", "ok\n"),
         ["readyz"] if admin.shared.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n"),
         ["readyz"] => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),

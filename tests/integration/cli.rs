@@ -528,6 +528,16 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     .expect("admin address logged");
 
     assert_eq!(http(admin, "GET", "/healthz", None).await.0, 200);
+    let (code, page) = http(admin, "GET", "/", None).await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<title>dbsplice</title>") && page.contains("/api/status"),
+        "the status page"
+    );
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "nothing fetched from the internet"
+    );
     wait_until(Duration::from_secs(10), || async {
         (http(admin, "GET", "/readyz", None).await.0 == 200).then_some(())
     })
