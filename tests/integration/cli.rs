@@ -846,3 +846,33 @@ async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
         logs.lock().unwrap()
     );
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_exported_metrics() {
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs"),
+    )
+    .unwrap();
+    let mut used = 0;
+    for panel in json["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("dbsplice_"))
+            {
+                assert!(
+                    source.contains(&format!("\"{name}\"")),
+                    "{name} in the dashboard is not exported"
+                );
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 10);
+}
