@@ -876,3 +876,101 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
     }
     assert!(used >= 10);
 }
+
+/// Headless Chromium as the probe starts it here: no sandbox as root, and no
+/// background networking (this machine reaches no internet).
+fn chromium(profile: &std::path::Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+    ])
+    .args([
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_backend_states_in_a_browser() {
+    let (up, mut down) = tokio::join!(MariaDb::start(), MariaDb::start());
+    down.kill();
+    let dir = crate::support::Scratch::new("page");
+    let path = dir.0.join("dbsplice.toml");
+    let body = config(
+        "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+        &[
+            backend(up.addr(), 1, "primary"),
+            backend(down.addr(), 1, "primary"),
+        ],
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            body.replacen("shutdown_grace = \"5s\"\n", "", 1)
+        ),
+    )
+    .unwrap();
+    let running = Running::start(&path, None);
+    let admin = wait_until(Duration::from_secs(10), || async {
+        admin_addr(&running.logs())
+    })
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        (http(admin, "GET", "/readyz", None).await.0 == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{admin}/");
+    let profile = dir.0.join("chromium-profile");
+    let page = chromium(&profile)
+        .args(["--virtual-time-budget=5000", "--dump-dom", &url])
+        .output()
+        .expect("chromium runs (scripts/deps installs it)");
+    let dom = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        dom.contains(&format!(
+            "data-backend=\"{}\" data-health=\"up\"",
+            up.addr()
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            "data-backend=\"{}\" data-health=\"down\"",
+            down.addr()
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("connection refused"),
+        "reasons are shown: {dom}"
+    );
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let out = chromium(&profile)
+        .args(["--virtual-time-budget=5000", "--window-size=1200,500"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && shot.exists(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}
