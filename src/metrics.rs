@@ -51,6 +51,26 @@ pub const BACKEND_CONNECT_FAILURES: Metric = (
     "dbsplice_backend_connect_failures_total",
     "Failed connects from the data path to the backend",
 );
+/// Bytes each way.
+pub const BACKEND_BYTES: Metric = (
+    "dbsplice_backend_bytes_total",
+    "Bytes moved through finished sessions, by direction (to_backend, to_client)",
+);
+/// Connect failures by reason.
+pub const BACKEND_CONNECT_FAILURES_BY_REASON: Metric = (
+    "dbsplice_backend_connect_failures_by_reason_total",
+    "Failed connects from the data path, by reason (refused, timeout, greeting, other)",
+);
+/// Probe results.
+pub const BACKEND_PROBES: Metric = (
+    "dbsplice_backend_probes_total",
+    "Health probes, by outcome (pass, fail)",
+);
+/// Probe time.
+pub const BACKEND_PROBE_SECONDS: Metric = (
+    "dbsplice_backend_probe_time_seconds",
+    "Total time spent in health probes; divided by dbsplice_backend_probes_total, the mean",
+);
 /// Accepted clients.
 pub const LISTENER_ACCEPTED: Metric = (
     "dbsplice_listener_accepted_total",
@@ -122,6 +142,9 @@ fn describe() {
     for (name, help) in [
         BACKEND_SESSIONS,
         BACKEND_CONNECT_FAILURES,
+        BACKEND_BYTES,
+        BACKEND_CONNECT_FAILURES_BY_REASON,
+        BACKEND_PROBES,
         LISTENER_ACCEPTED,
         LISTENER_REJECTED,
         LISTENER_ACCEPT_ERRORS,
@@ -129,6 +152,7 @@ fn describe() {
     ] {
         describe_counter!(name, help);
     }
+    describe_gauge!(BACKEND_PROBE_SECONDS.0, BACKEND_PROBE_SECONDS.1);
     for (name, help) in [
         BACKEND_ELIGIBLE,
         BACKEND_UP,
@@ -185,11 +209,42 @@ fn backends(shared: &Shared) {
             gauge!(BACKEND_ACTIVE.0, &labels).set(s.active() as f64);
             counter!(BACKEND_SESSIONS.0, &labels).absolute(s.total());
             counter!(BACKEND_CONNECT_FAILURES.0, &labels).absolute(s.connect_failures());
+            counters(&labels, &s.counters);
             if pool.config.routing.role == crate::config::PoolRole::Writer {
                 gauge!(POOL_WRITER.0, &labels).set(flag(decided.writer == Some(i)));
             }
         }
     }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn counters(labels: &[(&'static str, String); 3], c: &crate::cluster::backend::Counters) {
+    let with = |key: &'static str, value: &'static str| {
+        let mut l: Vec<(&'static str, String)> = labels.to_vec();
+        l.push((key, value.to_owned()));
+        l
+    };
+    counter!(BACKEND_BYTES.0, &with("direction", "to_backend"))
+        .absolute(c.bytes_to_backend.load(Ordering::Relaxed));
+    counter!(BACKEND_BYTES.0, &with("direction", "to_client"))
+        .absolute(c.bytes_to_client.load(Ordering::Relaxed));
+    for (reason, value) in ["refused", "timeout", "greeting", "other"]
+        .iter()
+        .zip(&c.connect_failures)
+    {
+        counter!(
+            BACKEND_CONNECT_FAILURES_BY_REASON.0,
+            &with("reason", reason)
+        )
+        .absolute(value.load(Ordering::Relaxed));
+    }
+    counter!(BACKEND_PROBES.0, &with("outcome", "pass"))
+        .absolute(c.probes_passed.load(Ordering::Relaxed));
+    counter!(BACKEND_PROBES.0, &with("outcome", "fail"))
+        .absolute(c.probes_failed.load(Ordering::Relaxed));
+    // A float counter: the metrics facade has none, so a gauge set to the total.
+    gauge!(BACKEND_PROBE_SECONDS.0, labels)
+        .set(c.probe_micros.load(Ordering::Relaxed) as f64 / 1e6);
 }
 
 #[allow(clippy::cast_precision_loss)]

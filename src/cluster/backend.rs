@@ -34,6 +34,61 @@ pub struct BackendState {
     reason: Mutex<Arc<str>>,
     probe_now: Notify,
     admin: Mutex<Option<Override>>,
+    /// Traffic and probe counters, for metrics.
+    pub counters: Counters,
+}
+
+/// Why a connect from the data path failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens.
+    Refused,
+    /// No answer within `connect_timeout`.
+    Timeout,
+    /// The greeting gate saw an error greeting or none.
+    Greeting,
+    /// Anything else (unreachable, reset).
+    Other,
+}
+
+/// Counters kept for metrics; relaxed atomics, written off the per-byte path.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes from clients to this backend (added when a session ends).
+    pub bytes_to_backend: AtomicU64,
+    /// Bytes from this backend to clients (added when a session ends).
+    pub bytes_to_client: AtomicU64,
+    /// Failed connects by reason: refused, timeout, greeting, other.
+    pub connect_failures: [AtomicU64; 4],
+    /// Probes that passed.
+    pub probes_passed: AtomicU64,
+    /// Probes that failed.
+    pub probes_failed: AtomicU64,
+    /// Sum of probe durations, in microseconds.
+    pub probe_micros: AtomicU64,
+}
+
+impl Counters {
+    /// Records one probe.
+    pub fn probe(&self, passed: bool, took: Duration) {
+        let counter = if passed {
+            &self.probes_passed
+        } else {
+            &self.probes_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.probe_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records a finished session's bytes.
+    pub fn session_bytes(&self, to_backend: u64, to_client: u64) {
+        self.bytes_to_backend
+            .fetch_add(to_backend, Ordering::Relaxed);
+        self.bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
+    }
 }
 
 /// What an operator asked of a backend through the admin API.
@@ -84,6 +139,7 @@ impl BackendState {
             reason: Mutex::new(Arc::from("not probed yet")),
             probe_now: Notify::new(),
             admin: Mutex::new(None),
+            counters: Counters::default(),
         }
     }
 
@@ -202,8 +258,12 @@ impl BackendState {
 
     /// Reports a failed connect from the data path and asks the checker to
     /// probe now rather than at its next tick.
-    pub fn connect_failed(&self) {
+    pub fn connect_failed(&self, why: ConnectFailure) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let i = why as usize;
+        if let Some(c) = self.counters.connect_failures.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         self.probe_now.notify_one();
     }
 

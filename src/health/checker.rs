@@ -71,7 +71,12 @@ impl Checker {
         // A closed semaphore never happens (it is never closed); probing
         // without a permit would still be correct.
         let _permit = self.slots.acquire().await.ok();
-        self.prober.probe(self.state.addr).await
+        let started = tokio::time::Instant::now();
+        let outcome = self.prober.probe(self.state.addr).await;
+        self.state
+            .counters
+            .probe(matches!(outcome, Outcome::Pass { .. }), started.elapsed());
+        outcome
     }
 
     fn observe(&self, tracker: &mut Tracker, outcome: Outcome) {

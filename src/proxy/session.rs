@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::splice::CloseReason;
 use super::{greeting, proxy_header, sockopt, splice};
+use crate::cluster::backend::ConnectFailure;
 use crate::cluster::{Pool, SessionGuard};
 use crate::config::format_duration;
 use crate::health::probe::describe_connect_error;
@@ -77,11 +78,17 @@ pub async fn serve(
             None
         };
     if let Some(outcome) = outcome {
+        let to_client = outcome.to_client + backend.greeting.len() as u64;
+        backend
+            .guard
+            .backend()
+            .counters
+            .session_bytes(outcome.to_backend, to_client);
         tracing::debug!(
             client = %peer,
             backend = %address,
             to_backend = outcome.to_backend,
-            to_client = outcome.to_client + backend.greeting.len() as u64,
+            to_client,
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             reason = %outcome.reason,
             "session closed"
@@ -111,7 +118,7 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
             pool.config.connect_timeout,
             TcpStream::connect(member.state.addr),
         );
-        let error = match connect.await {
+        let (kind, error) = match connect.await {
             Ok(Ok(stream)) => match prepare(stream, routing, proxy_header).await {
                 Ok((stream, greeting)) => {
                     return Ok(Connected {
@@ -121,16 +128,22 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
                         greeting,
                     })
                 }
-                Err(e) => e,
+                Err(e) => (ConnectFailure::Greeting, e),
             },
-            Ok(Err(e)) => describe_connect_error(&e),
-            Err(_) => format!(
-                "connect timed out after {}",
-                format_duration(pool.config.connect_timeout)
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                (ConnectFailure::Refused, describe_connect_error(&e))
+            }
+            Ok(Err(e)) => (ConnectFailure::Other, describe_connect_error(&e)),
+            Err(_) => (
+                ConnectFailure::Timeout,
+                format!(
+                    "connect timed out after {}",
+                    format_duration(pool.config.connect_timeout)
+                ),
             ),
         };
         tracing::info!(backend = %member.state.address, pool = %pool.config.name, "connect failed, trying another backend: {error}");
-        member.state.connect_failed();
+        member.state.connect_failed(kind);
         // Only failed backends are remembered: the usual first-try success
         // allocates nothing here.
         excluded.push(index);

@@ -574,6 +574,27 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     );
     assert_eq!(sample(&scrape, &up), Some(1.0), "{scrape}");
     assert_eq!(sample(&scrape, "dbsplice_config_generation"), Some(1.0));
+    let labels = format!("pool=\"main\",backend=\"{0}\",address=\"{0}\"", db.addr());
+    let bytes = sample(
+        &scrape,
+        &format!("dbsplice_backend_bytes_total{{{labels},direction=\"to_client\"}}"),
+    );
+    assert!(
+        bytes.is_some_and(|b| b > 5.0 * 50.0),
+        "five greetings and results at least: {bytes:?}"
+    );
+    let probes = sample(
+        &scrape,
+        &format!("dbsplice_backend_probes_total{{{labels},outcome=\"pass\"}}"),
+    );
+    assert!(probes.is_some_and(|p| p >= 1.0), "{scrape}");
+    let refused = sample(
+        &scrape,
+        &format!(
+            "dbsplice_backend_connect_failures_by_reason_total{{{labels},reason=\"refused\"}}"
+        ),
+    );
+    assert_eq!(refused, Some(0.0));
     assert!(sample(&scrape, "dbsplice_process_open_fds").is_some_and(|n| n > 3.0));
 
     // Refusals.
