@@ -238,10 +238,7 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
                 app::bind_one(addr).context("binding the admin server")?,
             )?;
             tracing::info!(addr = %listener.local_addr()?, "admin listening");
-            let server = Arc::new(Admin {
-                shared: Arc::clone(app.shared()),
-                commands,
-            });
+            let server = Arc::new(Admin::new(Arc::clone(app.shared()), commands));
             tokio::spawn(admin::serve(listener, server, stop_admin.clone()));
         }
         let mut reloader = Reloader::new(path);

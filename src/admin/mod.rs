@@ -7,6 +7,7 @@ mod auth;
 pub mod cli;
 pub mod client;
 mod status;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,6 +43,19 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     /// Where actions go.
     pub commands: mpsc::Sender<Command>,
+    /// The TLS acceptor for the certificate files as last read.
+    tls: tls::Cache,
+}
+
+impl Admin {
+    /// An admin server over `shared`, sending actions to `commands`.
+    pub fn new(shared: Arc<Shared>, commands: mpsc::Sender<Command>) -> Admin {
+        Admin {
+            shared,
+            commands,
+            tls: tls::Cache::default(),
+        }
+    }
 }
 
 /// Serves admin requests on `listener` until `stop` is cancelled.
@@ -59,19 +73,39 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 continue;
             }
         };
+        let acceptor = match admin.tls.acceptor(&admin.shared) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("admin HTTPS is misconfigured, refusing connections: {e}");
+                continue;
+            }
+        };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(client = %peer, "admin connection ended: {e}");
+            match acceptor {
+                None => serve_connection(admin, stream, peer).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => serve_connection(admin, tls, peer).await,
+                    Err(e) => tracing::debug!(client = %peer, "admin TLS handshake failed: {e}"),
+                },
             }
         });
+    }
+}
+
+async fn serve_connection<S>(admin: Arc<Admin>, stream: S, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(client = %peer, "admin connection ended: {e}");
     }
 }
 

@@ -47,9 +47,9 @@ impl ConfigDiff {
             d.settings_changed
                 .push("admin.listen (takes effect after a restart)".to_owned());
         }
-        let token = |c: &Config| c.admin.as_ref().and_then(|a| a.token.clone());
-        if token(old) != token(new) {
-            d.settings_changed.push("admin token".to_owned());
+        if old.admin != new.admin && admin_addr(old) == admin_addr(new) {
+            d.settings_changed
+                .push("admin (token or certificate)".to_owned());
         }
         let old_listeners: BTreeMap<&str, _> =
             old.listeners.iter().map(|l| (l.name.as_str(), l)).collect();

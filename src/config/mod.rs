@@ -58,6 +58,12 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// The token, read at load.
     pub token: Option<Secret>,
+    /// Certificate chain (PEM) for HTTPS; with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS.
+    pub key_file: Option<PathBuf>,
+    /// Both files' contents, read at load (so a reload picks up new ones).
+    pub tls_pem: Option<(Vec<u8>, Secret)>,
 }
 
 /// One listening address and the pool it routes to.
@@ -242,6 +248,24 @@ impl Config {
             .flat_map(|(key, mysql)| mysql.load_files(&key, base))
             .collect();
         if let Some(admin) = config.admin.as_mut() {
+            if let (Some(cert), Some(key)) = (&admin.cert_file, &admin.key_file) {
+                let read = |field: &str, file: &Path| {
+                    std::fs::read(base.join(file)).map_err(|e| Problem {
+                        key: format!("admin.{field}"),
+                        message: format!(
+                            "cannot read {}: {e}; fix the path or the file's permissions",
+                            base.join(file).display()
+                        ),
+                    })
+                };
+                match (read("cert_file", cert), read("key_file", key)) {
+                    (Ok(c), Ok(k)) => {
+                        admin.tls_pem =
+                            Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned())))
+                    }
+                    (c, k) => problems.extend(c.err().into_iter().chain(k.err())),
+                }
+            }
             if let Some(file) = &admin.token_file {
                 let full = base.join(file);
                 match std::fs::read_to_string(&full) {

@@ -32,6 +32,8 @@ pub struct RawConfig {
 pub struct RawAdmin {
     pub listen: Address,
     pub token_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// One `[[listener]]`.

@@ -270,10 +270,19 @@ fn admin_config(
             ),
         );
     }
+    if raw.cert_file.is_some() != raw.key_file.is_some() {
+        problems.add(
+            "admin.key_file",
+            "HTTPS needs both cert_file and key_file; give both, or neither for plain HTTP",
+        );
+    }
     Some(super::AdminConfig {
         listen: raw.listen,
         addr,
         token_file: raw.token_file,
         token: None,
+        cert_file: raw.cert_file,
+        key_file: raw.key_file,
+        tls_pem: None,
     })
 }

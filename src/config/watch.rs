@@ -13,6 +13,9 @@ use tokio::sync::mpsc;
 /// write in several steps, and a file is read only once they stop.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// Longest wait for quiet after the first event.
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
+
 /// Watches one config file.
 pub struct FileWatch {
     // Kept alive: dropping it ends the watch.
@@ -36,10 +39,9 @@ impl FileWatch {
     pub fn new(path: &Path, poll: Duration) -> FileWatch {
         let (tx, events) = mpsc::unbounded_channel();
         let dir = parent_dir(path);
+        let name = path.file_name().map(std::ffi::OsStr::to_os_string);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Any event in the directory may concern the file: a rename over
-            // it, a `..data` symlink swap, a delete and re-create.
-            if event.is_ok() {
+            if event.is_ok_and(|e| concerns(&e, name.as_deref())) {
                 let _ = tx.send(());
             }
         })
@@ -68,18 +70,96 @@ impl FileWatch {
             Some(()) = self.events.recv() => {}
             _ = self.poll.tick() => return,
         }
+        // Quiet for DEBOUNCE, but never wait more than MAX_SETTLE: a file
+        // rewritten without pause is still read now and then.
+        let give_up = tokio::time::Instant::now() + MAX_SETTLE;
         loop {
-            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) | Err(_) => return,
+            let quiet = tokio::time::Instant::now() + DEBOUNCE;
+            match tokio::time::timeout_at(quiet.min(give_up), self.events.recv()).await {
+                Ok(Some(())) if quiet < give_up => continue,
+                _ => return,
             }
         }
     }
+}
+
+/// Whether a directory event may have changed the file: a write to it, a
+/// rename over it, its deletion and re-creation, or a Kubernetes `..data`
+/// symlink swap. Reads are not changes (and the reload's own read of the
+/// file must not wake the watch again).
+fn concerns(event: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
+    if matches!(event.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|f| Some(f) == name || f.to_string_lossy().starts_with(".."))
+    })
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, ModifyKind};
+    use notify::{Event, EventKind};
+
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_changes_to_the_file_or_a_configmap_link_count() {
+        let name = Some(std::ffi::OsStr::new("dbsplice.toml"));
+        let table = [
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Any),
+                    "/etc/dbsplice/dbsplice.toml",
+                ),
+                true,
+            ),
+            (
+                event(
+                    EventKind::Create(CreateKind::File),
+                    "/etc/dbsplice/dbsplice.toml",
+                ),
+                true,
+            ),
+            (
+                event(EventKind::Create(CreateKind::Any), "/etc/dbsplice/..data"),
+                true,
+            ),
+            (
+                event(
+                    EventKind::Access(AccessKind::Any),
+                    "/etc/dbsplice/dbsplice.toml",
+                ),
+                false,
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Any),
+                    "/etc/dbsplice/admin.token.swp",
+                ),
+                false,
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Any),
+                    "/etc/dbsplice/other.log",
+                ),
+                false,
+            ),
+        ];
+        for (e, want) in table {
+            assert_eq!(concerns(&e, name), want, "{e:?}");
+        }
     }
 }

@@ -995,3 +995,95 @@ async fn the_status_page_renders_backend_states_in_a_browser() {
         logs.lock().unwrap()
     );
 }
+
+/// GET over HTTPS trusting `ca`: the status code, or the TLS error.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    path: &str,
+) -> Result<u16, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response).await;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {response}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_speaks_https_and_picks_up_new_certificates_on_reload() {
+    let db = MariaDb::start().await;
+    let dir = crate::support::Scratch::new("admin-tls");
+    let first = crate::support::certs::make(&dir.0, "first");
+    let second = crate::support::certs::make(&dir.0, "second");
+    let path = dir.0.join("dbsplice.toml");
+    let write = |pki: &crate::support::certs::Pki| {
+        let body = config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\n",
+            &[backend(db.addr(), 1, "primary")],
+        );
+        let admin = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            pki.cert.display(),
+            pki.key.display()
+        );
+        std::fs::write(
+            &path,
+            format!(
+                "{admin}{}",
+                body.replacen("shutdown_grace = \"5s\"\n", "", 1)
+            ),
+        )
+        .unwrap();
+    };
+    write(&first);
+    let running = Running::start(&path, None);
+    let admin = wait_until(Duration::from_secs(10), || async {
+        admin_addr(&running.logs())
+    })
+    .await
+    .unwrap();
+    assert_eq!(https_get(admin, &first.ca, "/healthz").await, Ok(200));
+    assert!(
+        https_get(admin, &second.ca, "/healthz").await.is_err(),
+        "a certificate from another CA is refused"
+    );
+    write(&second);
+    wait_until(Duration::from_secs(5), || async {
+        (https_get(admin, &second.ca, "/healthz").await == Ok(200)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the reload brought the new certificate: {}", running.logs()));
+    assert!(https_get(admin, &first.ca, "/healthz").await.is_err());
+    let logs = running.logs.clone();
+    assert_eq!(
+        running.terminate().await,
+        Some(0),
+        "{}",
+        logs.lock().unwrap()
+    );
+}
