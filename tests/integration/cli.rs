@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use mysql_async::prelude::Queryable;
-
-use crate::support::{backend, config, connect, server_port, wait_until, MariaDb};
+use crate::support::{
+    backend, closed_within, config, connect, server_port, session_on, wait_until, MariaDb,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dbsplice");
 
@@ -137,6 +137,12 @@ impl Running {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Sends SIGTERM and asserts a clean exit (0), showing the logs if not.
+    async fn stop(self) {
+        let logs = self.logs.clone();
+        assert_eq!(self.terminate().await, Some(0), "{}", logs.lock().unwrap());
+    }
+
     /// Sends SIGTERM and returns the exit code.
     async fn terminate(mut self) -> Option<i32> {
         let status = Command::new("kill")
@@ -199,13 +205,11 @@ async fn run_serves_then_exits_0_on_sigterm() {
     assert_eq!(server_port(&mut conn).await, db.port);
     conn.disconnect().await.unwrap();
     let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
+    running.stop().await;
+    assert!(
+        logs.lock().unwrap().contains("SIGTERM"),
+        "the signal is logged"
     );
-    assert!(logs.lock().unwrap().contains("SIGTERM"));
 }
 
 /// Sends `ping` through a connection and waits for the echo.
@@ -275,13 +279,7 @@ async fn accept_survives_running_out_of_file_descriptors() {
     })
     .await
     .unwrap_or_else(|| panic!("dbsplice recovered: {}", running.logs()));
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 /// A config that sends the `rw` listener to `db`, polling the file only hourly:
@@ -385,13 +383,7 @@ async fn every_way_of_editing_the_file_is_picked_up() {
         .unwrap();
     assert!(status.success());
     serves(addr, &b).await;
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,13 +407,7 @@ async fn a_kubernetes_configmap_symlink_swap_is_picked_up() {
     std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.0.join("..2026_11_26_1")).unwrap();
     serves(running.addr, &b).await;
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,13 +428,7 @@ async fn the_poll_catches_what_no_event_reports() {
     serves(running.addr, &a).await;
     std::fs::write(&target, polled(&b)).unwrap();
     serves(running.addr, &b).await;
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 /// One HTTP/1.1 request over a fresh connection: (status, body).
@@ -692,13 +672,7 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     let (code, out) = cli(&["drain", "nope"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("404"), "{out}");
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -747,12 +721,7 @@ async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
     let (name_a, name_b) = (a.addr().to_string(), b.addr().to_string());
 
     // Drain a: new sessions only to b; a session already on a continues.
-    let mut on_a = loop {
-        let mut conn = connect(addr).await.unwrap();
-        if server_port(&mut conn).await == a.port {
-            break conn;
-        }
-    };
+    let mut on_a = session_on(addr, a.port).await;
     assert_eq!(
         http(
             admin,
@@ -812,12 +781,7 @@ async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
         .0,
         200
     );
-    let mut on_b = loop {
-        let mut conn = connect(addr).await.unwrap();
-        if server_port(&mut conn).await == b.port {
-            break conn;
-        }
-    };
+    let mut on_b = session_on(addr, b.port).await;
     assert_eq!(
         http(
             admin,
@@ -829,12 +793,10 @@ async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
         .0,
         200
     );
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while on_b.query_drop("DO 1").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert!(closed.await.is_ok(), "disable closes open sessions");
+    assert!(
+        closed_within(&mut on_b, Duration::from_secs(5)).await,
+        "disable closes open sessions"
+    );
     assert_eq!(ports(4).await, [a.port].into());
     wait_until(Duration::from_secs(10), || async {
         (ports(4).await.len() == 2).then_some(())
@@ -859,13 +821,7 @@ async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
         400
     );
     on_a.disconnect().await.unwrap();
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 #[test]
@@ -987,13 +943,7 @@ async fn the_status_page_renders_backend_states_in_a_browser() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }
 
 /// GET over HTTPS trusting `ca`: the status code, or the TLS error.
@@ -1079,11 +1029,5 @@ async fn the_admin_server_speaks_https_and_picks_up_new_certificates_on_reload()
     .await
     .unwrap_or_else(|| panic!("the reload brought the new certificate: {}", running.logs()));
     assert!(https_get(admin, &first.ca, "/healthz").await.is_err());
-    let logs = running.logs.clone();
-    assert_eq!(
-        running.terminate().await,
-        Some(0),
-        "{}",
-        logs.lock().unwrap()
-    );
+    running.stop().await;
 }

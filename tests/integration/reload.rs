@@ -9,16 +9,12 @@ use dbsplice::health::Health;
 use dbsplice::reload::{ReloadOutcome, Reloader, Trigger};
 use mysql_async::prelude::Queryable;
 
-use crate::support::{backend, config, connect, server_port, wait_until, MariaDb, Proxy, Scratch};
+use crate::support::{
+    backend, closed_within, config, connect, port_of_new_session, server_port, session_on,
+    wait_until, MariaDb, Proxy, Scratch,
+};
 
 const CHECK: &str = "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
-
-async fn port_of_new_session(addr: std::net::SocketAddr) -> Option<u16> {
-    let mut conn = connect(addr).await.ok()?;
-    let port = server_port(&mut conn).await;
-    conn.disconnect().await.ok()?;
-    Some(port)
-}
 
 async fn split(addr: std::net::SocketAddr, n: usize) -> HashMap<u16, usize> {
     let mut counts = HashMap::new();
@@ -357,12 +353,7 @@ async fn a_removed_backend_is_drained_by_its_deadline() {
     let mut proxy = Proxy::start_file(&path);
     proxy.wait_health(a.addr(), Health::Up).await;
     proxy.wait_health(b.addr(), Health::Up).await;
-    let mut on_b = loop {
-        let mut conn = connect(proxy.addr("rw")).await.unwrap();
-        if server_port(&mut conn).await == b.port {
-            break conn;
-        }
-    };
+    let mut on_b = session_on(proxy.addr("rw"), b.port).await;
     let mut reloader = Reloader::new(&path);
     std::fs::write(&path, config(&settings, &[backend(a.addr(), 1, "primary")])).unwrap();
     assert!(matches!(
@@ -375,12 +366,10 @@ async fn a_removed_backend_is_drained_by_its_deadline() {
         b.port,
         "draining: the session still works"
     );
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while on_b.query_drop("DO 1").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert!(closed.await.is_ok(), "closed by the drain deadline");
+    assert!(
+        closed_within(&mut on_b, Duration::from_secs(5)).await,
+        "closed by the drain deadline"
+    );
     assert!(
         removed_at.elapsed() >= Duration::from_millis(900),
         "not before the deadline: {:?}",

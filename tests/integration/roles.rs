@@ -13,7 +13,10 @@ use mysql_async::prelude::Queryable;
 
 use crate::support::cluster::Cluster;
 use crate::support::mariadb::{CHECK_PASSWORD, CHECK_USER};
-use crate::support::{backend, client_opts, connect, server_port, wait_until, MariaDb, Proxy};
+use crate::support::{
+    backend, client_opts, closed_within, connect, port_of_new_session, server_port, wait_until,
+    MariaDb, Proxy,
+};
 
 const CHECK: &str =
     "[pool.main.check]\nkind = \"mysql\"\nuser = \"check\"\npassword = \"checkpw\"\n\
@@ -49,13 +52,6 @@ fn app_opts(addr: std::net::SocketAddr) -> mysql_async::Opts {
         .user(Some("app"))
         .pass(Some("apppw"))
         .into()
-}
-
-async fn port_of_new_session(addr: std::net::SocketAddr) -> Option<u16> {
-    let mut conn = connect(addr).await.ok()?;
-    let port = server_port(&mut conn).await;
-    conn.disconnect().await.ok()?;
-    Some(port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,17 +202,8 @@ async fn a_demoted_writer_loses_its_sessions_and_two_writers_are_handled() {
         .unwrap();
     // The next statement on the old session finds it closed within the
     // detection time (one probe interval, plus the probe itself).
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if long_lived.query_drop("DO 1").await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed_within(&mut long_lived, Duration::from_secs(5)).await,
         "the session on the demoted writer was closed"
     );
     assert_eq!(
@@ -572,14 +559,8 @@ async fn standby_sessions_close_when_a_primary_returns() {
     assert_eq!(server_port(&mut on_standby).await, standby.port);
     primary.restart().await;
     proxy.wait_health(primary.addr(), Health::Up).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while on_standby.query_drop("DO 1").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed_within(&mut on_standby, Duration::from_secs(5)).await,
         "the standby session was closed once the primary returned"
     );
     assert_eq!(port_of_new_session(addr).await, Some(primary.port));

@@ -194,6 +194,35 @@ pub async fn server_port(conn: &mut mysql_async::Conn) -> u16 {
         .unwrap()
 }
 
+/// Which server a new session through `addr` reaches; `None` if refused.
+pub async fn port_of_new_session(addr: SocketAddr) -> Option<u16> {
+    let mut conn = connect(addr).await.ok()?;
+    let port = server_port(&mut conn).await;
+    conn.disconnect().await.ok()?;
+    Some(port)
+}
+
+/// A session through `addr` that landed on the server at `port`.
+pub async fn session_on(addr: SocketAddr, port: u16) -> mysql_async::Conn {
+    for _ in 0..100 {
+        let mut conn = connect(addr).await.unwrap();
+        if server_port(&mut conn).await == port {
+            return conn;
+        }
+    }
+    panic!("no session reached port {port}");
+}
+
+/// Whether dbsplice closes `conn` within `limit` (statements start failing).
+pub async fn closed_within(conn: &mut mysql_async::Conn, limit: Duration) -> bool {
+    let closed = async {
+        while conn.query_drop("DO 1").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(limit, closed).await.is_ok()
+}
+
 /// Runs `sql` through the `mariadb` command-line client.
 pub async fn cli(addr: SocketAddr, sql: &str) -> Output {
     tokio::process::Command::new("mariadb")
