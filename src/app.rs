@@ -96,6 +96,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Wakes the control loop to decide routing again.
     pub changed: Arc<tokio::sync::Notify>,
+    /// Probe-duration histograms, recorded by the checkers.
+    pub probe_histograms: Arc<crate::metrics::ProbeHistograms>,
 }
 
 /// One running listener, as the admin server sees it.
@@ -174,10 +176,11 @@ impl App {
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
         let routes_for_shared = Arc::clone(&routes);
         let changed = Arc::new(tokio::sync::Notify::new());
+        let histograms = Arc::new(crate::metrics::ProbeHistograms::default());
         let mut app = App {
             routes,
             registry,
-            supervisor: Supervisor::new(Arc::clone(&changed)),
+            supervisor: Supervisor::new(Arc::clone(&changed), Arc::clone(&histograms)),
             listeners: HashMap::new(),
             tasks: TaskTracker::new(),
             sessions: TaskTracker::new(),
@@ -191,6 +194,7 @@ impl App {
                 reload_stats: crate::reload::ReloadStats::default(),
                 draining: AtomicBool::new(false),
                 changed: Arc::clone(&changed),
+                probe_histograms: histograms,
             }),
         };
         app.supervisor.reconcile(

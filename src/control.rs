@@ -84,7 +84,11 @@ pub fn evaluate(pool: &Pool, now: Instant) -> Option<Instant> {
             left_rotation(pool, member, view);
         }
     }
-    let next = pool_decision(pool, &decision);
+    let mut next = pool_decision(pool, &decision);
+    next.failovers = decided.failovers
+        + u64::from(next.tier == Some(Tier::Standby) && decided.tier != Some(Tier::Standby));
+    next.writer_changes = decided.writer_changes
+        + u64::from(decided.writer.is_some() && next.writer != decided.writer);
     log_pool_changes(pool, &decided, &next);
     if decided.tier == Some(Tier::Standby) && next.tier == Some(Tier::Primary) {
         for standby in pool.members.iter().filter(|m| m.tier == Tier::Standby) {
@@ -179,6 +183,9 @@ fn pool_decision(pool: &Pool, decision: &Decision) -> PoolDecision {
         },
         tier,
         fallback: decision.fallback,
+        // Counted by the caller, which knows the previous decision.
+        failovers: 0,
+        writer_changes: 0,
     }
 }
 

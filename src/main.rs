@@ -234,12 +234,10 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         let (commands, mut inbox) = tokio::sync::mpsc::channel(16);
         let stop_admin = tokio_util::sync::CancellationToken::new();
         if let Some(addr) = admin_addr {
-            let listener = tokio::net::TcpListener::from_std(
-                app::bind_one(addr).context("binding the admin server")?,
-            )?;
-            tracing::info!(addr = %listener.local_addr()?, "admin listening");
+            let socket = app::bind_one(addr).context("binding the admin server")?;
+            tracing::info!(addr = %socket.local_addr()?, "admin listening");
             let server = Arc::new(Admin::new(Arc::clone(app.shared()), commands));
-            tokio::spawn(admin::serve(listener, server, stop_admin.clone()));
+            spawn_admin(socket, server, stop_admin.clone())?;
         }
         let mut reloader = Reloader::new(path);
         let mut watch = FileWatch::new(path, poll);
@@ -280,4 +278,31 @@ fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command) {
             let _ = reply.send(app.failback(&pool));
         }
     }
+}
+
+/// Runs the admin server on a thread and runtime of its own, so that a
+/// saturated data path cannot starve status, metrics or operator actions.
+fn spawn_admin(
+    socket: std::net::TcpListener,
+    server: Arc<Admin>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("dbsplice-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return tracing::error!("cannot start the admin runtime: {e}"),
+            };
+            runtime.block_on(async {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(listener) => admin::serve(listener, server, stop).await,
+                    Err(e) => tracing::error!("cannot serve the admin socket: {e}"),
+                }
+            });
+        })?;
+    Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::app::Shared;
@@ -96,6 +96,16 @@ pub const POOL_STANDBY_ACTIVE: Metric = (
     "dbsplice_pool_on_standby",
     "1 while the pool's new sessions go to standbys",
 );
+/// Failovers.
+pub const POOL_FAILOVERS: Metric = (
+    "dbsplice_pool_failovers_total",
+    "Times the pool's new sessions moved to standbys",
+);
+/// Writer changes.
+pub const POOL_WRITER_CHANGES: Metric = (
+    "dbsplice_pool_writer_changes_total",
+    "Times a writer pool's writer changed",
+);
 /// Writer pools' writer.
 pub const POOL_WRITER: Metric = (
     "dbsplice_pool_writer",
@@ -124,6 +134,61 @@ pub const PROCESS_MAX_FDS: Metric = (
     "Soft limit on open file descriptors",
 );
 
+/// Probe durations.
+pub const BACKEND_PROBE_DURATION: Metric = (
+    "dbsplice_backend_probe_duration_seconds",
+    "Duration of health probes",
+);
+
+/// Bucket bounds for probe durations, in seconds.
+const PROBE_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Probe-duration histograms: unlike the other metrics they accumulate
+/// observations, so they live in one recorder for the life of the process
+/// (a removed backend's histogram stays until restart).
+pub struct ProbeHistograms {
+    recorder: metrics_exporter_prometheus::PrometheusRecorder,
+}
+
+impl std::fmt::Debug for ProbeHistograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProbeHistograms")
+    }
+}
+
+impl Default for ProbeHistograms {
+    fn default() -> Self {
+        let builder = PrometheusBuilder::new().set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(BACKEND_PROBE_DURATION.0.to_owned()),
+            &PROBE_BUCKETS,
+        );
+        // Setting buckets fails only for an empty list; without them the
+        // exporter would render a summary, which is still valid text.
+        let recorder = builder
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            describe_histogram!(BACKEND_PROBE_DURATION.0, BACKEND_PROBE_DURATION.1)
+        });
+        ProbeHistograms { recorder }
+    }
+}
+
+impl ProbeHistograms {
+    /// Records one probe of the backend at `address`.
+    pub fn record(&self, address: &str, seconds: f64) {
+        metrics::with_local_recorder(&self.recorder, || {
+            histogram!(BACKEND_PROBE_DURATION.0, "address" => address.to_owned()).record(seconds);
+        });
+    }
+
+    fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+}
+
 /// Renders every metric in the Prometheus text format.
 pub fn render(shared: &Shared) -> String {
     let recorder = PrometheusBuilder::new().build_recorder();
@@ -135,7 +200,9 @@ pub fn render(shared: &Shared) -> String {
         config(shared);
         process();
     });
-    handle.render()
+    let mut text = handle.render();
+    text.push_str(&shared.probe_histograms.render());
+    text
 }
 
 fn describe() {
@@ -149,6 +216,8 @@ fn describe() {
         LISTENER_REJECTED,
         LISTENER_ACCEPT_ERRORS,
         RELOADS,
+        POOL_FAILOVERS,
+        POOL_WRITER_CHANGES,
     ] {
         describe_counter!(name, help);
     }
@@ -186,6 +255,9 @@ fn backends(shared: &Shared) {
         let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
         gauge!(POOL_STANDBY_ACTIVE.0, "pool" => pool.config.name.clone())
             .set(flag(decided.tier == Some(Tier::Standby)));
+        counter!(POOL_FAILOVERS.0, "pool" => pool.config.name.clone()).absolute(decided.failovers);
+        counter!(POOL_WRITER_CHANGES.0, "pool" => pool.config.name.clone())
+            .absolute(decided.writer_changes);
         for (i, m) in pool.members.iter().enumerate() {
             let labels = [
                 ("pool", pool.config.name.clone()),
@@ -293,5 +365,23 @@ fn process() {
     }
     if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
         gauge!(PROCESS_MAX_FDS.0).set(soft as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_histograms_render_buckets() {
+        let h = ProbeHistograms::default();
+        h.record("db1:3306", 0.003);
+        h.record("db1:3306", 0.2);
+        let text = h.render();
+        assert!(text.contains("dbsplice_backend_probe_duration_seconds_bucket{address=\"db1:3306\",le=\"0.005\"} 1"), "{text}");
+        assert!(
+            text.contains("dbsplice_backend_probe_duration_seconds_count{address=\"db1:3306\"} 2"),
+            "{text}"
+        );
     }
 }

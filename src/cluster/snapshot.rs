@@ -48,6 +48,10 @@ pub struct PoolDecision {
     pub tier: Option<Tier>,
     /// A reader pool fell back to its writers.
     pub fallback: bool,
+    /// Times new sessions moved to standbys (kept across reloads).
+    pub failovers: u64,
+    /// Times a writer pool's writer changed (kept across reloads).
+    pub writer_changes: u64,
 }
 
 /// One backend as a member of a pool.
@@ -208,6 +212,10 @@ impl Pool {
             })
             .collect();
         // The writer stays the writer across a reload, wherever it now sits.
+        let counts = previous.map(|p| {
+            let d = p.decided.lock().unwrap_or_else(PoisonError::into_inner);
+            (d.failovers, d.writer_changes)
+        });
         let writer = previous.and_then(|p| {
             let decided = p.decided.lock().unwrap_or_else(PoisonError::into_inner);
             let state = &p.members.get(decided.writer?)?.state;
@@ -219,6 +227,8 @@ impl Pool {
             pick_state: Mutex::new(PickState::default()),
             decided: Mutex::new(PoolDecision {
                 writer,
+                failovers: counts.map_or(0, |c| c.0),
+                writer_changes: counts.map_or(0, |c| c.1),
                 ..PoolDecision::default()
             }),
         }

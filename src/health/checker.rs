@@ -29,6 +29,8 @@ pub struct Checker {
     pub slots: Arc<Semaphore>,
     /// Told whenever health, role or lag changes, so routing is decided again.
     pub changed: Arc<Notify>,
+    /// Where probe durations are recorded.
+    pub histograms: Arc<crate::metrics::ProbeHistograms>,
 }
 
 impl Checker {
@@ -73,9 +75,12 @@ impl Checker {
         let _permit = self.slots.acquire().await.ok();
         let started = tokio::time::Instant::now();
         let outcome = self.prober.probe(self.state.addr).await;
+        let took = started.elapsed();
         self.state
             .counters
-            .probe(matches!(outcome, Outcome::Pass { .. }), started.elapsed());
+            .probe(matches!(outcome, Outcome::Pass { .. }), took);
+        self.histograms
+            .record(&self.state.address, took.as_secs_f64());
         outcome
     }
 

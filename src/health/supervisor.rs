@@ -14,6 +14,7 @@ use super::probe::Prober;
 use super::state::Health;
 use crate::cluster::{BackendState, Registry};
 use crate::config::{BackendConfig, CheckConfig, Config, ProxyVersion};
+use crate::metrics::ProbeHistograms;
 
 /// Probes in flight at once across all backends: a large pool does not open
 /// hundreds of connections in the same instant.
@@ -25,15 +26,17 @@ pub struct Supervisor {
     checkers: HashMap<String, (Settings, CancellationToken)>,
     slots: Arc<Semaphore>,
     changed: Arc<Notify>,
+    histograms: Arc<ProbeHistograms>,
 }
 
 impl Supervisor {
     /// A supervisor whose checkers tell `changed` about every change.
-    pub fn new(changed: Arc<Notify>) -> Supervisor {
+    pub fn new(changed: Arc<Notify>, histograms: Arc<ProbeHistograms>) -> Supervisor {
         let slots = Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT));
         Supervisor {
             checkers: HashMap::new(),
             slots,
+            histograms,
             changed,
         }
     }
@@ -87,6 +90,7 @@ impl Supervisor {
                         prober,
                         slots: Arc::clone(&self.slots),
                         changed: Arc::clone(&self.changed),
+                        histograms: Arc::clone(&self.histograms),
                     };
                     tasks.spawn(checker.run(stop.clone()));
                 }

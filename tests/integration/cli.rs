@@ -575,6 +575,13 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
         ),
     );
     assert_eq!(refused, Some(0.0));
+    assert!(
+        scrape.contains(&format!(
+            "dbsplice_backend_probe_duration_seconds_bucket{{address=\"{}\",le=\"0.005\"}}",
+            db.addr()
+        )),
+        "{scrape}"
+    );
     assert!(sample(&scrape, "dbsplice_process_open_fds").is_some_and(|n| n > 3.0));
 
     // Refusals.

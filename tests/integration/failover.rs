@@ -79,6 +79,15 @@ async fn standbys_serve_only_while_every_primary_is_down() {
         s.port,
         "all primaries down: the standby serves"
     );
+    let scrape = dbsplice::metrics::render(proxy.app.as_ref().unwrap().shared());
+    assert!(
+        scrape.contains("dbsplice_pool_failovers_total{pool=\"main\"} 1"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("dbsplice_pool_on_standby{pool=\"main\"} 1"),
+        "{scrape}"
+    );
 
     p1.restart().await;
     proxy.wait_health(p1.addr(), Health::Up).await;
