@@ -19,6 +19,27 @@ use crate::config::Config;
 use crate::health::Supervisor;
 use crate::proxy::{AcceptLoop, ListenerStats};
 
+/// Longest time listeners hold clients in the backlog while the first probes
+/// run.
+pub const FIRST_PROBES_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the listeners once every backend has been probed (or after
+/// [`FIRST_PROBES_WAIT`]).
+async fn open_when_probed(shared: Arc<Shared>, open: CancellationToken) {
+    let probed = async {
+        while !shared.all_probed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(FIRST_PROBES_WAIT, probed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("not every backend answered its first probe within {FIRST_PROBES_WAIT:?}; accepting anyway");
+    }
+    open.cancel();
+}
+
 /// Pending connections the kernel queues per listener before accept.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -29,6 +50,43 @@ pub struct BoundListener {
     pub name: String,
     /// The bound, non-blocking socket.
     pub socket: std::net::TcpListener,
+}
+
+/// Binds every listener of `config`, using a socket passed by the service
+/// manager where one matches the listener's name or address.
+pub fn bind_with(
+    config: &Config,
+    mut inherited: Vec<(Option<String>, std::net::TcpListener)>,
+) -> io::Result<Vec<BoundListener>> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let passed = inherited.iter().position(|(name, socket)| {
+            name.as_deref() == Some(l.name.as_str())
+                || (l.addr.port() != 0 && socket.local_addr().ok() == Some(l.addr))
+        });
+        let socket = match passed {
+            Some(i) => {
+                let (_, socket) = inherited.swap_remove(i);
+                socket.set_nonblocking(true)?;
+                tracing::info!(listener = %l.name, "using the socket passed by the service manager");
+                socket
+            }
+            None => bind_one(l.addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listener '{}': cannot bind {}: {e}", l.name, l.listen),
+                )
+            })?,
+        };
+        out.push(BoundListener {
+            name: l.name.clone(),
+            socket,
+        });
+    }
+    for (name, socket) in inherited {
+        tracing::warn!(name = ?name, addr = ?socket.local_addr().ok(), "a passed socket matches no listener; closing it");
+    }
+    Ok(out)
 }
 
 /// Binds every listener of `config` (port 0 picks a free port).
@@ -78,6 +136,8 @@ pub struct App {
     stop_accepting: CancellationToken,
     kill_sessions: CancellationToken,
     pub(crate) stop_checks: CancellationToken,
+    /// Cancelled when the first probe round is done: accept loops start.
+    open: CancellationToken,
     pub(crate) changed: Arc<tokio::sync::Notify>,
     /// What the admin server reads.
     pub(crate) shared: Arc<Shared>,
@@ -147,12 +207,18 @@ impl Shared {
 
     /// Ready for traffic: not draining, and every backend probed at least once.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.routes.load().pools().all(|p| {
-                p.members
-                    .iter()
-                    .all(|m| m.state.health() != crate::health::Health::Unknown)
-            })
+        !self.draining.load(Ordering::Relaxed) && self.all_probed()
+    }
+
+    /// Every backend has had its first probe.
+    pub fn all_probed(&self) -> bool {
+        let snapshot = self.routes.load();
+        let probed = snapshot.pools().all(|p| {
+            p.members
+                .iter()
+                .all(|m| m.state.health() != crate::health::Health::Unknown)
+        });
+        probed
     }
 }
 
@@ -187,6 +253,7 @@ impl App {
             stop_accepting: CancellationToken::new(),
             kill_sessions: CancellationToken::new(),
             stop_checks: CancellationToken::new(),
+            open: CancellationToken::new(),
             changed: Arc::clone(&changed),
             shared: Arc::new(Shared {
                 routes: Arc::clone(&routes_for_shared),
@@ -212,6 +279,8 @@ impl App {
             app.spawn_listener(b)?;
         }
         app.publish_listeners();
+        app.tasks
+            .spawn(open_when_probed(Arc::clone(&app.shared), app.open.clone()));
         Ok(app)
     }
 
@@ -237,9 +306,16 @@ impl App {
             sessions: self.sessions.clone(),
             stop,
             kill: self.kill_sessions.clone(),
+            open: self.open.clone(),
         };
         self.tasks.spawn(accept.run());
         Ok(())
+    }
+
+    /// Resolves once the listeners accept (every backend probed once, or
+    /// [`FIRST_PROBES_WAIT`] passed).
+    pub async fn accepting(&self) {
+        self.open.cancelled().await;
     }
 
     /// What the admin server reads.

@@ -27,3 +27,5 @@ pub mod metrics;
 pub mod mysql;
 pub mod proxy;
 pub mod reload;
+pub mod service;
+pub mod systemd;

@@ -8,18 +8,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
 use dbsplice::admin::cli::{Action, Target};
-use dbsplice::admin::{self, Admin};
-use dbsplice::app::{self, App};
-use dbsplice::config::watch::FileWatch;
+use dbsplice::app;
 use dbsplice::config::{Config, ConfigDiff};
-use dbsplice::reload::{ReloadOutcome, Reloader, Trigger};
+use dbsplice::service::{self, Signals};
+use dbsplice::systemd::Notifier;
 
 /// Exit code for a config that cannot be used (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -180,7 +178,7 @@ fn remote(args: &AdminArgs, action: Action) -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(admin::cli::run(&target, &action))
+            runtime.block_on(dbsplice::admin::cli::run(&target, &action))
         });
     match result {
         Ok(out) => {
@@ -220,89 +218,19 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open-files limit"),
         Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
+    // Read before any thread starts: the environment is cleared of them.
+    let notifier = Notifier::from_env();
+    let inherited = dbsplice::systemd::inherited_listeners();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let poll = config.reload_poll;
-        let admin_addr = config.admin.as_ref().map(|a| a.addr);
-        let bound = app::bind(&config)?;
-        let mut app = App::start(config, bound)?;
-        let (commands, mut inbox) = tokio::sync::mpsc::channel(16);
-        let stop_admin = tokio_util::sync::CancellationToken::new();
-        if let Some(addr) = admin_addr {
-            let socket = app::bind_one(addr).context("binding the admin server")?;
-            tracing::info!(addr = %socket.local_addr()?, "admin listening");
-            let server = Arc::new(Admin::new(Arc::clone(app.shared()), commands));
-            spawn_admin(socket, server, stop_admin.clone())?;
-        }
-        let mut reloader = Reloader::new(path);
-        let mut watch = FileWatch::new(path, poll);
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-                _ = hup.recv() => { reloader.reload(&mut app, Trigger::Forced); }
-                () = watch.changed() => { reloader.reload(&mut app, Trigger::File); }
-                Some(command) = inbox.recv() => act(&mut app, &mut reloader, command),
-            }
-        }
-        stop_admin.cancel();
-        let grace = app.snapshot().config.shutdown_grace;
-        tokio::select! {
-            forced = app.shutdown(grace) => tracing::info!(forced, "stopped"),
-            _ = term.recv() => tracing::warn!("second signal: exiting now"),
-            _ = int.recv() => tracing::warn!("second signal: exiting now"),
-        }
+        let signals = Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        };
+        service::run(config, path, signals, notifier, inherited).await?;
         Ok(())
     })
-}
-
-/// Carries out an admin action on the app the loop owns.
-fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command) {
-    match command {
-        admin::Command::Reload(reply) => {
-            let answer = match reloader.reload(app, Trigger::Forced) {
-                ReloadOutcome::Unchanged => (true, "unchanged".to_owned()),
-                ReloadOutcome::Applied { generation, diff } => {
-                    (true, format!("applied generation {generation}: {diff}"))
-                }
-                ReloadOutcome::Rejected(why) => (false, why),
-            };
-            let _ = reply.send(answer);
-        }
-        admin::Command::Failback(pool, reply) => {
-            let _ = reply.send(app.failback(&pool));
-        }
-    }
-}
-
-/// Runs the admin server on a thread and runtime of its own, so that a
-/// saturated data path cannot starve status, metrics or operator actions.
-fn spawn_admin(
-    socket: std::net::TcpListener,
-    server: Arc<Admin>,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("dbsplice-admin".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => return tracing::error!("cannot start the admin runtime: {e}"),
-            };
-            runtime.block_on(async {
-                match tokio::net::TcpListener::from_std(socket) {
-                    Ok(listener) => admin::serve(listener, server, stop).await,
-                    Err(e) => tracing::error!("cannot serve the admin socket: {e}"),
-                }
-            });
-        })?;
-    Ok(())
 }

@@ -22,6 +22,8 @@ pub struct FileWatch {
     _watcher: Option<notify::RecommendedWatcher>,
     events: mpsc::UnboundedReceiver<()>,
     poll: tokio::time::Interval,
+    /// After an event: when quiet ends the wait, and the latest it may end.
+    settling: Option<(tokio::time::Instant, tokio::time::Instant)>,
 }
 
 impl std::fmt::Debug for FileWatch {
@@ -60,24 +62,38 @@ impl FileWatch {
             _watcher: watcher,
             events,
             poll,
+            settling: None,
         }
     }
 
     /// Resolves when the file should be read again: a file event followed by
-    /// [`DEBOUNCE`] of quiet, or a poll tick.
+    /// [`DEBOUNCE`] of quiet (at most [`MAX_SETTLE`] after the first), or a
+    /// poll tick. Cancellation-safe: a wait interrupted by another branch of a
+    /// `select!` resumes where it was, so no event is lost.
     pub async fn changed(&mut self) {
-        tokio::select! {
-            Some(()) = self.events.recv() => {}
-            _ = self.poll.tick() => return,
-        }
-        // Quiet for DEBOUNCE, but never wait more than MAX_SETTLE: a file
-        // rewritten without pause is still read now and then.
-        let give_up = tokio::time::Instant::now() + MAX_SETTLE;
         loop {
-            let quiet = tokio::time::Instant::now() + DEBOUNCE;
-            match tokio::time::timeout_at(quiet.min(give_up), self.events.recv()).await {
-                Ok(Some(())) if quiet < give_up => continue,
-                _ => return,
+            match self.settling {
+                None => {
+                    tokio::select! {
+                        Some(()) = self.events.recv() => {
+                            let now = tokio::time::Instant::now();
+                            self.settling = Some((now + DEBOUNCE, now + MAX_SETTLE));
+                        }
+                        _ = self.poll.tick() => return,
+                    }
+                }
+                Some((quiet, give_up)) => {
+                    tokio::select! {
+                        Some(()) = self.events.recv() => {
+                            let next = (tokio::time::Instant::now() + DEBOUNCE).min(give_up);
+                            self.settling = Some((next, give_up));
+                        }
+                        () = tokio::time::sleep_until(quiet) => {
+                            self.settling = None;
+                            return;
+                        }
+                    }
+                }
             }
         }
     }

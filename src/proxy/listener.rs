@@ -100,11 +100,19 @@ pub struct AcceptLoop {
     pub stop: CancellationToken,
     /// Cancelled to close open sessions.
     pub kill: CancellationToken,
+    /// Cancelled once accepting makes sense: every backend has been probed
+    /// (until then clients wait in the kernel's backlog instead of getting
+    /// "no backend" from a process that has not looked yet).
+    pub open: CancellationToken,
 }
 
 impl AcceptLoop {
     /// Accepts until `stop` is cancelled; accept errors back off, never end it.
     pub async fn run(self) {
+        tokio::select! {
+            () = self.stop.cancelled() => return,
+            () = self.open.cancelled() => {}
+        }
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let accepted = tokio::select! {

@@ -21,3 +21,4 @@ mod failover;
 mod fake_server;
 mod reload;
 mod roles;
+mod systemd;

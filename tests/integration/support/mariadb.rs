@@ -353,7 +353,7 @@ fn next_port_seed() -> u16 {
 
 /// A port below the ephemeral range (32768+) that is free right now; each
 /// test process walks its own stretch of 10000..32000.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: OnceLock<AtomicU16> = OnceLock::new();
     let next = NEXT.get_or_init(|| {
         let pid = u16::try_from(std::process::id() % 200).unwrap();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test module uses a different part
 
+pub mod binary;
 pub mod certs;
 pub mod cluster;
 pub mod fake;

@@ -1,0 +1,165 @@
+//! The running service: the control loop that owns the [`App`] and reacts to
+//! signals, file changes, admin actions and the watchdog, and tells the
+//! service manager where it stands. `main.rs` installs the signal handlers
+//! and passes them in.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::signal::unix::Signal;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Admin};
+use crate::app::{self, App};
+use crate::config::watch::FileWatch;
+use crate::config::Config;
+use crate::reload::{ReloadOutcome, Reloader, Trigger};
+use crate::systemd::Notifier;
+
+/// The signals the service reacts to, installed by the caller.
+#[derive(Debug)]
+pub struct Signals {
+    /// SIGTERM: drain and stop.
+    pub term: Signal,
+    /// SIGINT: the same.
+    pub int: Signal,
+    /// SIGHUP: reload.
+    pub hup: Signal,
+}
+
+/// Serves `config` (read from `path`) until a stop signal, then drains.
+/// `inherited` are listening sockets passed by the service manager.
+pub async fn run(
+    config: Config,
+    path: &Path,
+    mut signals: Signals,
+    notifier: Notifier,
+    inherited: Vec<(Option<String>, std::net::TcpListener)>,
+) -> io::Result<()> {
+    // Watch first: an edit made while the first probes run is not missed.
+    let mut reloader = Reloader::new(path);
+    let mut watch = FileWatch::new(path, config.reload_poll);
+    let admin_addr = config.admin.as_ref().map(|a| a.addr);
+    let bound = app::bind_with(&config, inherited)?;
+    let mut app = App::start(config, bound)?;
+    let (commands, mut inbox) = tokio::sync::mpsc::channel(16);
+    let stop_admin = CancellationToken::new();
+    if let Some(addr) = admin_addr {
+        let socket = app::bind_one(addr)?;
+        tracing::info!(addr = %socket.local_addr()?, "admin listening");
+        spawn_admin(
+            socket,
+            Arc::new(Admin::new(Arc::clone(app.shared()), commands)),
+            stop_admin.clone(),
+        )?;
+    }
+    app.accepting().await;
+    notifier.ready(&status_line(&app));
+    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+    loop {
+        let tick = async {
+            match watchdog.as_mut() {
+                Some(w) => {
+                    w.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = signals.hup.recv() => { reload(&mut app, &mut reloader, Trigger::Forced, &notifier); }
+            () = watch.changed() => { reload(&mut app, &mut reloader, Trigger::File, &notifier); }
+            Some(command) = inbox.recv() => act(&mut app, &mut reloader, command, &notifier),
+            () = tick => notifier.notify("WATCHDOG=1"),
+        }
+    }
+    notifier.stopping("draining sessions");
+    stop_admin.cancel();
+    let grace = app.snapshot().config.shutdown_grace;
+    tokio::select! {
+        forced = app.shutdown(grace) => tracing::info!(forced, "stopped"),
+        _ = signals.term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = signals.int.recv() => tracing::warn!("second signal: exiting now"),
+    }
+    Ok(())
+}
+
+fn status_line(app: &App) -> String {
+    let snapshot = app.snapshot();
+    let (up, all) = snapshot
+        .pools()
+        .flat_map(|p| p.members.iter())
+        .fold((0, 0), |(up, all), m| {
+            (up + usize::from(m.is_eligible()), all + 1)
+        });
+    format!(
+        "serving config generation {}: {up} of {all} backends eligible",
+        snapshot.generation
+    )
+}
+
+/// One reload, bracketed by RELOADING=1 and READY=1 with the outcome as STATUS.
+fn reload(
+    app: &mut App,
+    reloader: &mut Reloader,
+    trigger: Trigger,
+    notifier: &Notifier,
+) -> ReloadOutcome {
+    notifier.reloading();
+    let outcome = reloader.reload(app, trigger);
+    let status = match &outcome {
+        ReloadOutcome::Unchanged => format!("config unchanged; {}", status_line(app)),
+        ReloadOutcome::Applied { diff, .. } => format!("reloaded ({diff}); {}", status_line(app)),
+        ReloadOutcome::Rejected(why) => format!("reload failed, previous config kept: {why}"),
+    };
+    notifier.ready(&status);
+    outcome
+}
+
+/// Carries out an admin action on the app the loop owns.
+fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command, notifier: &Notifier) {
+    match command {
+        admin::Command::Reload(reply) => {
+            let answer = match reload(app, reloader, Trigger::Forced, notifier) {
+                ReloadOutcome::Unchanged => (true, "unchanged".to_owned()),
+                ReloadOutcome::Applied { generation, diff } => {
+                    (true, format!("applied generation {generation}: {diff}"))
+                }
+                ReloadOutcome::Rejected(why) => (false, why),
+            };
+            let _ = reply.send(answer);
+        }
+        admin::Command::Failback(pool, reply) => {
+            let _ = reply.send(app.failback(&pool));
+        }
+    }
+}
+
+/// Runs the admin server on a thread and runtime of its own, so that a
+/// saturated data path cannot starve status, metrics or operator actions.
+fn spawn_admin(
+    socket: std::net::TcpListener,
+    server: Arc<Admin>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("dbsplice-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return tracing::error!("cannot start the admin runtime: {e}"),
+            };
+            runtime.block_on(async {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(listener) => admin::serve(listener, server, stop).await,
+                    Err(e) => tracing::error!("cannot serve the admin socket: {e}"),
+                }
+            });
+        })?;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The `dbsplice` binary run in the background by tests, with its logs.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_dbsplice");
+
+/// The binary running in the background, with the logs it has written so far.
+pub struct Running {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub logs: Arc<Mutex<String>>,
+}
+
+impl Running {
+    /// Starts the binary (optionally under `prlimit`) and waits for its listener.
+    pub fn start(config_path: &std::path::Path, nofile: Option<u32>) -> Running {
+        Running::start_with(config_path, nofile, &[])
+    }
+
+    /// Starts the binary with extra environment variables.
+    pub fn start_with(
+        config_path: &std::path::Path,
+        nofile: Option<u32>,
+        env: &[(&str, String)],
+    ) -> Running {
+        let mut command = Command::new(if nofile.is_some() { "prlimit" } else { BIN });
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Some(n) = nofile {
+            command.arg(format!("--nofile={n}:{n}")).arg(BIN);
+        }
+        let mut child = command
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,dbsplice::reload=debug",
+                "--config",
+            ])
+            .arg(config_path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    let addr = line
+                        .split("\"addr\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next());
+                    let _ = addr_tx.send(addr.unwrap().to_owned());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .parse()
+            .unwrap();
+        Running { child, addr, logs }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and asserts a clean exit (0), showing the logs if not.
+    pub async fn stop(self) {
+        let logs = self.logs.clone();
+        assert_eq!(self.terminate().await, Some(0), "{}", logs.lock().unwrap());
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        exit.code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

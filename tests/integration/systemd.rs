@@ -1,0 +1,229 @@
+//! What systemd would see, without systemd as PID 1: the notify protocol on a
+//! socket of the test's own, and socket activation through
+//! `systemd-socket-activate` across restarts.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::support::binary::{Running, BIN};
+use crate::support::{backend, config, connect, server_port, wait_until, MariaDb, Scratch};
+
+/// Collects notify messages as they arrive.
+fn listen_for_notifications(path: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
+    let socket = UnixDatagram::bind(path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        for _ in 0..600 {
+            if let Ok(n) = socket.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notify_protocol_reports_ready_reloads_watchdog_and_stop() {
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("notify");
+    let socket = dir.0.join("notify.sock");
+    let notes = listen_for_notifications(&socket);
+    let path = dir.0.join("dbsplice.toml");
+    let good = config(
+        "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+        &[backend(db.addr(), 1, "primary")],
+    );
+    std::fs::write(&path, &good).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", socket.display().to_string()),
+        ("WATCHDOG_USEC", "400000".to_owned()),
+    ];
+    let running = Running::start_with(&path, None, &env);
+    let without_watchdog = || -> Vec<String> {
+        notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m != "WATCHDOG=1")
+            .cloned()
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), || async {
+        (!without_watchdog().is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        without_watchdog()[0].starts_with("READY=1\nSTATUS=serving config generation 1: 1 of 1"),
+        "{:?}",
+        without_watchdog()
+    );
+
+    // A broken file: RELOADING, then READY with a STATUS naming the error.
+    std::fs::write(&path, good.replace("weight = 1", "weight = 0")).unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        (without_watchdog().len() >= 3).then_some(())
+    })
+    .await
+    .unwrap();
+    let msgs = without_watchdog();
+    assert!(
+        msgs[1].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[2].starts_with("READY=1\nSTATUS=reload failed, previous config kept:")
+            && msgs[2].contains("weight 0"),
+        "{msgs:?}"
+    );
+    // A good one.
+    std::fs::write(&path, good.replace("weight = 1", "weight = 3")).unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        (without_watchdog().len() >= 5).then_some(())
+    })
+    .await
+    .unwrap();
+    let msgs = without_watchdog();
+    assert!(
+        msgs[3].starts_with("RELOADING=1")
+            && msgs[4].starts_with("READY=1\nSTATUS=reloaded (backends changed"),
+        "{msgs:?}"
+    );
+    assert!(
+        notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == "WATCHDOG=1")
+            .count()
+            >= 2,
+        "keep-alives every WATCHDOG_USEC/2"
+    );
+    running.stop().await;
+    let msgs = without_watchdog();
+    assert!(msgs.last().unwrap().starts_with("STOPPING=1"), "{msgs:?}");
+}
+
+/// The dbsplice process the restart loop is running now, a child of `shell`.
+fn current_child(shell: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_refuses_no_client_across_restarts() {
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("activation");
+    let port = crate::support::mariadb::free_port();
+    let path = dir.0.join("dbsplice.toml");
+    let text = config(
+        "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+        &[backend(db.addr(), 1, "primary")],
+    )
+    .replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let stop_file = dir.0.join("stop");
+    // The socket is held by systemd-socket-activate's process (here a shell
+    // restarting dbsplice), as systemd holds it across `systemctl restart`.
+    let script = format!(
+        "while [ ! -e '{stop}' ]; do sh -c 'export LISTEN_PID=$$; exec {bin} run --config {cfg}' 2>/dev/null; done",
+        stop = stop_file.display(),
+        bin = BIN,
+        cfg = path.display()
+    );
+    let mut manager = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "--fdname=rw",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .expect("systemd-socket-activate runs (Debian's systemd package)");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        connect(addr).await.ok().map(drop)
+    })
+    .await
+    .expect("serving");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, refused) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let client = {
+        let (stop, served, refused) = (stop.clone(), served.clone(), refused.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match connect(addr).await {
+                    Ok(mut conn) => {
+                        server_port(&mut conn).await;
+                        let _ = conn.disconnect().await;
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        let before = served.load(Ordering::SeqCst);
+        wait_until(Duration::from_secs(10), || async {
+            (served.load(Ordering::SeqCst) >= before + 10).then_some(())
+        })
+        .await
+        .unwrap();
+        let pid = current_child(manager.id()).expect("dbsplice runs under the manager");
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        wait_until(Duration::from_secs(20), || async {
+            current_child(manager.id()).filter(|p| *p != pid).map(drop)
+        })
+        .await
+        .expect("restarted");
+    }
+    let before = served.load(Ordering::SeqCst);
+    wait_until(Duration::from_secs(10), || async {
+        (served.load(Ordering::SeqCst) >= before + 10).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    client.await.unwrap();
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "{} sessions served across 3 restarts",
+        served.load(Ordering::SeqCst)
+    );
+
+    std::fs::write(&stop_file, "").unwrap();
+    if let Some(pid) = current_child(manager.id()) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let exited = tokio::task::spawn_blocking(move || manager.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+}
