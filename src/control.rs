@@ -85,8 +85,10 @@ pub fn evaluate(pool: &Pool, now: Instant) -> Option<Instant> {
         }
     }
     let mut next = pool_decision(pool, &decision);
+    // A failover moves new sessions from primaries to standbys; the order in
+    // which the first probes answer at start is not one.
     next.failovers = decided.failovers
-        + u64::from(next.tier == Some(Tier::Standby) && decided.tier != Some(Tier::Standby));
+        + u64::from(next.tier == Some(Tier::Standby) && decided.tier == Some(Tier::Primary));
     next.writer_changes = decided.writer_changes
         + u64::from(decided.writer.is_some() && next.writer != decided.writer);
     log_pool_changes(pool, &decided, &next);
