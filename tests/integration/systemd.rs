@@ -227,3 +227,44 @@ async fn socket_activation_refuses_no_client_across_restarts() {
         .unwrap();
     assert!(exited.success(), "{exited:?}");
 }
+
+#[test]
+fn the_unit_is_hardened_and_verifies_cleanly() {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(units.join("dbsplice.service"))
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd package)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for dbsplice.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {text}"));
+    assert!(score <= 1.5, "exposure {score} above 1.5:\n{text}");
+
+    // verify checks the commands exist: point them at the built binary.
+    let dir = Scratch::new("verify");
+    let unit = std::fs::read_to_string(units.join("dbsplice.service"))
+        .unwrap()
+        .replace("/usr/bin/dbsplice", BIN);
+    std::fs::write(dir.0.join("dbsplice.service"), unit).unwrap();
+    std::fs::copy(units.join("dbsplice.socket"), dir.0.join("dbsplice.socket")).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.0.join("dbsplice.service"))
+        .arg(dir.0.join("dbsplice.socket"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "verify must print nothing: {said}"
+    );
+}
