@@ -168,13 +168,15 @@ fn pool_config(
         problems,
     );
     let routing = super::routing::routing(&key, &raw, &mut check, problems);
+    let written = raw.backend.len();
     let backends = backend_configs(&key, raw.backend, resolve, problems);
-    if backends.is_empty() {
+    // A backend dropped for an unresolvable address was reported already.
+    if written == 0 {
         problems.add(
             format!("{key}.backend"),
             format!("pool \"{name}\" has no backend; add a [[{key}.backend]] with an address"),
         );
-    } else if !backends.iter().any(|b| b.tier == Tier::Primary) {
+    } else if backends.len() == written && !backends.iter().any(|b| b.tier == Tier::Primary) {
         problems.add(
             format!("{key}.backend"),
             format!("pool \"{name}\" has no primary backend; write tier = \"primary\" on at least one backend"),

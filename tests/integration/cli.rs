@@ -952,3 +952,17 @@ async fn the_admin_server_speaks_https_and_picks_up_new_certificates_on_reload()
     assert!(https_get(admin, &first.ca, "/healthz").await.is_err());
     running.stop().await;
 }
+
+#[test]
+fn the_kubernetes_example_config_is_valid() {
+    // Cluster DNS names and mounted secrets exist only in a cluster: resolve
+    // every name to loopback and leave the secret files unread.
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/kubernetes/dbsplice.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cluster_dns =
+        |a: &dbsplice::config::Address| Ok(std::net::SocketAddr::from(([127, 0, 0, 1], a.port)));
+    let config = dbsplice::config::Config::from_toml(&path, &text, &cluster_dns)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.pools.len(), 2);
+}
