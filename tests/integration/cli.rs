@@ -966,3 +966,49 @@ fn the_kubernetes_example_config_is_valid() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.pools.len(), 2);
 }
+
+#[test]
+fn the_install_script_never_overwrites_the_config_and_keeps_secrets_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let stage = crate::support::Scratch::new("install");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install");
+    let install = || {
+        Command::new(&script)
+            .args(["--binary", BIN])
+            .env("DESTDIR", &stage.0)
+            .output()
+            .unwrap()
+    };
+    let out = install();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etc = stage.0.join("etc/dbsplice");
+    for (file, mode) in [
+        ("dbsplice.toml", 0o640),
+        ("check.password", 0o640),
+        ("admin.token", 0o640),
+    ] {
+        let meta = std::fs::metadata(etc.join(file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    assert_eq!(
+        std::fs::metadata(&etc).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
+    assert!(stage.0.join("usr/bin/dbsplice").exists());
+    assert!(stage.0.join("lib/systemd/system/dbsplice.service").exists());
+    std::fs::write(etc.join("dbsplice.toml"), "# edited by the operator\n").unwrap();
+    std::fs::write(etc.join("check.password"), "s3cret\n").unwrap();
+    assert!(install().status.success());
+    assert_eq!(
+        std::fs::read_to_string(etc.join("dbsplice.toml")).unwrap(),
+        "# edited by the operator\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("check.password")).unwrap(),
+        "s3cret\n"
+    );
+}
