@@ -91,22 +91,7 @@ pub fn bind_with(
 
 /// Binds every listener of `config` (port 0 picks a free port).
 pub fn bind(config: &Config) -> io::Result<Vec<BoundListener>> {
-    config
-        .listeners
-        .iter()
-        .map(|l| {
-            let socket = bind_one(l.addr).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("listener '{}': cannot bind {}: {e}", l.name, l.listen),
-                )
-            })?;
-            Ok(BoundListener {
-                name: l.name.clone(),
-                socket,
-            })
-        })
-        .collect()
+    bind_with(config, Vec::new())
 }
 
 /// Binds one listening socket (reuse-address, non-blocking, backlog 1024).

@@ -202,11 +202,6 @@ impl BackendState {
         *self.admin.lock().unwrap_or_else(PoisonError::into_inner) = value;
     }
 
-    /// Whether new sessions may go here.
-    pub fn is_eligible(&self) -> bool {
-        self.health() == Health::Up
-    }
-
     /// Sessions open to this backend now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
@@ -318,13 +313,13 @@ mod tests {
     }
 
     #[test]
-    fn starts_ineligible_until_up() {
+    fn starts_unknown_until_probed() {
         let b = BackendState::new("x:1".into(), "127.0.0.1:1".parse().unwrap());
-        assert!(!b.is_eligible());
+        assert_eq!(b.health(), Health::Unknown);
         b.set_health(Health::Up, "connect ok");
-        assert!(b.is_eligible());
+        assert_eq!(b.health(), Health::Up);
         assert_eq!(&*b.reason(), "connect ok");
         b.set_health(Health::Down, "refused");
-        assert!(!b.is_eligible());
+        assert_eq!(b.health(), Health::Down);
     }
 }

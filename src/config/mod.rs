@@ -342,11 +342,6 @@ impl Config {
         }
         out.trim_end().to_owned()
     }
-
-    /// The pool a listener routes to.
-    pub fn pool_of(&self, listener: &ListenerConfig) -> Option<&PoolConfig> {
-        self.pools.get(&listener.pool)
-    }
 }
 
 /// Turns a written address into a socket address, or says why it cannot.

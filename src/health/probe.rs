@@ -47,7 +47,6 @@ impl Outcome {
 /// Probes one backend with one pool's check settings.
 #[derive(Debug, Clone)]
 pub struct Prober {
-    kind: CheckKind,
     timeout: Duration,
     mysql: Option<MysqlProber>,
 }
@@ -113,7 +112,6 @@ impl Prober {
             (CheckKind::Tcp, _) => None,
         };
         Ok(Prober {
-            kind: check.kind,
             timeout: check.timeout,
             mysql,
         })
@@ -134,11 +132,6 @@ impl Prober {
                 format_duration(self.timeout)
             )),
         }
-    }
-
-    /// The kind of check.
-    pub fn kind(&self) -> CheckKind {
-        self.kind
     }
 }
 
