@@ -118,6 +118,9 @@ pub struct App {
     pub(crate) listeners: HashMap<String, ListenerHandle>,
     pub(crate) tasks: TaskTracker,
     sessions: TaskTracker,
+    /// Runtimes of the worker threads that accept and carry sessions; empty:
+    /// the runtime `App::start` was called on does.
+    workers: Vec<tokio::runtime::Handle>,
     stop_accepting: CancellationToken,
     kill_sessions: CancellationToken,
     pub(crate) stop_checks: CancellationToken,
@@ -220,8 +223,20 @@ pub(crate) struct ListenerHandle {
 
 impl App {
     /// Starts checkers and accept loops for `config` on the `bound` sockets.
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime, which then also carries the
+    /// sessions.
     pub fn start(config: Config, bound: Vec<BoundListener>) -> io::Result<App> {
+        App::start_on(config, bound, Vec::new())
+    }
+
+    /// Like [`App::start`], with every listener accepted on each of the
+    /// `workers` runtimes and the sessions carried there (see
+    /// [`crate::workers`]).
+    pub fn start_on(
+        config: Config,
+        bound: Vec<BoundListener>,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> io::Result<App> {
         let mut registry = Registry::default();
         let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry, None);
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -235,6 +250,7 @@ impl App {
             listeners: HashMap::new(),
             tasks: TaskTracker::new(),
             sessions: TaskTracker::new(),
+            workers,
             stop_accepting: CancellationToken::new(),
             kill_sessions: CancellationToken::new(),
             stop_checks: CancellationToken::new(),
@@ -270,8 +286,7 @@ impl App {
     }
 
     pub(crate) fn spawn_listener(&mut self, bound: BoundListener) -> io::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(bound.socket)?;
-        let addr = listener.local_addr()?;
+        let addr = bound.socket.local_addr()?;
         let stats = Arc::new(ListenerStats::default());
         tracing::info!(listener = %bound.name, %addr, "listening");
         let stop = self.stop_accepting.child_token();
@@ -283,17 +298,35 @@ impl App {
         if let Some(old) = self.listeners.insert(bound.name.clone(), handle) {
             old.stop.cancel();
         }
-        let accept = AcceptLoop {
-            name: bound.name,
+        let accept = |listener| AcceptLoop {
+            name: bound.name.clone(),
             listener,
             routes: Arc::clone(&self.routes),
-            stats,
+            stats: Arc::clone(&stats),
             sessions: self.sessions.clone(),
-            stop,
+            stop: stop.clone(),
             kill: self.kill_sessions.clone(),
             open: self.open.clone(),
         };
-        self.tasks.spawn(accept.run());
+        if self.workers.is_empty() {
+            let listener = tokio::net::TcpListener::from_std(bound.socket)?;
+            self.tasks.spawn(accept(listener).run());
+            return Ok(());
+        }
+        // One accept loop per worker, each on its own duplicate of the socket,
+        // registered with that worker's runtime.
+        let mut sockets = Vec::with_capacity(self.workers.len());
+        for _ in 1..self.workers.len() {
+            sockets.push(bound.socket.try_clone()?);
+        }
+        sockets.push(bound.socket);
+        for (socket, worker) in sockets.into_iter().zip(&self.workers) {
+            let listener = {
+                let _entered = worker.enter();
+                tokio::net::TcpListener::from_std(socket)?
+            };
+            self.tasks.spawn_on(accept(listener).run(), worker);
+        }
         Ok(())
     }
 

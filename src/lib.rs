@@ -29,3 +29,4 @@ pub mod proxy;
 pub mod reload;
 pub mod service;
 pub mod systemd;
+pub mod workers;

@@ -18,6 +18,7 @@ use dbsplice::app;
 use dbsplice::config::{Config, ConfigDiff};
 use dbsplice::service::{self, Signals};
 use dbsplice::systemd::Notifier;
+use dbsplice::workers::Workers;
 
 /// Exit code for a config that cannot be used (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -221,16 +222,22 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     // Read before any thread starts: the environment is cleared of them.
     let notifier = Notifier::from_env();
     let inherited = dbsplice::systemd::inherited_listeners();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Sessions run on the worker threads; checks, the control loop and
+    // reloads on this one.
+    let count = config.workers.unwrap_or_else(Workers::default_count);
+    let workers = Workers::start(count).context("starting the worker threads")?;
+    tracing::debug!(workers = count, "worker threads started");
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let handles = workers.handles();
     runtime.block_on(async {
         let signals = Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         };
-        service::run(config, path, signals, notifier, inherited).await?;
+        service::run(config, path, signals, notifier, inherited, handles).await?;
         Ok(())
     })
 }

@@ -36,13 +36,14 @@ pub async fn run(
     mut signals: Signals,
     notifier: Notifier,
     inherited: Vec<(Option<String>, std::net::TcpListener)>,
+    workers: Vec<tokio::runtime::Handle>,
 ) -> io::Result<()> {
     // Watch first: an edit made while the first probes run is not missed.
     let mut reloader = Reloader::new(path);
     let mut watch = FileWatch::new(path, config.reload_poll);
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
     let bound = app::bind_with(&config, inherited)?;
-    let mut app = App::start(config, bound)?;
+    let mut app = App::start_on(config, bound, workers)?;
     let (commands, mut inbox) = tokio::sync::mpsc::channel(16);
     let stop_admin = CancellationToken::new();
     if let Some(addr) = admin_addr {

@@ -41,6 +41,11 @@ impl ConfigDiff {
         if old.reload_poll != new.reload_poll {
             d.settings_changed.push("reload_poll".to_owned());
         }
+        if old.workers != new.workers {
+            // The threads are started once, at start.
+            d.settings_changed
+                .push("workers (takes effect after a restart)".to_owned());
+        }
         let admin_addr = |c: &Config| c.admin.as_ref().map(|a| a.addr);
         if admin_addr(old) != admin_addr(new) {
             // The admin server is bound once, at start.

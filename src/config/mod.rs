@@ -39,6 +39,8 @@ pub struct Config {
     /// How often the config file is read again as a safety net for missed
     /// file events.
     pub reload_poll: Duration,
+    /// Threads that accept and carry client sessions; `None`: one per CPU.
+    pub workers: Option<usize>,
     /// The admin server, if enabled.
     pub admin: Option<AdminConfig>,
     /// Listeners in file order.

@@ -19,6 +19,7 @@ use super::duration::ConfigDuration;
 pub struct RawConfig {
     pub shutdown_grace: Option<ConfigDuration>,
     pub reload_poll: Option<ConfigDuration>,
+    pub workers: Option<i64>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,

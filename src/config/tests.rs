@@ -97,6 +97,7 @@ fn defaults_fill_what_is_left_out() {
     )
     .unwrap();
     assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.workers, None);
     assert_eq!(c.listeners[0].max_connections, 10_000);
     assert_eq!(c.listeners[0].idle_timeout, None);
     let p = &c.pools["p"];
@@ -224,7 +225,25 @@ fn password_and_key_files_are_read_relative_to_the_config() {
 /// message must contain.
 #[test]
 fn each_mistake_is_named_with_a_fix() {
-    let table: [(&str, &str, &str, bool, &[&str]); 18] = [
+    let table: [(&str, &str, &str, bool, &[&str]); 20] = [
+        (
+            "no workers",
+            "shutdown_grace = \"10s\"",
+            "workers = 0",
+            false,
+            &[
+                "workers",
+                "0 is not a thread count from 1 to 1024",
+                "one per CPU",
+            ],
+        ),
+        (
+            "workers as text",
+            "shutdown_grace = \"10s\"",
+            "workers = \"auto\"",
+            true,
+            &["invalid type", "integer"],
+        ),
         (
             "unknown key",
             "weight = 3",

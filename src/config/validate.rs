@@ -33,6 +33,9 @@ impl Problems {
     }
 }
 
+/// Most session threads a config may ask for.
+const MAX_WORKERS: usize = 1024;
+
 /// Checks a parsed file and fills in defaults; returns every problem found.
 pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems(Vec::new());
@@ -59,6 +62,16 @@ pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Pr
     let admin = raw
         .admin
         .and_then(|a| admin_config(a, resolve, &mut problems));
+    let workers = raw.workers.and_then(|n| match usize::try_from(n) {
+        Ok(n @ 1..=MAX_WORKERS) => Some(n),
+        _ => {
+            problems.add(
+                "workers",
+                format!("{n} is not a thread count from 1 to {MAX_WORKERS}; remove the key for one per CPU"),
+            );
+            None
+        }
+    });
     if !problems.0.is_empty() {
         return Err(problems.0);
     }
@@ -69,6 +82,7 @@ pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Pr
             .map_or(DEFAULT_RELOAD_POLL, |d| d.0)
             .max(std::time::Duration::from_millis(100)),
         shutdown_grace: raw.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        workers,
         listeners,
         pools,
     })

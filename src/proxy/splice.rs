@@ -1,23 +1,61 @@
 //! Moving bytes both ways between a client and its backend, with half-close.
 //!
-//! Each direction waits for readability without holding a buffer, then reads
-//! into a buffer it frees again once the socket has nothing more to give, so an
-//! idle session costs two sockets and a task but no copy buffers. When one
-//! side stops sending (EOF), the other side's write half is shut down and the
-//! opposite direction carries on until it ends too.
+//! Each direction waits for readability without holding a buffer, then
+//! borrows one from its thread's cache, reads and writes until the socket has
+//! nothing more to give and hands the buffer back, so an idle session costs
+//! two sockets and a task but no copy buffers. A read shorter than the buffer
+//! means the socket is drained: the direction goes back to waiting without
+//! the extra read that would only say "would block". When one side stops
+//! sending (EOF), the other side's write half is shut down and the opposite
+//! direction carries on until it ends too.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Bytes read in one go before they are written on.
 const CHUNK: usize = 32 * 1024;
+
+/// Buffers a thread keeps for its next readable socket: enough for the
+/// sessions that move data at the same moment, few enough to be cheap.
+const CACHED_PER_THREAD: usize = 32;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer borrowed from the thread's cache while data flows.
+struct Buffer(Box<[u8]>);
+
+impl Buffer {
+    fn take() -> Buffer {
+        let cached = BUFFERS.with(|b| b.borrow_mut().pop());
+        Buffer(cached.unwrap_or_else(|| vec![0; CHUNK].into_boxed_slice()))
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // A task may move threads between taking and dropping; the cache of
+        // whichever thread drops it keeps it.
+        let _ = BUFFERS.try_with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < CACHED_PER_THREAD {
+                b.push(buf);
+            }
+        });
+    }
+}
 
 /// Which end of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,19 +142,19 @@ pub async fn splice(
         first_eof: AtomicU8::new(0),
         last_activity: idle_timeout.map(|_| (Instant::now(), AtomicU64::new(0))),
     };
-    let (client_read, mut client_write) = client.split();
-    let (backend_read, mut backend_write) = backend.split();
+    let (mut client_read, mut client_write) = client.split();
+    let (mut backend_read, mut backend_write) = backend.split();
     let both = async {
         tokio::try_join!(
             pump(
-                &client_read,
+                &mut client_read,
                 &mut backend_write,
                 Side::Client,
                 &tally.to_backend,
                 &tally
             ),
             pump(
-                &backend_read,
+                &mut backend_read,
                 &mut client_write,
                 Side::Backend,
                 &tally.to_client,
@@ -142,7 +180,7 @@ pub async fn splice(
 /// Copies from `src` (on side `from`) to `dst` until EOF, then shuts `dst`'s
 /// write half so the peer sees the half-close.
 async fn pump(
-    src: &ReadHalf<'_>,
+    src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
     from: Side,
     moved: &AtomicU64,
@@ -154,11 +192,19 @@ async fn pump(
     };
     loop {
         src.readable().await.map_err(|e| (from, e))?;
-        let mut buf = Vec::with_capacity(CHUNK);
+        let mut buf = Buffer::take();
         loop {
-            buf.clear();
-            match src.try_read_buf(&mut buf) {
-                Ok(0) => {
+            match read_now(src, &mut buf.0).await {
+                None => {
+                    drop(buf);
+                    // Either the socket is empty (its readiness is cleared
+                    // and the wait below is real) or the task used up its
+                    // scheduling budget, which only a yield restores:
+                    // `readable` alone would spin.
+                    tokio::task::consume_budget().await;
+                    break;
+                }
+                Some(Ok(0)) => {
                     let code = if from == Side::Client { 1 } else { 2 };
                     let _ = tally.first_eof.compare_exchange(
                         0,
@@ -166,18 +212,39 @@ async fn pump(
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
+                    drop(buf);
                     return dst.shutdown().await.map_err(|e| (to, e));
                 }
-                Ok(n) => {
-                    dst.write_all(&buf).await.map_err(|e| (to, e))?;
+                Some(Ok(n)) => {
+                    let data = buf.0.get(..n).unwrap_or_default();
+                    dst.write_all(data).await.map_err(|e| (to, e))?;
                     moved.fetch_add(n as u64, Ordering::Relaxed);
                     tally.touch();
+                    if n < buf.0.len() {
+                        // Drained: tokio cleared the socket's readiness.
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err((from, e)),
+                Some(Err(e)) => return Err((from, e)),
             }
         }
     }
+}
+
+/// One read of what the socket holds now: `None` when it holds nothing (the
+/// task is then registered for its next readiness). Unlike `try_read`, a
+/// short read clears the socket's readiness, which saves the read that would
+/// only fail with "would block".
+async fn read_now(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut read = ReadBuf::new(buf);
+        match Pin::new(&mut *src).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(read.filled().len()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+        }
+    })
+    .await
 }
 
 /// Resolves once no byte has moved for `timeout`; never without a timeout.

@@ -20,6 +20,7 @@ use dbsplice::app::{self, App};
 use dbsplice::cluster::BackendState;
 use dbsplice::config::Config;
 use dbsplice::health::Health;
+use dbsplice::workers::Workers;
 use mysql_async::prelude::Queryable;
 
 pub use mariadb::MariaDb;
@@ -53,10 +54,20 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// dbsplice running inside the test process.
+/// dbsplice running inside the test process, with two worker threads
+/// carrying the sessions as in production.
 pub struct Proxy {
     /// The running app; `None` once shut down.
     pub app: Option<App>,
+    /// Dropped after the app (field order): its sessions run there.
+    _workers: Workers,
+}
+
+/// Starts the app on two worker threads of its own.
+fn start_app(config: Config, bound: Vec<app::BoundListener>) -> (App, Workers) {
+    let workers = Workers::start(2).unwrap();
+    let app = App::start_on(config, bound, workers.handles()).unwrap();
+    (app, workers)
 }
 
 impl Proxy {
@@ -75,8 +86,10 @@ impl Proxy {
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::remove_dir_all(&dir);
         let bound = app::bind(&config).unwrap();
+        let (app, workers) = start_app(config, bound);
         Proxy {
-            app: Some(App::start(config, bound).unwrap()),
+            app: Some(app),
+            _workers: workers,
         }
     }
 
@@ -85,8 +98,10 @@ impl Proxy {
         init_logs();
         let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
         let bound = app::bind(&config).unwrap();
+        let (app, workers) = start_app(config, bound);
         Proxy {
-            app: Some(App::start(config, bound).unwrap()),
+            app: Some(app),
+            _workers: workers,
         }
     }
 
