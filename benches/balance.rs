@@ -61,3 +61,28 @@ fn weighted_round_robin(bencher: divan::Bencher<'_, '_>, n: usize) {
     let pool = snapshot.pool("p").expect("pool p exists");
     bencher.bench_local(|| pool.pick(&[]));
 }
+
+/// What the accept loop does per client before the pick: load the current
+/// snapshot and find the listener and its pool.
+#[divan::bench(args = [2, 8, 64])]
+fn snapshot_route(bencher: divan::Bencher<'_, '_>, n: usize) {
+    let routes = arc_swap::ArcSwap::from_pointee(snapshot(n, "least-connections"));
+    bencher.bench_local(|| {
+        let snapshot = routes.load();
+        let listener = snapshot.listener("l").expect("listener l exists");
+        snapshot.pool(&listener.pool).map(|p| p.members.len())
+    });
+}
+
+/// A reload's new snapshot: every member's state carried over by address.
+#[divan::bench(args = [2, 8, 64])]
+fn snapshot_rebuild(bencher: divan::Bencher<'_, '_>, n: usize) {
+    let config = Arc::new(pool_config(n, "least-connections"));
+    let mut registry = Registry::default();
+    let first = Snapshot::build(Arc::clone(&config), 1, &mut registry, None);
+    let mut generation = 1;
+    bencher.bench_local(|| {
+        generation += 1;
+        Snapshot::build(Arc::clone(&config), generation, &mut registry, Some(&first))
+    });
+}

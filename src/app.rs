@@ -78,6 +78,7 @@ pub fn bind_with(
                 )
             })?,
         };
+        crate::proxy::sockopt::tune_listener(&socket);
         out.push(BoundListener {
             name: l.name.clone(),
             socket,

@@ -40,7 +40,7 @@ pub async fn serve(
     idle_timeout: Option<Duration>,
     kill: CancellationToken,
 ) -> bool {
-    sockopt::tune(&client);
+    // The client socket inherited TCP_NODELAY and keepalive from its listener.
     let header = pool.config.routing.send_proxy.and_then(|version| {
         Some(proxy_header::header(
             version,
