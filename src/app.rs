@@ -18,6 +18,7 @@ use crate::cluster::{BackendState, Registry, Snapshot};
 use crate::config::Config;
 use crate::health::Supervisor;
 use crate::proxy::{AcceptLoop, ListenerStats};
+use crate::workers::WorkerSet;
 
 /// Longest time listeners hold clients in the backlog while the first probes
 /// run.
@@ -119,9 +120,9 @@ pub struct App {
     pub(crate) listeners: HashMap<String, ListenerHandle>,
     pub(crate) tasks: TaskTracker,
     sessions: TaskTracker,
-    /// Runtimes of the worker threads that accept and carry sessions; empty:
-    /// the runtime `App::start` was called on does.
-    workers: Vec<tokio::runtime::Handle>,
+    /// The worker threads that accept and carry sessions; `None`: the
+    /// runtime `App::start` was called on does.
+    workers: Option<Arc<WorkerSet>>,
     stop_accepting: CancellationToken,
     kill_sessions: CancellationToken,
     pub(crate) stop_checks: CancellationToken,
@@ -251,7 +252,7 @@ impl App {
             listeners: HashMap::new(),
             tasks: TaskTracker::new(),
             sessions: TaskTracker::new(),
-            workers,
+            workers: (!workers.is_empty()).then(|| Arc::new(WorkerSet::new(workers))),
             stop_accepting: CancellationToken::new(),
             kill_sessions: CancellationToken::new(),
             stop_checks: CancellationToken::new(),
@@ -299,8 +300,9 @@ impl App {
         if let Some(old) = self.listeners.insert(bound.name.clone(), handle) {
             old.stop.cancel();
         }
-        let accept = |listener| AcceptLoop {
+        let accept = |listener, worker| AcceptLoop {
             name: bound.name.clone(),
+            worker,
             listener,
             routes: Arc::clone(&self.routes),
             stats: Arc::clone(&stats),
@@ -309,24 +311,26 @@ impl App {
             kill: self.kill_sessions.clone(),
             open: self.open.clone(),
         };
-        if self.workers.is_empty() {
+        let Some(workers) = &self.workers else {
             let listener = tokio::net::TcpListener::from_std(bound.socket)?;
-            self.tasks.spawn(accept(listener).run());
+            self.tasks.spawn(accept(listener, None).run());
             return Ok(());
-        }
+        };
         // One accept loop per worker, each on its own duplicate of the socket,
         // registered with that worker's runtime.
-        let mut sockets = Vec::with_capacity(self.workers.len());
-        for _ in 1..self.workers.len() {
+        let handles = workers.handles();
+        let mut sockets = Vec::with_capacity(handles.len());
+        for _ in 1..handles.len() {
             sockets.push(bound.socket.try_clone()?);
         }
         sockets.push(bound.socket);
-        for (socket, worker) in sockets.into_iter().zip(&self.workers) {
+        for (index, (socket, handle)) in sockets.into_iter().zip(handles).enumerate() {
             let listener = {
-                let _entered = worker.enter();
+                let _entered = handle.enter();
                 tokio::net::TcpListener::from_std(socket)?
             };
-            self.tasks.spawn_on(accept(listener).run(), worker);
+            let worker = Some((index, Arc::clone(workers)));
+            self.tasks.spawn_on(accept(listener, worker).run(), handle);
         }
         Ok(())
     }
@@ -385,6 +389,13 @@ impl App {
         self.changed.notify_one();
         tracing::info!(pool, held, "manual fail-back");
         Some(held)
+    }
+
+    /// Sessions each worker thread carries now (empty without workers).
+    pub fn worker_sessions(&self) -> Vec<usize> {
+        self.workers.as_ref().map_or_else(Vec::new, |w| {
+            (0..w.handles().len()).map(|i| w.active(i)).collect()
+        })
     }
 
     /// The current routing snapshot.

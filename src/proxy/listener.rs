@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::session;
 use crate::cluster::Snapshot;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
+use crate::workers::WorkerSet;
 
 /// Back-off bounds after a failed accept (EMFILE and the like).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -88,6 +89,9 @@ impl Drop for ActiveGuard {
 pub struct AcceptLoop {
     /// The listener's name in the config.
     pub name: String,
+    /// Which worker runs this loop, and all of them; `None`: sessions run
+    /// on the loop's own runtime.
+    pub worker: Option<(usize, Arc<WorkerSet>)>,
     /// The bound socket.
     pub listener: TcpListener,
     /// The current routing snapshot.
@@ -176,13 +180,52 @@ impl AcceptLoop {
         let idle_timeout = listener.idle_timeout;
         let kill = self.kill.clone();
         let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
-        let session = async move {
-            if !session::serve(client, peer, pool, idle_timeout, kill).await {
-                guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(guard);
+        let Some((here, workers)) = &self.worker else {
+            let session = async move {
+                if !session::serve(client, peer, pool, idle_timeout, kill).await {
+                    guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            self.sessions.spawn(session.instrument(span));
+            return;
         };
-        self.sessions.spawn(session.instrument(span));
+        let there = workers.place(*here);
+        let handle = match workers.handles().get(there) {
+            Some(handle) if there != *here => handle,
+            _ => {
+                let on_worker = workers.session(*here);
+                let session = async move {
+                    if !session::serve(client, peer, pool, idle_timeout, kill).await {
+                        guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(on_worker);
+                };
+                self.sessions.spawn(session.instrument(span));
+                return;
+            }
+        };
+        // Moved to a less busy worker: the socket leaves this runtime's
+        // poller and joins that one's.
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(listener = %self.name, client = %peer, "cannot move a client to another worker: {e}");
+                return;
+            }
+        };
+        let on_worker = workers.session(there);
+        let session = async move {
+            match tokio::net::TcpStream::from_std(client) {
+                Ok(client) => {
+                    if !session::serve(client, peer, pool, idle_timeout, kill).await {
+                        guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::warn!(client = %peer, "cannot register a moved client: {e}"),
+            }
+            drop(on_worker);
+        };
+        self.sessions.spawn_on(session.instrument(span), handle);
     }
 }
 

@@ -32,6 +32,42 @@ async fn command_line_client_and_driver_get_answers() {
     conn.disconnect().await.unwrap();
 }
 
+/// However the kernel hands out connections to the two workers' accept
+/// loops, long-lived sessions end up spread over both, and the ones moved
+/// from one worker to the other work like the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_the_worker_threads() {
+    let db = MariaDb::start().await;
+    let proxy = Proxy::start(&config(CHECK, &[backend(db.addr(), 1, "primary")]));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(connect(proxy.addr("rw")).await.unwrap());
+    }
+    let spread = proxy.app.as_ref().unwrap().worker_sessions();
+    assert_eq!(spread.iter().sum::<usize>(), 10, "{spread:?}");
+    assert!(
+        spread.iter().max().unwrap() - spread.iter().min().unwrap() <= 2,
+        "sessions per worker: {spread:?}"
+    );
+    for conn in &mut conns {
+        assert_eq!(server_port(conn).await, db.port);
+    }
+    for conn in conns {
+        conn.disconnect().await.unwrap();
+    }
+    let app = proxy.app.as_ref().unwrap();
+    let drained = wait_until(Duration::from_secs(10), || async {
+        (app.worker_sessions() == [0, 0]).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "every worker's sessions count down: {:?}",
+        app.worker_sessions()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_eligible_backend_gives_a_mysql_error_naming_the_pool() {
     let mut db = MariaDb::start().await;
