@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::session;
 use crate::cluster::Snapshot;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
-use crate::workers::WorkerSet;
+use crate::workers::{WorkerSession, WorkerSet};
 
 /// Back-off bounds after a failed accept (EMFILE and the like).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -180,29 +180,22 @@ impl AcceptLoop {
         let idle_timeout = listener.idle_timeout;
         let kill = self.kill.clone();
         let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
+        let serve = move |client, on_worker: Option<WorkerSession>| async move {
+            if !session::serve(client, peer, pool, idle_timeout, kill).await {
+                guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+            }
+            drop((guard, on_worker));
+        };
         let Some((here, workers)) = &self.worker else {
-            let session = async move {
-                if !session::serve(client, peer, pool, idle_timeout, kill).await {
-                    guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
-                }
-            };
-            self.sessions.spawn(session.instrument(span));
+            self.sessions.spawn(serve(client, None).instrument(span));
             return;
         };
         let there = workers.place(*here);
-        let handle = match workers.handles().get(there) {
-            Some(handle) if there != *here => handle,
-            _ => {
-                let on_worker = workers.session(*here);
-                let session = async move {
-                    if !session::serve(client, peer, pool, idle_timeout, kill).await {
-                        guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
-                    }
-                    drop(on_worker);
-                };
-                self.sessions.spawn(session.instrument(span));
-                return;
-            }
+        let Some(handle) = workers.handles().get(there).filter(|_| there != *here) else {
+            let on_worker = workers.session(*here);
+            self.sessions
+                .spawn(serve(client, Some(on_worker)).instrument(span));
+            return;
         };
         // Moved to a less busy worker: the socket leaves this runtime's
         // poller and joins that one's.
@@ -214,18 +207,13 @@ impl AcceptLoop {
             }
         };
         let on_worker = workers.session(there);
-        let session = async move {
+        let moved = async move {
             match tokio::net::TcpStream::from_std(client) {
-                Ok(client) => {
-                    if !session::serve(client, peer, pool, idle_timeout, kill).await {
-                        guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                Ok(client) => serve(client, Some(on_worker)).await,
                 Err(e) => tracing::warn!(client = %peer, "cannot register a moved client: {e}"),
             }
-            drop(on_worker);
         };
-        self.sessions.spawn_on(session.instrument(span), handle);
+        self.sessions.spawn_on(moved.instrument(span), handle);
     }
 }
 
