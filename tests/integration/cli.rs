@@ -1012,3 +1012,84 @@ fn the_install_script_never_overwrites_the_config_and_keeps_secrets_private() {
         "s3cret\n"
     );
 }
+
+/// Passwords and tokens an operator configures never show up in the logs,
+/// the status API, the backend explanation or the metrics: not the check
+/// password that works, not the one that failed, not the admin token, not a
+/// wrong token a client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_status_or_metrics() {
+    const GOOD_PASSWORD: &str = "pw-Secret-93f2";
+    const WRONG_PASSWORD: &str = "pw-Wrong-55c0";
+    const TOKEN: &str = "tok-Secret-7a1b";
+    const WRONG_TOKEN: &str = "tok-Bad-0000";
+    let db = MariaDb::start().await;
+    let mut root = db.admin().await;
+    mysql_async::prelude::Queryable::query_drop(
+        &mut root,
+        format!("CREATE USER 'vault'@'%' IDENTIFIED BY '{GOOD_PASSWORD}'"),
+    )
+    .await
+    .unwrap();
+    let dir = crate::support::Scratch::new("secrets");
+    std::fs::write(dir.0.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.0.join("check.password"), format!("{WRONG_PASSWORD}\n")).unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    let check = "[pool.main.check]\nkind = \"mysql\"\nuser = \"vault\"\n\
+                 password_file = \"check.password\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
+        config(check, &[backend(db.addr(), 1, "primary")])
+    );
+    // Top-level keys go before the [admin] table.
+    let text = text.replacen("shutdown_grace = \"5s\"\n", "", 1);
+    std::fs::write(&path, format!("shutdown_grace = \"5s\"\n{text}")).unwrap();
+    let running = Running::start(&path, None);
+    let admin = wait_until(Duration::from_secs(10), || async {
+        admin_addr(&running.logs())
+    })
+    .await
+    .expect("admin address logged");
+    let health = || async {
+        let (_, status) = http(admin, "GET", "/api/status", None).await;
+        let status: serde_json::Value = serde_json::from_str(&status).ok()?;
+        status["pools"][0]["backends"][0]["health"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait_until(Duration::from_secs(10), || async {
+        (health().await.as_deref() == Some("down")).then_some(())
+    })
+    .await
+    .expect("the wrong password fails the check");
+    assert_eq!(
+        http(admin, "POST", "/api/reload", Some(WRONG_TOKEN))
+            .await
+            .0,
+        401
+    );
+    std::fs::write(dir.0.join("check.password"), format!("{GOOD_PASSWORD}\n")).unwrap();
+    assert_eq!(http(admin, "POST", "/api/reload", Some(TOKEN)).await.0, 200);
+    wait_until(Duration::from_secs(10), || async {
+        (health().await.as_deref() == Some("up")).then_some(())
+    })
+    .await
+    .expect("the right password, re-read on reload, passes the check");
+
+    let mut seen = running.logs();
+    assert!(
+        seen.contains("1045"),
+        "the failed login is logged (so this scan reads real lines): {seen}"
+    );
+    for path in [
+        "/api/status".to_owned(),
+        "/metrics".to_owned(),
+        format!("/api/backends/{}/why", db.addr()),
+    ] {
+        seen.push_str(&http(admin, "GET", &path, None).await.1);
+    }
+    for secret in [GOOD_PASSWORD, WRONG_PASSWORD, TOKEN, WRONG_TOKEN] {
+        assert!(!seen.contains(secret), "{secret} leaked: {seen}");
+    }
+    running.stop().await;
+}
