@@ -268,3 +268,40 @@ fn the_unit_is_hardened_and_verifies_cleanly() {
         "verify must print nothing: {said}"
     );
 }
+
+/// The unit runs dbsplice as its own system user: it needs no privilege to
+/// bind, check, serve and drain. Here as `nobody`, with files only readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_serves_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("unprivileged");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    std::fs::write(
+        &path,
+        config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+            &[backend(db.addr(), 1, "primary")],
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let running = Running::start_unprivileged(&path);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.child.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["65534"; 4],
+        "every uid is nobody's: {uid}"
+    );
+    let addr = running.addr;
+    let mut conn = wait_until(Duration::from_secs(20), || async {
+        connect(addr).await.ok()
+    })
+    .await
+    .expect("dbsplice serves clients as nobody");
+    assert_eq!(server_port(&mut conn).await, db.port);
+    conn.disconnect().await.unwrap();
+    running.stop().await;
+}

@@ -27,11 +27,38 @@ impl Running {
         nofile: Option<u32>,
         env: &[(&str, String)],
     ) -> Running {
-        let mut command = Command::new(if nofile.is_some() { "prlimit" } else { BIN });
+        let wrapper: Vec<String> = nofile
+            .map(|n| vec!["prlimit".to_owned(), format!("--nofile={n}:{n}")])
+            .unwrap_or_default();
+        Running::start_wrapped(config_path, &wrapper, env)
+    }
+
+    /// Starts the binary as the unprivileged user `nobody` (setpriv).
+    pub fn start_unprivileged(config_path: &std::path::Path) -> Running {
+        let wrapper = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ];
+        Running::start_wrapped(config_path, &wrapper.map(str::to_owned), &[])
+    }
+
+    /// Starts the binary behind `wrapper` (a command that runs the rest).
+    fn start_wrapped(
+        config_path: &std::path::Path,
+        wrapper: &[String],
+        env: &[(&str, String)],
+    ) -> Running {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Some(n) = nofile {
-            command.arg(format!("--nofile={n}:{n}")).arg(BIN);
-        }
         let mut child = command
             .args([
                 "run",
