@@ -378,6 +378,15 @@ async fn http(
     (status, body)
 }
 
+/// `body` (from `config`) with an admin server on a free port whose token
+/// is in `admin.token`; the top-level `shutdown_grace` stays above the table.
+fn with_token_admin(body: &str) -> String {
+    format!(
+        "shutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
+        body.replacen("shutdown_grace = \"5s\"\n", "", 1)
+    )
+}
+
 fn admin_addr(logs: &str) -> Option<std::net::SocketAddr> {
     let line = logs.lines().find(|l| l.contains("\"admin listening\""))?;
     line.split("\"addr\":\"")
@@ -405,15 +414,14 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     let dir = crate::support::Scratch::new("admin");
     std::fs::write(dir.0.join("admin.token"), "tok-123456\n").unwrap();
     let path = dir.0.join("dbsplice.toml");
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
-        config(
+    std::fs::write(
+        &path,
+        with_token_admin(&config(
             "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
-            &[backend(db.addr(), 1, "primary")]
-        )
-    );
-    let text = text.replacen("shutdown_grace = \"5s\"\n", "", 1);
-    std::fs::write(&path, format!("shutdown_grace = \"5s\"\n{text}")).unwrap();
+            &[backend(db.addr(), 1, "primary")],
+        )),
+    )
+    .unwrap();
     let running = Running::start(&path, None);
     let admin = wait_until(Duration::from_secs(10), || async {
         admin_addr(&running.logs())
@@ -1037,13 +1045,11 @@ async fn secrets_never_reach_logs_status_or_metrics() {
     let path = dir.0.join("dbsplice.toml");
     let check = "[pool.main.check]\nkind = \"mysql\"\nuser = \"vault\"\n\
                  password_file = \"check.password\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
-        config(check, &[backend(db.addr(), 1, "primary")])
-    );
-    // Top-level keys go before the [admin] table.
-    let text = text.replacen("shutdown_grace = \"5s\"\n", "", 1);
-    std::fs::write(&path, format!("shutdown_grace = \"5s\"\n{text}")).unwrap();
+    std::fs::write(
+        &path,
+        with_token_admin(&config(check, &[backend(db.addr(), 1, "primary")])),
+    )
+    .unwrap();
     let running = Running::start(&path, None);
     let admin = wait_until(Duration::from_secs(10), || async {
         admin_addr(&running.logs())
