@@ -19,6 +19,7 @@ mod cli;
 mod data_path;
 mod failover;
 mod fake_server;
+mod faults;
 mod reload;
 mod roles;
 mod systemd;

@@ -3,7 +3,7 @@
 //! `mariadbd` on a loopback port below 32768; killed and removed on drop, also
 //! when a test panics.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::netns::Netns;
 use super::wait_until;
 
 /// The account every test server has, with every privilege.
@@ -32,7 +33,6 @@ pub const ED_PASSWORD: &str = "edpw";
 
 const SERVER_ARGS: &[&str] = &[
     "--no-defaults",
-    "--bind-address=127.0.0.1",
     "--skip-name-resolve",
     "--innodb-log-file-size=4M",
     "--innodb-buffer-pool-size=16M",
@@ -44,8 +44,12 @@ const SERVER_ARGS: &[&str] = &[
 
 /// A running (or killed, restartable) MariaDB server.
 pub struct MariaDb {
-    /// Loopback port it listens on.
+    /// Port it listens on.
     pub port: u16,
+    /// Address it listens on: loopback, or a test namespace's.
+    ip: Ipv4Addr,
+    /// The test namespace it runs in, if any.
+    netns: Option<String>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -58,6 +62,16 @@ impl MariaDb {
 
     /// Starts a fresh server with extra `mariadbd` arguments.
     pub async fn start_with(extra_args: &[String]) -> MariaDb {
+        MariaDb::start_on(None, extra_args).await
+    }
+
+    /// Starts a fresh server inside a test namespace, on its address and the
+    /// usual port 3306.
+    pub async fn start_in(netns: &Netns) -> MariaDb {
+        MariaDb::start_on(Some(netns), &[]).await
+    }
+
+    async fn start_on(netns: Option<&Netns>, extra_args: &[String]) -> MariaDb {
         let template = template();
         let dir = scratch_root().join(format!(
             "dbsplice-test-{}-{}",
@@ -69,7 +83,9 @@ impl MariaDb {
         std::fs::write(dir.join("extra-args"), extra_args.join("\n")).unwrap();
         for _ in 0..20 {
             let mut server = MariaDb {
-                port: free_port(),
+                port: if netns.is_some() { 3306 } else { free_port() },
+                ip: netns.map_or(Ipv4Addr::LOCALHOST, |ns| ns.ip),
+                netns: netns.map(|ns| ns.name.clone()),
                 dir: dir.clone(),
                 child: None,
             };
@@ -87,7 +103,7 @@ impl MariaDb {
 
     /// The address to connect to.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.ip, self.port))
     }
 
     /// The server's own directory (datadir, logs), for test files such as certificates.
@@ -160,8 +176,18 @@ impl MariaDb {
         self.kill();
         let log = self.dir.join("error.log");
         let _ = std::fs::remove_file(&log);
-        let child = Command::new("mariadbd")
+        let mut command = match &self.netns {
+            // `ip netns exec` execs mariadbd: the child's pid is the server's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "mariadbd"]);
+                c
+            }
+            None => Command::new("mariadbd"),
+        };
+        let child = command
             .args(SERVER_ARGS)
+            .arg(format!("--bind-address={}", self.ip))
             .arg(format!("--datadir={}", self.dir.join("data").display()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--socket={}", self.dir.join("sock").display()))

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cluster;
 pub mod fake;
 pub mod mariadb;
+pub mod netns;
 
 use std::future::Future;
 use std::net::SocketAddr;
