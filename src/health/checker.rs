@@ -76,11 +76,13 @@ impl Checker {
         let started = tokio::time::Instant::now();
         let outcome = self.prober.probe(self.state.addr).await;
         let took = started.elapsed();
-        self.state
-            .counters
-            .probe(matches!(outcome, Outcome::Pass { .. }), took);
-        self.histograms
-            .record(&self.state.address, took.as_secs_f64());
+        if !matches!(outcome, Outcome::Skipped { .. }) {
+            self.state
+                .counters
+                .probe(matches!(outcome, Outcome::Pass { .. }), took);
+            self.histograms
+                .record(&self.state.address, took.as_secs_f64());
+        }
         outcome
     }
 
@@ -102,6 +104,12 @@ impl Checker {
                 reason,
                 misconfigured,
             } => (false, reason, misconfigured),
+            Outcome::Skipped { reason } => {
+                // Neither a pass nor a failure: the backend keeps its state
+                // and the next probe comes at the usual time.
+                tracing::warn!(backend = %state.address, health = %state.health(), "probe skipped, state kept: {reason}");
+                return;
+            }
         };
         let transition = tracker.observe(passed);
         state.set_health(tracker.health(), &reason);

@@ -25,6 +25,13 @@ pub enum Outcome {
         /// What a MySQL probe learned.
         facts: Option<Facts>,
     },
+    /// dbsplice could not run the probe for want of its own resources (out
+    /// of file descriptors, socket buffers or memory). That says nothing
+    /// about the backend, whose state stays as it was.
+    Skipped {
+        /// Which resource ran out.
+        reason: String,
+    },
     /// It did not.
     Fail {
         /// Why, in words an operator can act on.
@@ -141,14 +148,25 @@ async fn tcp(addr: SocketAddr) -> Outcome {
             detail: "tcp connect succeeded".to_owned(),
             facts: None,
         },
-        Err(e) => Outcome::fail(describe_connect_error(&e)),
+        Err(e) => connect_failed(&e),
+    }
+}
+
+/// The outcome of a probe whose connect failed.
+fn connect_failed(e: &io::Error) -> Outcome {
+    if is_local_shortage(e) {
+        Outcome::Skipped {
+            reason: describe_connect_error(e),
+        }
+    } else {
+        Outcome::fail(describe_connect_error(e))
     }
 }
 
 async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
     let mut stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
-        Err(e) => return Outcome::fail(describe_connect_error(&e)),
+        Err(e) => return connect_failed(&e),
     };
     let _ = stream.set_nodelay(true);
     if let Some(version) = m.proxy {
@@ -225,8 +243,22 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Whether a failed connect (or accept) ran into dbsplice's own limits
+/// rather than anything the peer did: out of file descriptors (per process
+/// or system-wide), socket buffers or memory. No backend is to blame, and
+/// another backend would fare no better.
+pub fn is_local_shortage(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    Errno::from_io_error(e).is_some_and(|errno| {
+        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
+    })
+}
+
 /// Words for a failed connect that an operator can act on.
 pub fn describe_connect_error(e: &io::Error) -> String {
+    if is_local_shortage(e) {
+        return format!("dbsplice is short of resources, not the backend at fault: {e}");
+    }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => {
             "connection refused: nothing listens on the port".to_owned()
@@ -257,5 +289,20 @@ mod tests {
             panic!("closed port passed")
         };
         assert!(reason.contains("refused") && !misconfigured, "{reason}");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_dbsplice_s_shortage_not_the_backend_s() {
+        for errno in [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE] {
+            let e = io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(is_local_shortage(&e));
+            let Outcome::Skipped { reason } = connect_failed(&e) else {
+                panic!("a probe dbsplice could not run counted as a verdict")
+            };
+            assert!(reason.contains("short of resources"), "{reason}");
+        }
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(!is_local_shortage(&refused));
+        assert!(matches!(connect_failed(&refused), Outcome::Fail { .. }));
     }
 }

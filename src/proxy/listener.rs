@@ -218,10 +218,10 @@ impl AcceptLoop {
 }
 
 fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
-    if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) {
+    if crate::health::probe::is_local_shortage(e) {
         tracing::warn!(
             listener,
-            "accept failed, out of file descriptors; retrying in {backoff:?}"
+            "accept failed, out of file descriptors or memory ({e}); retrying in {backoff:?}"
         );
     } else {
         tracing::warn!(listener, "accept failed: {e}; retrying in {backoff:?}");

@@ -15,7 +15,7 @@ use super::{greeting, proxy_header, sockopt, splice};
 use crate::cluster::backend::ConnectFailure;
 use crate::cluster::{Pool, SessionGuard};
 use crate::config::format_duration;
-use crate::health::probe::describe_connect_error;
+use crate::health::probe::{describe_connect_error, is_local_shortage};
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 
 /// How long dbsplice spends handing a refused client its error packet.
@@ -130,6 +130,15 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
                 }
                 Err(e) => (ConnectFailure::Greeting, e),
             },
+            Ok(Err(e)) if is_local_shortage(&e) => {
+                // dbsplice's own shortage: no backend is to blame, none is
+                // asked for an early probe, and another would fare no better.
+                return Err(format!(
+                    "dbsplice: cannot open a connection to a backend of pool '{}': {}",
+                    pool.config.name,
+                    describe_connect_error(&e)
+                ));
+            }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 (ConnectFailure::Refused, describe_connect_error(&e))
             }

@@ -17,6 +17,7 @@ mod balancing;
 mod checks;
 mod cli;
 mod data_path;
+mod exhaustion;
 mod failover;
 mod fake_server;
 mod faults;
