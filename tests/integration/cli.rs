@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::binary::{Running, BIN};
+use crate::support::binary::{admin_addr, http, Running, BIN};
 use crate::support::{
     backend, closed_within, config, connect, server_port, session_on, wait_until, MariaDb,
 };
@@ -345,39 +345,6 @@ async fn the_poll_catches_what_no_event_reports() {
     running.stop().await;
 }
 
-/// One HTTP/1.1 request over a fresh connection: (status, body).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// `body` (from `config`) with an admin server on a free port whose token
 /// is in `admin.token`; the top-level `shutdown_grace` stays above the table.
 fn with_token_admin(body: &str) -> String {
@@ -385,16 +352,6 @@ fn with_token_admin(body: &str) -> String {
         "shutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
         body.replacen("shutdown_grace = \"5s\"\n", "", 1)
     )
-}
-
-fn admin_addr(logs: &str) -> Option<std::net::SocketAddr> {
-    let line = logs.lines().find(|l| l.contains("\"admin listening\""))?;
-    line.split("\"addr\":\"")
-        .nth(1)?
-        .split('"')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The value of a sample line `name{labels} value` in a Prometheus scrape.

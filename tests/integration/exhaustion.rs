@@ -14,24 +14,6 @@ use tokio::net::TcpStream;
 use crate::support::binary::Running;
 use crate::support::{backend, config, connect, port_of_new_session, wait_until, MariaDb, Scratch};
 
-/// Open descriptors of process `pid`.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(Iterator::count)
-        .unwrap_or(0)
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// dbsplice (the binary, under `nofile` open files) in front of `db`,
 /// probing every 200 ms with fall 1: a probe failed by dbsplice's own
 /// shortage would show at once as the backend going down.
@@ -89,9 +71,8 @@ async fn a_thousand_clients_against_256_open_files() {
     let db = MariaDb::start_with(&["--max-connections=1200".to_owned()]).await;
     let dir = Scratch::new("nofile256");
     let running = binary_before(&db, &dir, 256).await;
-    let pid = running.child.id();
     let addr = running.addr;
-    let fds_before = fd_count(pid);
+    let fds_before = running.resting_fd_count().await;
 
     let clients: Vec<_> = (0..1000).map(|_| tokio::spawn(one_client(addr))).collect();
     let mut served = 0;
@@ -125,15 +106,7 @@ async fn a_thousand_clients_against_256_open_files() {
     assert!(!logs.contains("backend down"), "{logs}");
 
     // Every descriptor comes back, and new clients are served.
-    let settled = wait_until(Duration::from_secs(20), || async {
-        (fd_count(pid) <= fds_before).then_some(())
-    })
-    .await;
-    assert!(
-        settled.is_some(),
-        "{} descriptors open after the load, {fds_before} before",
-        fd_count(pid)
-    );
+    running.assert_fds_return_to(fds_before).await;
     assert_eq!(port_of_new_session(addr).await, Some(db.port));
     eprintln!(
         "1000 clients under 256 open files: {served} served, {} refused",
@@ -158,10 +131,9 @@ async fn ten_thousand_sessions_stay_within_a_few_kib_each() {
     .await;
     let dir = Scratch::new("many-sessions");
     let running = binary_before(&db, &dir, 20_000).await;
-    let pid = running.child.id();
     let addr = running.addr;
-    let fds_before = fd_count(pid);
-    let rss_before = rss_kib(pid);
+    let fds_before = running.resting_fd_count().await;
+    let rss_before = running.rss_kib();
 
     // Each client waits for the server's greeting through dbsplice: the
     // session is open end to end, then idle.
@@ -183,15 +155,15 @@ async fn ten_thousand_sessions_stay_within_a_few_kib_each() {
         }
     }
     let open = wait_until(Duration::from_secs(20), || async {
-        (fd_count(pid) >= fds_before + 2 * MANY).then_some(())
+        (running.fd_count() >= fds_before + 2 * MANY).then_some(())
     })
     .await;
     assert!(
         open.is_some(),
         "{} descriptors for {MANY} sessions, {fds_before} before",
-        fd_count(pid)
+        running.fd_count()
     );
-    let rss_loaded = rss_kib(pid);
+    let rss_loaded = running.rss_kib();
     let per_session = (rss_loaded.saturating_sub(rss_before)) as f64 / MANY as f64;
     eprintln!(
         "{MANY} idle sessions: RSS {rss_before} -> {rss_loaded} KiB, {per_session:.2} KiB each"
@@ -204,17 +176,9 @@ async fn ten_thousand_sessions_stay_within_a_few_kib_each() {
     );
 
     drop(clients);
-    let closed = wait_until(Duration::from_secs(30), || async {
-        (fd_count(pid) <= fds_before).then_some(())
-    })
-    .await;
+    running.assert_fds_return_to(fds_before).await;
     assert!(
-        closed.is_some(),
-        "{} descriptors after the sessions ended, {fds_before} before",
-        fd_count(pid)
-    );
-    assert!(
-        rss_kib(pid) <= rss_loaded + 1024,
+        running.rss_kib() <= rss_loaded + 1024,
         "memory grew after the load"
     );
     assert_eq!(port_of_new_session(addr).await, Some(db.port));

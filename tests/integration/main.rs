@@ -21,6 +21,7 @@ mod exhaustion;
 mod failover;
 mod fake_server;
 mod faults;
+mod load;
 mod reload;
 mod roles;
 mod systemd;

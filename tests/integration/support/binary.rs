@@ -5,6 +5,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_dbsplice");
 
@@ -96,6 +99,48 @@ impl Running {
         Running { child, addr, logs }
     }
 
+    /// Open descriptors of the process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(Iterator::count)
+            .unwrap_or(0)
+    }
+
+    /// Open descriptors at rest: the fewest seen over 200 ms, so that a
+    /// probe's socket in flight does not count.
+    pub async fn resting_fd_count(&self) -> usize {
+        let mut fewest = usize::MAX;
+        for _ in 0..10 {
+            fewest = fewest.min(self.fd_count());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fewest
+    }
+
+    /// Asserts that open descriptors come back down to `baseline` within 30 s.
+    pub async fn assert_fds_return_to(&self, baseline: usize) {
+        let settled = super::wait_until(Duration::from_secs(30), || async {
+            (self.fd_count() <= baseline).then_some(())
+        })
+        .await;
+        assert!(
+            settled.is_some(),
+            "{} descriptors open after the load, {baseline} before",
+            self.fd_count()
+        );
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
@@ -126,4 +171,48 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The admin server's address, from the binary's `admin listening` log line.
+pub fn admin_addr(logs: &str) -> Option<std::net::SocketAddr> {
+    let line = logs.lines().find(|l| l.contains("\"admin listening\""))?;
+    line.split("\"addr\":\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .parse()
+        .ok()
 }
