@@ -24,4 +24,5 @@ mod faults;
 mod load;
 mod reload;
 mod roles;
+mod soak;
 mod systemd;

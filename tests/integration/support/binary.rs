@@ -130,6 +130,22 @@ impl Running {
         );
     }
 
+    /// CPU time the process has used, user and system, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name: state is the 3rd of stat(5),
+        // utime the 14th and stime the 15th, in ticks of 1/100 s on Linux.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    }
+
     /// Resident memory of the process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -139,6 +155,26 @@ impl Running {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Waits until the logs, from byte `from` on, have a line with every
+    /// one of `words`; returns where the logs end now.
+    pub async fn wait_log(&self, from: usize, words: &[&str]) -> usize {
+        let found = super::wait_until(Duration::from_secs(20), || async {
+            let logs = self.logs();
+            let tail = logs.get(from..).unwrap_or_default();
+            tail.lines()
+                .any(|l| words.iter().all(|w| l.contains(w)))
+                .then_some(())
+        })
+        .await;
+        let logs = self.logs();
+        assert!(
+            found.is_some(),
+            "no log line with {words:?}: {}",
+            logs.get(from..).unwrap_or_default()
+        );
+        logs.len()
     }
 
     pub fn logs(&self) -> String {
