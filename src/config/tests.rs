@@ -490,3 +490,192 @@ fn routing_settings_are_validated() {
     let err = error_text(&with("on_down = \"later\"", mysql));
     assert!(err.contains("drain:<duration>"), "{err}");
 }
+
+/// A config that sets every key dbsplice knows (some in combinations the
+/// validator refuses, such as both `password` and `password_file`): the
+/// parser accepts each value's type.
+const EVERY_KEY: &str = r#"
+shutdown_grace = "30s"
+reload_poll = "10s"
+workers = 2
+
+[admin]
+listen = "127.0.0.1:9306"
+token_file = "admin.token"
+cert_file = "admin.crt"
+key_file = "admin.key"
+
+[[listener]]
+name = "rw"
+listen = "127.0.0.1:3306"
+pool = "main"
+max_connections = 10000
+idle_timeout = "8h"
+allow = ["10.0.0.0/8", "127.0.0.1"]
+
+[pool.main]
+balance = "least-connections"
+connect_timeout = "1s"
+connect_attempts = 3
+role = "writer"
+on_multiple_writers = "keep"
+max_lag = "10s"
+readmit_lag = "5s"
+lag_unknown = "exclude"
+fallback = "writer"
+on_down = "drain:5s"
+greeting_gate = true
+greeting_timeout = "1s"
+failback = "30s"
+flap_threshold = 6
+flap_window = "60s"
+flap_hold = "10s"
+flap_hold_max = "5m"
+on_primary_return = "keep"
+send_proxy = "v2"
+on_remove = "keep"
+slow_start = "30s"
+
+[pool.main.check]
+kind = "mysql"
+user = "dbsplice_check"
+password = "secret"
+password_file = "check.password"
+tls = "required"
+ca_file = "ca.pem"
+verify = "full"
+server_public_key_file = "server-public-key.pem"
+lag = true
+galera = false
+galera_donor_ok = false
+group_replication = false
+interval = "2s"
+fast_interval = "500ms"
+down_interval = "2s"
+timeout = "1s"
+rise = 2
+fall = 3
+
+[[pool.main.backend]]
+address = "10.0.0.11:3306"
+name = "db1"
+weight = 1
+tier = "primary"
+max_connections = 500
+"#;
+
+/// The keys the example config documents, set or commented out.
+fn documented_keys(example: &str) -> std::collections::BTreeSet<String> {
+    example
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start_matches('#').trim_start();
+            let (key, rest) = line.split_once(" = ")?;
+            let value = rest.trim_start();
+            let is_value = value.starts_with(['"', '['])
+                || value.starts_with(|c: char| c.is_ascii_digit())
+                || value.starts_with("true")
+                || value.starts_with("false");
+            (is_value && !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                .then(|| key.to_owned())
+        })
+        .collect()
+}
+
+/// Every path to a plain value (not a table, not an array of tables).
+fn leaves(value: &toml::Value, path: &mut Vec<PathStep>, out: &mut Vec<Vec<PathStep>>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table {
+                path.push(PathStep::Key(key.clone()));
+                leaves(v, path, out);
+                path.pop();
+            }
+        }
+        toml::Value::Array(items)
+            if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+        {
+            for (i, v) in items.iter().enumerate() {
+                path.push(PathStep::Index(i));
+                leaves(v, path, out);
+                path.pop();
+            }
+        }
+        _ => out.push(path.clone()),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+fn value_at<'a>(root: &'a mut toml::Value, path: &[PathStep]) -> &'a mut toml::Value {
+    path.iter().fold(root, |v, step| match step {
+        PathStep::Key(k) => v.get_mut(k.as_str()).expect("key on the path"),
+        PathStep::Index(i) => v.get_mut(*i).expect("index on the path"),
+    })
+}
+
+#[test]
+fn every_key_with_a_value_of_the_wrong_type_is_refused_naming_its_line() {
+    let example = include_str!("../../conf/dbsplice.toml");
+    let documented = documented_keys(example);
+    assert!(documented.len() > 50, "{documented:?}");
+    for key in &documented {
+        assert!(
+            EVERY_KEY
+                .lines()
+                .any(|l| l.starts_with(&format!("{key} = "))),
+            "EVERY_KEY lacks `{key}`, which conf/dbsplice.toml documents"
+        );
+    }
+    toml::from_str::<raw::RawConfig>(EVERY_KEY).expect("EVERY_KEY's types are right");
+
+    let root: toml::Value = toml::from_str(EVERY_KEY).unwrap();
+    let mut paths = Vec::new();
+    leaves(&root, &mut Vec::new(), &mut paths);
+    let wrong = [
+        toml::Value::String("x".into()),
+        toml::Value::Integer(7),
+        toml::Value::Float(1.5),
+        toml::Value::Boolean(true),
+        toml::Value::Array(vec![toml::Value::Integer(1)]),
+        toml::Value::Table(toml::Table::new()),
+    ];
+    let mut tried = 0;
+    for path in &paths {
+        let Some(PathStep::Key(key)) = path.last() else {
+            unreachable!("leaves end in a key")
+        };
+        for value in &wrong {
+            let mut doc = root.clone();
+            let slot = value_at(&mut doc, path);
+            if slot.type_str() == value.type_str() {
+                continue;
+            }
+            *slot = value.clone();
+            let text = toml::to_string(&doc).unwrap();
+            tried += 1;
+            match load(&text) {
+                Err(ConfigError::Parse {
+                    file,
+                    message,
+                    source_line,
+                    ..
+                }) => {
+                    assert_eq!(file, Path::new("/etc/dbsplice/test.toml"));
+                    assert!(
+                        source_line.contains(key.as_str()),
+                        "{path:?} = {value}: the error shows `{source_line}`: {message}"
+                    );
+                }
+                other => panic!("{path:?} = {value} was not refused as a type error: {other:?}"),
+            }
+        }
+    }
+    // Each value has exactly one of the six types.
+    assert_eq!(tried, paths.len() * (wrong.len() - 1));
+    assert!(paths.len() >= documented.len(), "{paths:?}");
+}
