@@ -119,6 +119,9 @@ pub struct App {
     pub(crate) supervisor: Supervisor,
     pub(crate) listeners: HashMap<String, ListenerHandle>,
     pub(crate) tasks: TaskTracker,
+    /// The accept loops, apart: shutdown waits for them to end before it
+    /// counts sessions, so that no client accepted meanwhile is dropped.
+    accept_loops: TaskTracker,
     sessions: TaskTracker,
     /// The worker threads that accept and carry sessions; `None`: the
     /// runtime `App::start` was called on does.
@@ -251,6 +254,7 @@ impl App {
             supervisor: Supervisor::new(Arc::clone(&changed), Arc::clone(&histograms)),
             listeners: HashMap::new(),
             tasks: TaskTracker::new(),
+            accept_loops: TaskTracker::new(),
             sessions: TaskTracker::new(),
             workers: (!workers.is_empty()).then(|| Arc::new(WorkerSet::new(workers))),
             stop_accepting: CancellationToken::new(),
@@ -313,7 +317,7 @@ impl App {
         };
         let Some(workers) = &self.workers else {
             let listener = tokio::net::TcpListener::from_std(bound.socket)?;
-            self.tasks.spawn(accept(listener, None).run());
+            self.accept_loops.spawn(accept(listener, None).run());
             return Ok(());
         };
         // One accept loop per worker, each on its own duplicate of the socket,
@@ -330,7 +334,8 @@ impl App {
                 tokio::net::TcpListener::from_std(socket)?
             };
             let worker = Some((index, Arc::clone(workers)));
-            self.tasks.spawn_on(accept(listener, worker).run(), handle);
+            self.accept_loops
+                .spawn_on(accept(listener, worker).run(), handle);
         }
         Ok(())
     }
@@ -408,6 +413,10 @@ impl App {
     pub async fn shutdown(self, grace: Duration) -> usize {
         self.shared.draining.store(true, Ordering::Relaxed);
         self.stop_accepting.cancel();
+        // An accept loop on a worker thread may admit one more client before
+        // it sees the cancellation: that session must be counted below.
+        self.accept_loops.close();
+        self.accept_loops.wait().await;
         self.sessions.close();
         let open = self.sessions.len();
         if open > 0 {

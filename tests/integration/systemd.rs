@@ -164,8 +164,10 @@ async fn socket_activation_refuses_no_client_across_restarts() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (served, refused) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
     let client = {
         let (stop, served, refused) = (stop.clone(), served.clone(), refused.clone());
+        let errors = Arc::clone(&errors);
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 match connect(addr).await {
@@ -174,8 +176,9 @@ async fn socket_activation_refuses_no_client_across_restarts() {
                         let _ = conn.disconnect().await;
                         served.fetch_add(1, Ordering::SeqCst);
                     }
-                    Err(_) => {
+                    Err(e) => {
                         refused.fetch_add(1, Ordering::SeqCst);
+                        errors.lock().unwrap().push(e.to_string());
                     }
                 }
             }
@@ -211,8 +214,9 @@ async fn socket_activation_refuses_no_client_across_restarts() {
     assert_eq!(
         refused.load(Ordering::SeqCst),
         0,
-        "{} sessions served across 3 restarts",
-        served.load(Ordering::SeqCst)
+        "{} sessions served across 3 restarts; refused: {:?}",
+        served.load(Ordering::SeqCst),
+        errors.lock().unwrap()
     );
 
     std::fs::write(&stop_file, "").unwrap();
