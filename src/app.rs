@@ -123,6 +123,8 @@ pub struct App {
     /// counts sessions, so that no client accepted meanwhile is dropped.
     accept_loops: TaskTracker,
     sessions: TaskTracker,
+    /// Sessions open against what the open-files limit allows.
+    cap: Arc<crate::proxy::cap::SessionCap>,
     /// The worker threads that accept and carry sessions; `None`: the
     /// runtime `App::start` was called on does.
     workers: Option<Arc<WorkerSet>>,
@@ -256,6 +258,7 @@ impl App {
             tasks: TaskTracker::new(),
             accept_loops: TaskTracker::new(),
             sessions: TaskTracker::new(),
+            cap: Arc::new(crate::proxy::cap::SessionCap::for_this_process()),
             workers: (!workers.is_empty()).then(|| Arc::new(WorkerSet::new(workers))),
             stop_accepting: CancellationToken::new(),
             kill_sessions: CancellationToken::new(),
@@ -276,6 +279,11 @@ impl App {
             &app.registry,
             &app.tasks,
             &app.stop_checks,
+        );
+        tracing::info!(
+            max_sessions = app.cap.limit(),
+            "at most {} sessions at once: two open files each, within the open-files limit",
+            app.cap.limit()
         );
         app.tasks.spawn(crate::control::run(
             Arc::clone(&app.routes),
@@ -313,6 +321,7 @@ impl App {
             sessions: self.sessions.clone(),
             stop: stop.clone(),
             kill: self.kill_sessions.clone(),
+            cap: Arc::clone(&self.cap),
             open: self.open.clone(),
         };
         let Some(workers) = &self.workers else {

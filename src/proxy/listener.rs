@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::cap::{SessionCap, Slot};
 use super::session;
 use crate::cluster::Snapshot;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
@@ -33,6 +34,7 @@ pub struct ListenerStats {
     /// Clients closed because their address is not in the `allow` list.
     pub rejected_access: AtomicU64,
     denied_log: RateLimit,
+    cap_log: RateLimit,
     /// Accept calls that failed (for example out of file descriptors).
     pub accept_errors: AtomicU64,
     active: AtomicU64,
@@ -104,6 +106,8 @@ pub struct AcceptLoop {
     pub stop: CancellationToken,
     /// Cancelled to close open sessions.
     pub kill: CancellationToken,
+    /// The process-wide session cap the open-files limit allows.
+    pub cap: Arc<SessionCap>,
     /// Cancelled once accepting makes sense: every backend has been probed
     /// (until then clients wait in the kernel's backlog instead of getting
     /// "no backend" from a process that has not looked yet).
@@ -119,6 +123,18 @@ impl AcceptLoop {
         }
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
+            let slot = match self.cap.try_slot() {
+                Some(slot) => slot,
+                None => {
+                    if let Some(suppressed) = self.stats.cap_log.ready() {
+                        tracing::warn!(listener = %self.name, suppressed, "{} sessions open, all the open-files limit allows: new clients wait in the backlog", self.cap.limit());
+                    }
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        slot = self.cap.slot() => slot,
+                    }
+                }
+            };
             let accepted = tokio::select! {
                 () = self.stop.cancelled() => return,
                 r = self.listener.accept() => r,
@@ -126,7 +142,7 @@ impl AcceptLoop {
             match accepted {
                 Ok((client, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    self.admit(client, peer);
+                    self.admit(client, peer, slot);
                 }
                 Err(e) => {
                     self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +161,7 @@ impl AcceptLoop {
         }
     }
 
-    fn admit(&self, client: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    fn admit(&self, client: tokio::net::TcpStream, peer: std::net::SocketAddr, slot: Slot) {
         let snapshot = self.routes.load();
         // A listener removed from the config, or its pool: the socket closes on drop.
         let Some(listener) = snapshot.listener(&self.name) else {
@@ -184,7 +200,7 @@ impl AcceptLoop {
             if !session::serve(client, peer, pool, idle_timeout, kill).await {
                 guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
             }
-            drop((guard, on_worker));
+            drop((guard, on_worker, slot));
         };
         let Some((here, workers)) = &self.worker else {
             self.sessions.spawn(serve(client, None).instrument(span));
