@@ -29,6 +29,14 @@ const CHUNK: usize = 32 * 1024;
 /// sessions that move data at the same moment, few enough to be cheap.
 const CACHED_PER_THREAD: usize = 32;
 
+/// How long a client's EOF waits for the server to close on its own before
+/// dbsplice passes the EOF on. A MySQL server closes at once after COM_QUIT;
+/// letting it close first leaves the TIME_WAIT entry with the server instead
+/// of with dbsplice, whose connects to that server would otherwise have to
+/// search past thousands of such entries for a free source port under
+/// connection churn.
+const SERVER_CLOSES_FIRST: Duration = Duration::from_millis(100);
+
 thread_local! {
     static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
@@ -115,6 +123,8 @@ struct Tally {
     to_client: AtomicU64,
     /// 0 until a side sends EOF; then 1 (client) or 2 (backend) for the first.
     first_eof: AtomicU8,
+    /// Told when the backend's EOF has been passed to the client.
+    backend_done: tokio::sync::Notify,
     /// Milliseconds from `start` to the last byte, kept only with an idle timeout.
     last_activity: Option<(Instant, AtomicU64)>,
 }
@@ -140,6 +150,7 @@ pub async fn splice(
         to_backend: AtomicU64::new(0),
         to_client: AtomicU64::new(0),
         first_eof: AtomicU8::new(0),
+        backend_done: tokio::sync::Notify::new(),
         last_activity: idle_timeout.map(|_| (Instant::now(), AtomicU64::new(0))),
     };
     let (mut client_read, mut client_write) = client.split();
@@ -213,7 +224,20 @@ async fn pump(
                         Ordering::Relaxed,
                     );
                     drop(buf);
-                    return dst.shutdown().await.map_err(|e| (to, e));
+                    if from == Side::Client {
+                        // A permit stored by a backend EOF that came first
+                        // ends the wait at once.
+                        let _ = tokio::time::timeout(
+                            SERVER_CLOSES_FIRST,
+                            tally.backend_done.notified(),
+                        )
+                        .await;
+                    }
+                    let shut = dst.shutdown().await.map_err(|e| (to, e));
+                    if from == Side::Backend {
+                        tally.backend_done.notify_one();
+                    }
+                    return shut;
                 }
                 Some(Ok(n)) => {
                     let data = buf.0.get(..n).unwrap_or_default();
