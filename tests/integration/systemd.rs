@@ -120,6 +120,26 @@ fn current_child(shell: u32) -> Option<u32> {
     children.split_whitespace().next()?.parse().ok()
 }
 
+/// The restart loop under `systemd-socket-activate`: when the test ends,
+/// also by a failed assertion, the loop stops and its dbsplice is killed.
+struct Manager {
+    child: std::process::Child,
+    stop_file: std::path::PathBuf,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop_file, "");
+        if let Some(pid) = current_child(self.child.id()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_activation_refuses_no_client_across_restarts() {
     let db = MariaDb::start().await;
@@ -144,7 +164,7 @@ async fn socket_activation_refuses_no_client_across_restarts() {
         bin = BIN,
         cfg = path.display()
     );
-    let mut manager = Command::new("systemd-socket-activate")
+    let child = Command::new("systemd-socket-activate")
         .args([
             "-l",
             &format!("127.0.0.1:{port}"),
@@ -155,6 +175,10 @@ async fn socket_activation_refuses_no_client_across_restarts() {
         ])
         .spawn()
         .expect("systemd-socket-activate runs (Debian's systemd package)");
+    let mut manager = Manager {
+        child,
+        stop_file: stop_file.clone(),
+    };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_until(Duration::from_secs(20), || async {
         connect(addr).await.ok().map(drop)
@@ -191,14 +215,16 @@ async fn socket_activation_refuses_no_client_across_restarts() {
         })
         .await
         .unwrap();
-        let pid = current_child(manager.id()).expect("dbsplice runs under the manager");
+        let pid = current_child(manager.child.id()).expect("dbsplice runs under the manager");
         assert!(Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap()
             .success());
         wait_until(Duration::from_secs(20), || async {
-            current_child(manager.id()).filter(|p| *p != pid).map(drop)
+            current_child(manager.child.id())
+                .filter(|p| *p != pid)
+                .map(drop)
         })
         .await
         .expect("restarted");
@@ -220,12 +246,12 @@ async fn socket_activation_refuses_no_client_across_restarts() {
     );
 
     std::fs::write(&stop_file, "").unwrap();
-    if let Some(pid) = current_child(manager.id()) {
+    if let Some(pid) = current_child(manager.child.id()) {
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
     }
-    let exited = tokio::task::spawn_blocking(move || manager.wait())
+    let exited = tokio::task::spawn_blocking(move || manager.child.wait())
         .await
         .unwrap()
         .unwrap();
