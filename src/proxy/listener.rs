@@ -35,6 +35,7 @@ pub struct ListenerStats {
     pub rejected_access: AtomicU64,
     denied_log: RateLimit,
     cap_log: RateLimit,
+    refused_log: RateLimit,
     /// Accept calls that failed (for example out of file descriptors).
     pub accept_errors: AtomicU64,
     active: AtomicU64,
@@ -197,8 +198,14 @@ impl AcceptLoop {
         let kill = self.kill.clone();
         let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
         let serve = move |client, on_worker: Option<WorkerSession>| async move {
-            if !session::serve(client, peer, pool, idle_timeout, kill).await {
-                guard.0.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+            if let Err(message) = session::serve(client, peer, pool, idle_timeout, kill).await {
+                let stats = &guard.0;
+                stats.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
+                // At most a line a second: a dead pool under load would
+                // otherwise write one per client.
+                if let Some(suppressed) = stats.refused_log.ready() {
+                    tracing::warn!(client = %peer, suppressed, "refusing client: {message}");
+                }
             }
             drop((guard, on_worker, slot));
         };
@@ -241,5 +248,20 @@ fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
         );
     } else {
         tracing::warn!(listener, "accept failed: {e}; retrying in {backoff:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_log_lines_lets_one_through_and_counts_the_rest() {
+        let limit = RateLimit::default();
+        assert_eq!(limit.ready(), Some(0), "the first line is logged");
+        for _ in 0..500 {
+            assert_eq!(limit.ready(), None, "a line within the second");
+        }
+        assert_eq!(limit.suppressed.load(Ordering::Relaxed), 500);
     }
 }

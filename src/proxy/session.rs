@@ -31,15 +31,15 @@ struct Connected {
     greeting: Vec<u8>,
 }
 
-/// Serves one accepted client until it ends; false when it was refused
-/// because no backend could take it.
+/// Serves one accepted client until it ends; the error sent to the client
+/// when it was refused because no backend could take it.
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     pool: Arc<Pool>,
     idle_timeout: Option<Duration>,
     kill: CancellationToken,
-) -> bool {
+) -> Result<(), String> {
     // The client socket inherited TCP_NODELAY and keepalive from its listener.
     let header = pool.config.routing.send_proxy.and_then(|version| {
         Some(proxy_header::header(
@@ -51,9 +51,8 @@ pub async fn serve(
     let mut backend = match connect(&pool, header.as_deref()).await {
         Ok(connected) => connected,
         Err(message) => {
-            tracing::warn!(client = %peer, pool = %pool.config.name, "refusing client: {message}");
             refuse(&mut client, &message).await;
-            return false;
+            return Err(message);
         }
     };
     let address = &backend.guard.backend().address;
@@ -94,7 +93,7 @@ pub async fn serve(
             "session closed"
         );
     }
-    true
+    Ok(())
 }
 
 /// Connects to an eligible backend, trying up to `connect_attempts` distinct
