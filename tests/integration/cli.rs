@@ -6,9 +6,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::binary::{admin_addr, http, Running, BIN};
+use crate::support::binary::{http, Running, BIN};
 use crate::support::{
-    backend, closed_within, config, connect, server_port, session_on, wait_until, MariaDb,
+    backend, closed_within, config, connect, server_port, session_on, wait_until, with_token_admin,
+    MariaDb,
 };
 
 fn check(path: &std::path::Path) -> (i32, String) {
@@ -345,15 +346,6 @@ async fn the_poll_catches_what_no_event_reports() {
     running.stop().await;
 }
 
-/// `body` (from `config`) with an admin server on a free port whose token
-/// is in `admin.token`; the top-level `shutdown_grace` stays above the table.
-fn with_token_admin(body: &str) -> String {
-    format!(
-        "shutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
-        body.replacen("shutdown_grace = \"5s\"\n", "", 1)
-    )
-}
-
 /// The value of a sample line `name{labels} value` in a Prometheus scrape.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape
@@ -380,11 +372,7 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     )
     .unwrap();
     let running = Running::start(&path, None);
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .expect("admin address logged");
+    let admin = running.admin_addr().await;
 
     assert_eq!(http(admin, "GET", "/healthz", None).await.0, 200);
     let (code, page) = http(admin, "GET", "/", None).await;
@@ -581,11 +569,7 @@ async fn drain_disable_and_enable_steer_routing_and_survive_a_reload() {
     };
     write(1);
     let running = Running::start(&path, None);
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .unwrap();
+    let admin = running.admin_addr().await;
     let addr = running.addr;
     let ports = |n: usize| async move {
         let mut seen = std::collections::HashSet::new();
@@ -782,11 +766,7 @@ async fn the_status_page_renders_backend_states_in_a_browser() {
     )
     .unwrap();
     let running = Running::start(&path, None);
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .unwrap();
+    let admin = running.admin_addr().await;
     wait_until(Duration::from_secs(10), || async {
         (http(admin, "GET", "/readyz", None).await.0 == 200).then_some(())
     })
@@ -898,11 +878,7 @@ async fn the_admin_server_speaks_https_and_picks_up_new_certificates_on_reload()
     };
     write(&first);
     let running = Running::start(&path, None);
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .unwrap();
+    let admin = running.admin_addr().await;
     assert_eq!(https_get(admin, &first.ca, "/healthz").await, Ok(200));
     assert!(
         https_get(admin, &second.ca, "/healthz").await.is_err(),
@@ -1008,11 +984,7 @@ async fn secrets_never_reach_logs_status_or_metrics() {
     )
     .unwrap();
     let running = Running::start(&path, None);
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .expect("admin address logged");
+    let admin = running.admin_addr().await;
     let health = || async {
         let (_, status) = http(admin, "GET", "/api/status", None).await;
         let status: serde_json::Value = serde_json::from_str(&status).ok()?;

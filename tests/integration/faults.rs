@@ -129,12 +129,7 @@ async fn a_black_holed_backend_costs_a_client_one_connect_timeout() {
         "a session on the black-holed backend outlived on_down = close"
     );
 
-    ns.heal();
-    proxy.wait_health(b.addr(), Health::Up).await;
-    assert!(
-        reaches(addr, b.port).await,
-        "no session reached the healed backend"
-    );
+    heal_and_return(&ns, &proxy, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,12 +154,7 @@ async fn a_refusing_backend_costs_clients_nothing() {
     let reason = proxy.backend(b.addr()).reason();
     assert!(reason.contains("refused"), "{reason}");
 
-    ns.heal();
-    proxy.wait_health(b.addr(), Health::Up).await;
-    assert!(
-        reaches(addr, b.port).await,
-        "no session reached the healed backend"
-    );
+    heal_and_return(&ns, &proxy, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,6 +311,16 @@ async fn a_frozen_server_costs_a_gated_client_one_greeting_timeout() {
     assert!(slowest < gate + Duration::from_secs(1), "{slowest:?}");
     assert!(proxy.backend(b.addr()).connect_failures() >= 1);
     b.resume();
+}
+
+/// Heals the link and waits until `b` is up and takes new sessions again.
+async fn heal_and_return(ns: &Netns, proxy: &Proxy, b: &MariaDb) {
+    ns.heal();
+    proxy.wait_health(b.addr(), Health::Up).await;
+    assert!(
+        reaches(proxy.addr("rw"), b.port).await,
+        "no session reached the healed backend"
+    );
 }
 
 /// Whether some of 20 new sessions through `addr` land on the server at `port`.

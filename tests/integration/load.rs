@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::binary::{admin_addr, http, Running};
-use crate::support::netns::Netns;
-use crate::support::traffic::{start_clients, write_config, Tally, STUCK};
-use crate::support::Scratch;
-use crate::support::{wait_until, MariaDb};
+use crate::support::binary::http;
+use crate::support::traffic::{start_clients, write_config, Tally, ThreeBackends, STUCK};
+use crate::support::wait_until;
 
 /// Clients opening a new connection per statement.
 const SHORT: usize = 4;
@@ -23,25 +21,20 @@ const RELOADS: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_ride_out_kills_freezes_black_holes_drains_and_reloads() {
-    let ns = Netns::create();
-    let (a, mut b, c) = tokio::join!(MariaDb::start(), MariaDb::start(), MariaDb::start_in(&ns));
-    let servers = [a.addr(), b.addr(), c.addr()];
-    let names = servers.map(|s| s.to_string());
-    let dir = Scratch::new("load-faults");
-    std::fs::write(dir.0.join("admin.token"), "tok").unwrap();
-    let path = dir.0.join("dbsplice.toml");
-    write_config(&path, servers, 1);
-    let running = Running::start(&path, None);
+    let ThreeBackends {
+        running,
+        admin,
+        a,
+        mut b,
+        c: _c,
+        ns,
+        servers,
+        names,
+        path,
+        dir: _dir,
+        up_at: mut at,
+    } = ThreeBackends::start("load-faults").await;
     let addr = running.addr;
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .unwrap();
-    let mut at = 0;
-    for name in &names {
-        at = running.wait_log(0, &["backend up", name]).await.max(at);
-    }
     let fds_idle = running.resting_fd_count().await;
 
     let tally = Arc::new(Tally::default());

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::binary::{admin_addr, http, Running};
-use crate::support::netns::Netns;
-use crate::support::traffic::{start_clients, write_config, Tally};
-use crate::support::{wait_until, MariaDb, Scratch};
+use crate::support::binary::{http, Running};
+use crate::support::traffic::{start_clients, write_config, Tally, ThreeBackends};
+use crate::support::wait_until;
 
 const SHORT: usize = 4;
 const PERSISTENT: usize = 8;
@@ -88,25 +87,20 @@ async fn soak() {
     let seed: u64 = std::env::var("SOAK_SEED").map_or(1, |v| v.parse().expect("SOAK_SEED"));
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let ns = Netns::create();
-    let (a, mut b, c) = tokio::join!(MariaDb::start(), MariaDb::start(), MariaDb::start_in(&ns));
-    let servers = [a.addr(), b.addr(), c.addr()];
-    let names = servers.map(|s| s.to_string());
-    let dir = Scratch::new("soak");
-    std::fs::write(dir.0.join("admin.token"), "tok").unwrap();
-    let path = dir.0.join("dbsplice.toml");
-    write_config(&path, servers, 1);
-    let running = Running::start(&path, None);
+    let ThreeBackends {
+        running,
+        admin,
+        a,
+        mut b,
+        c: _c,
+        ns,
+        servers,
+        names,
+        path,
+        dir: _dir,
+        up_at: mut at,
+    } = ThreeBackends::start("soak").await;
     let addr = running.addr;
-    let admin = wait_until(Duration::from_secs(10), || async {
-        admin_addr(&running.logs())
-    })
-    .await
-    .unwrap();
-    let mut at = 0;
-    for name in &names {
-        at = running.wait_log(0, &["backend up", name]).await.max(at);
-    }
     let fds_start = running.resting_fd_count().await;
     let cpu_start = running.cpu_seconds();
 

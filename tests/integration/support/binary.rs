@@ -177,6 +177,25 @@ impl Running {
         logs.len()
     }
 
+    /// The admin server's address, once its `admin listening` line is logged.
+    pub async fn admin_addr(&self) -> std::net::SocketAddr {
+        let parse = |logs: String| {
+            let line = logs
+                .lines()
+                .find(|l| l.contains("\"admin listening\""))?
+                .to_owned();
+            line.split("\"addr\":\"")
+                .nth(1)?
+                .split('"')
+                .next()?
+                .parse()
+                .ok()
+        };
+        super::wait_until(Duration::from_secs(10), || async { parse(self.logs()) })
+            .await
+            .unwrap_or_else(|| panic!("no admin address logged: {}", self.logs()))
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
@@ -240,15 +259,4 @@ pub async fn http(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-/// The admin server's address, from the binary's `admin listening` log line.
-pub fn admin_addr(logs: &str) -> Option<std::net::SocketAddr> {
-    let line = logs.lines().find(|l| l.contains("\"admin listening\""))?;
-    line.split("\"addr\":\"")
-        .nth(1)?
-        .split('"')
-        .next()?
-        .parse()
-        .ok()
 }

@@ -188,6 +188,15 @@ pub fn config(pool_settings: &str, backends: &[String]) -> String {
     )
 }
 
+/// `body` (from `config`) with an admin server on a free port whose token
+/// is in `admin.token`; the top-level `shutdown_grace` stays above the table.
+pub fn with_token_admin(body: &str) -> String {
+    format!(
+        "shutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
+        body.replacen("shutdown_grace = \"5s\"\n", "", 1)
+    )
+}
+
 /// Client options for the test account through `addr`.
 pub fn client_opts(addr: SocketAddr) -> mysql_async::Opts {
     mysql_async::OptsBuilder::default()

@@ -87,32 +87,19 @@ impl Netns {
 
     /// Drops every TCP packet arriving in the namespace: connects and reads hang.
     pub fn black_hole(&self) {
-        self.iptables(&["-A", "INPUT", "-p", "tcp", "-j", "DROP"]);
+        self.tcp_input_rule(&["-j", "DROP"]);
     }
 
     /// Answers every TCP packet with a reset: connects are refused at once and
     /// open connections break on their next packet.
     pub fn refuse(&self) {
-        self.iptables(&[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ]);
+        self.tcp_input_rule(&["-j", "REJECT", "--reject-with", "tcp-reset"]);
     }
 
     /// Drops each arriving TCP packet with probability `p`, chosen by the
     /// kernel at random.
     pub fn lossy(&self, p: f64) {
-        self.iptables(&[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
+        self.tcp_input_rule(&[
             "-m",
             "statistic",
             "--mode",
@@ -145,16 +132,7 @@ impl Netns {
             .read_line(&mut ready)
             .unwrap();
         assert_eq!(ready.trim(), "ready", "the NFQUEUE helper did not start");
-        self.iptables(&[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            "0",
-        ]);
+        self.tcp_input_rule(&["-j", "NFQUEUE", "--queue-num", "0"]);
         let control = child.stdin.take().unwrap();
         Delay {
             ns: self.name.clone(),
@@ -172,6 +150,13 @@ impl Netns {
     /// `unreachable` route answers for the address from now on.
     pub fn vanish(&self) {
         run("ip", &["link", "del", &self.link]);
+    }
+
+    /// Appends a rule for TCP packets arriving in the namespace.
+    fn tcp_input_rule(&self, rule: &[&str]) {
+        let mut all = vec!["-A", "INPUT", "-p", "tcp"];
+        all.extend_from_slice(rule);
+        self.iptables(&all);
     }
 
     fn iptables(&self, args: &[&str]) {

@@ -4,14 +4,16 @@
 //! three-backend config written the way editors write files.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 
-use super::{backend, config, connect};
+use super::binary::Running;
+use super::netns::Netns;
+use super::{backend, config, connect, with_token_admin, MariaDb, Scratch};
 
 /// A statement or connect taking longer than this is a stuck session.
 pub const STUCK: Duration = Duration::from_secs(10);
@@ -156,11 +158,63 @@ pub fn write_config(path: &Path, servers: [SocketAddr; 3], weight: u32) {
             backend(servers[2], 1, "primary"),
         ],
     );
-    let text = format!(
-        "reload_poll = \"1h\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n{}",
-        body.replacen("shutdown_grace = \"5s\"\n", "", 1)
-    );
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("shutdown_grace = \"5s\"\n{text}")).unwrap();
+    let text = format!("reload_poll = \"1h\"\n{}", with_token_admin(&body));
+    std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Three primaries behind the `dbsplice` binary, configured by
+/// [`write_config`]: `a` and `b` on loopback, `c` in a network namespace of
+/// its own, all three up.
+pub struct ThreeBackends {
+    pub running: Running,
+    /// The admin server (token `tok`).
+    pub admin: SocketAddr,
+    pub a: MariaDb,
+    pub b: MariaDb,
+    pub c: MariaDb,
+    /// The namespace `c` runs in.
+    pub ns: Netns,
+    pub servers: [SocketAddr; 3],
+    /// The backends' names in the config and the logs.
+    pub names: [String; 3],
+    /// The config file, for reloads.
+    pub path: PathBuf,
+    pub dir: Scratch,
+    /// Where the logs ended once all three were up.
+    pub up_at: usize,
+}
+
+impl ThreeBackends {
+    /// Starts the servers and dbsplice, with files in a scratch directory named `name`.
+    pub async fn start(name: &str) -> ThreeBackends {
+        let ns = Netns::create();
+        let (a, b, c) = tokio::join!(MariaDb::start(), MariaDb::start(), MariaDb::start_in(&ns));
+        let servers = [a.addr(), b.addr(), c.addr()];
+        let names = servers.map(|s| s.to_string());
+        let dir = Scratch::new(name);
+        std::fs::write(dir.0.join("admin.token"), "tok").unwrap();
+        let path = dir.0.join("dbsplice.toml");
+        write_config(&path, servers, 1);
+        let running = Running::start(&path, None);
+        let admin = running.admin_addr().await;
+        let mut up_at = 0;
+        for name in &names {
+            up_at = running.wait_log(0, &["backend up", name]).await.max(up_at);
+        }
+        ThreeBackends {
+            running,
+            admin,
+            a,
+            b,
+            c,
+            ns,
+            servers,
+            names,
+            path,
+            dir,
+            up_at,
+        }
+    }
 }
