@@ -217,26 +217,35 @@ async fn pump(
                 }
                 Some(Ok(0)) => {
                     let code = if from == Side::Client { 1 } else { 2 };
-                    let _ = tally.first_eof.compare_exchange(
-                        0,
-                        code,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    let other_ended_first = tally
+                        .first_eof
+                        .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_err();
                     drop(buf);
+                    // Once both directions have ended the session closes
+                    // both sockets, and the close sends the FIN: a shutdown
+                    // call is needed only to pass on a half-close.
                     if from == Side::Client {
                         // A permit stored by a backend EOF that came first
                         // ends the wait at once.
-                        let _ = tokio::time::timeout(
-                            SERVER_CLOSES_FIRST,
-                            tally.backend_done.notified(),
-                        )
-                        .await;
+                        let server_closed = other_ended_first
+                            || tokio::time::timeout(
+                                SERVER_CLOSES_FIRST,
+                                tally.backend_done.notified(),
+                            )
+                            .await
+                            .is_ok();
+                        if server_closed {
+                            return Ok(());
+                        }
+                        return dst.shutdown().await.map_err(|e| (to, e));
                     }
-                    let shut = dst.shutdown().await.map_err(|e| (to, e));
-                    if from == Side::Backend {
-                        tally.backend_done.notify_one();
-                    }
+                    let shut = if other_ended_first {
+                        Ok(())
+                    } else {
+                        dst.shutdown().await.map_err(|e| (to, e))
+                    };
+                    tally.backend_done.notify_one();
                     return shut;
                 }
                 Some(Ok(n)) => {
