@@ -153,6 +153,8 @@ pub struct Shared {
     pub changed: Arc<tokio::sync::Notify>,
     /// Probe-duration histograms, recorded by the checkers.
     pub probe_histograms: Arc<crate::metrics::ProbeHistograms>,
+    /// The process-wide session cap, for its metrics.
+    pub session_cap: Arc<crate::proxy::cap::SessionCap>,
 }
 
 /// One running listener, as the admin server sees it.
@@ -250,6 +252,7 @@ impl App {
         let routes_for_shared = Arc::clone(&routes);
         let changed = Arc::new(tokio::sync::Notify::new());
         let histograms = Arc::new(crate::metrics::ProbeHistograms::default());
+        let cap = Arc::new(crate::proxy::cap::SessionCap::for_this_process());
         let mut app = App {
             routes,
             registry,
@@ -258,7 +261,7 @@ impl App {
             tasks: TaskTracker::new(),
             accept_loops: TaskTracker::new(),
             sessions: TaskTracker::new(),
-            cap: Arc::new(crate::proxy::cap::SessionCap::for_this_process()),
+            cap: Arc::clone(&cap),
             workers: (!workers.is_empty()).then(|| Arc::new(WorkerSet::new(workers))),
             stop_accepting: CancellationToken::new(),
             kill_sessions: CancellationToken::new(),
@@ -272,6 +275,7 @@ impl App {
                 draining: AtomicBool::new(false),
                 changed: Arc::clone(&changed),
                 probe_histograms: histograms,
+                session_cap: cap,
             }),
         };
         app.supervisor.reconcile(

@@ -126,6 +126,21 @@ pub const CONFIG_LAST_RELOAD: Metric = (
     "dbsplice_config_last_reload_timestamp_seconds",
     "Unix time of the last applied reload, 0 if none",
 );
+/// Waits at the session cap.
+pub const LISTENER_CAP_WAITS: Metric = (
+    "dbsplice_listener_session_cap_waits_total",
+    "Times the listener stopped accepting because the process had all the sessions its open-files limit allows (clients wait in the backlog)",
+);
+/// Session cap.
+pub const PROCESS_MAX_SESSIONS: Metric = (
+    "dbsplice_process_max_sessions",
+    "Sessions the open-files limit allows at once (two descriptors each, some kept in reserve)",
+);
+/// Sessions holding a place under the cap.
+pub const PROCESS_SESSIONS: Metric = (
+    "dbsplice_process_sessions",
+    "Sessions open now, counted against dbsplice_process_max_sessions",
+);
 /// Open descriptors.
 pub const PROCESS_OPEN_FDS: Metric = ("dbsplice_process_open_fds", "Open file descriptors");
 /// Descriptor limit.
@@ -198,7 +213,7 @@ pub fn render(shared: &Shared) -> String {
         backends(shared);
         listeners(shared);
         config(shared);
-        process();
+        process(shared);
     });
     let mut text = handle.render();
     text.push_str(&shared.probe_histograms.render());
@@ -215,6 +230,7 @@ fn describe() {
         LISTENER_ACCEPTED,
         LISTENER_REJECTED,
         LISTENER_ACCEPT_ERRORS,
+        LISTENER_CAP_WAITS,
         RELOADS,
         POOL_FAILOVERS,
         POOL_WRITER_CHANGES,
@@ -235,6 +251,8 @@ fn describe() {
         CONFIG_LAST_RELOAD,
         PROCESS_OPEN_FDS,
         PROCESS_MAX_FDS,
+        PROCESS_MAX_SESSIONS,
+        PROCESS_SESSIONS,
     ] {
         describe_gauge!(name, help);
     }
@@ -340,6 +358,8 @@ fn listeners(shared: &Shared) {
         }
         counter!(LISTENER_ACCEPT_ERRORS.0, "listener" => l.name.clone())
             .absolute(stats.accept_errors.load(Ordering::Relaxed));
+        counter!(LISTENER_CAP_WAITS.0, "listener" => l.name.clone())
+            .absolute(stats.waits_at_cap.load(Ordering::Relaxed));
         gauge!(LISTENER_ACTIVE.0, "listener" => l.name.clone()).set(stats.active() as f64);
     }
 }
@@ -359,7 +379,9 @@ fn config(shared: &Shared) {
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn process() {
+fn process(shared: &Shared) {
+    gauge!(PROCESS_MAX_SESSIONS.0).set(shared.session_cap.limit() as f64);
+    gauge!(PROCESS_SESSIONS.0).set(shared.session_cap.open() as f64);
     if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
         gauge!(PROCESS_OPEN_FDS.0).set(entries.count() as f64);
     }

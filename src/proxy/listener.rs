@@ -38,6 +38,9 @@ pub struct ListenerStats {
     refused_log: RateLimit,
     /// Accept calls that failed (for example out of file descriptors).
     pub accept_errors: AtomicU64,
+    /// Times the listener stopped accepting because the process had all the
+    /// sessions its open-files limit allows.
+    pub waits_at_cap: AtomicU64,
     active: AtomicU64,
 }
 
@@ -127,6 +130,7 @@ impl AcceptLoop {
             let slot = match self.cap.try_slot() {
                 Some(slot) => slot,
                 None => {
+                    self.stats.waits_at_cap.fetch_add(1, Ordering::Relaxed);
                     if let Some(suppressed) = self.stats.cap_log.ready() {
                         tracing::warn!(listener = %self.name, suppressed, "{} sessions open, all the open-files limit allows: new clients wait in the backlog", self.cap.limit());
                     }

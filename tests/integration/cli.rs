@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::binary::{http, Running, BIN};
+use crate::support::binary::{http, sample, Running, BIN};
 use crate::support::{
     backend, closed_within, config, connect, server_port, session_on, wait_until, with_token_admin,
     MariaDb,
@@ -346,17 +346,6 @@ async fn the_poll_catches_what_no_event_reports() {
     running.stop().await;
 }
 
-/// The value of a sample line `name{labels} value` in a Prometheus scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_reports_and_acts_with_a_token() {
     let db = MariaDb::start().await;
@@ -450,6 +439,8 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
         "{scrape}"
     );
     assert!(sample(&scrape, "dbsplice_process_open_fds").is_some_and(|n| n > 3.0));
+    assert!(sample(&scrape, "dbsplice_process_max_sessions ").is_some_and(|n| n >= 16.0));
+    assert!(sample(&scrape, "dbsplice_process_sessions ").is_some());
 
     // Refusals.
     assert_eq!(

@@ -11,7 +11,7 @@ use mysql_async::prelude::Queryable;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::support::binary::Running;
+use crate::support::binary::{http, sample, Running};
 use crate::support::{backend, config, connect, port_of_new_session, wait_until, MariaDb, Scratch};
 
 /// dbsplice (the binary, under `nofile` open files) in front of `db`,
@@ -19,15 +19,18 @@ use crate::support::{backend, config, connect, port_of_new_session, wait_until, 
 /// shortage would show at once as the backend going down.
 async fn binary_before(db: &MariaDb, dir: &Scratch, nofile: u32) -> Running {
     let path = dir.0.join("dbsplice.toml");
-    std::fs::write(
-        &path,
-        config(
-            "[pool.main.check]\nkind = \"mysql\"\nuser = \"check\"\npassword = \"checkpw\"\n\
-             interval = \"200ms\"\nrise = 1\nfall = 1\n",
-            &[backend(db.addr(), 1, "primary")],
-        ),
-    )
-    .unwrap();
+    let body = config(
+        "[pool.main.check]\nkind = \"mysql\"\nuser = \"check\"\npassword = \"checkpw\"\n\
+         interval = \"200ms\"\nrise = 1\nfall = 1\n",
+        &[backend(db.addr(), 1, "primary")],
+    );
+    // An admin server for the metrics (it needs no token to serve them).
+    let body = body.replacen(
+        "[[listener]]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]",
+        1,
+    );
+    std::fs::write(&path, body).unwrap();
     let running = Running::start(&path, Some(nofile));
     let addr = running.addr;
     let port = db.port;
@@ -107,6 +110,20 @@ async fn a_thousand_clients_against_256_open_files() {
     );
     // dbsplice's own limit is no fault of the backend's.
     assert!(!logs.contains("backend down"), "{logs}");
+    // The cap and the waits at it show in the metrics: 96 sessions under 256
+    // open files.
+    let (status, scrape) = http(running.admin_addr().await, "GET", "/metrics", None).await;
+    assert_eq!(status, 200, "{scrape}");
+    assert_eq!(
+        sample(&scrape, "dbsplice_process_max_sessions "),
+        Some(96.0),
+        "{scrape}"
+    );
+    let waits = sample(
+        &scrape,
+        "dbsplice_listener_session_cap_waits_total{listener=\"rw\"}",
+    );
+    assert!(waits.is_some_and(|w| w >= 1.0), "{scrape}");
 
     // Every descriptor comes back, and new clients are served.
     running.assert_fds_return_to(fds_before).await;

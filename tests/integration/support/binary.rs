@@ -229,6 +229,17 @@ impl Drop for Running {
 }
 
 /// One HTTP/1.1 request over a fresh connection: (status, body).
+/// The value of a sample line `name{labels} value` in a Prometheus scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub async fn http(
     addr: std::net::SocketAddr,
     method: &str,
