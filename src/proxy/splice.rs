@@ -125,16 +125,25 @@ struct Tally {
     first_eof: AtomicU8,
     /// Told when the backend's EOF has been passed to the client.
     backend_done: tokio::sync::Notify,
-    /// Milliseconds from `start` to the last byte, kept only with an idle timeout.
+    /// Milliseconds from `start` to the last byte, rounded up so a session is
+    /// never closed before a full `idle_timeout` of silence; kept only with an
+    /// idle timeout.
     last_activity: Option<(Instant, AtomicU64)>,
 }
 
 impl Tally {
     fn touch(&self) {
         if let Some((start, last)) = &self.last_activity {
-            let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let ms =
+                u64::try_from(start.elapsed().as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
             last.store(ms, Ordering::Relaxed);
         }
+    }
+
+    /// When the session idles out if no byte moves before then.
+    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let (start, last) = self.last_activity.as_ref()?;
+        Some(*start + Duration::from_millis(last.load(Ordering::Relaxed)) + timeout)
     }
 }
 
@@ -282,15 +291,65 @@ async fn read_now(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Option<io::Result<u
 
 /// Resolves once no byte has moved for `timeout`; never without a timeout.
 async fn idle_watch(timeout: Option<Duration>, tally: &Tally) {
-    let (Some(timeout), Some((start, last))) = (timeout, &tally.last_activity) else {
+    let Some(timeout) = timeout else {
         return std::future::pending().await;
     };
     loop {
-        let last = Duration::from_millis(last.load(Ordering::Relaxed));
-        let deadline = *start + last + timeout;
+        let Some(deadline) = tally.idle_deadline(timeout) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }
         tokio::time::sleep_until(deadline).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally_with_idle_timeout() -> Tally {
+        Tally {
+            to_backend: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            first_eof: AtomicU8::new(0),
+            backend_done: tokio::sync::Notify::new(),
+            last_activity: Some((Instant::now(), AtomicU64::new(0))),
+        }
+    }
+
+    /// A byte moved part-way through a millisecond still buys a full timeout.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_is_a_full_timeout_after_the_last_byte() {
+        let timeout = Duration::from_millis(400);
+        let tally = tally_with_idle_timeout();
+        tokio::time::advance(Duration::from_micros(5_900)).await;
+        tally.touch();
+        let last_byte = Instant::now();
+        let deadline = tally.idle_deadline(timeout).unwrap();
+        assert!(
+            deadline >= last_byte + timeout,
+            "closes after {:?} of silence",
+            deadline - last_byte
+        );
+        assert!(deadline < last_byte + timeout + Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_keeps_the_idle_watch_waiting() {
+        let timeout = Duration::from_millis(400);
+        let tally = tally_with_idle_timeout();
+        let watch = idle_watch(Some(timeout), &tally);
+        tokio::pin!(watch);
+        for _ in 0..10 {
+            tokio::select! {
+                () = &mut watch => panic!("a session with traffic every 300 ms idled out"),
+                () = tokio::time::sleep(Duration::from_millis(300)) => tally.touch(),
+            }
+        }
+        let last_byte = Instant::now();
+        watch.await;
+        assert!(last_byte.elapsed() >= timeout);
     }
 }

@@ -228,8 +228,10 @@ async fn idle_timeout_closes_only_silent_sessions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A silent one (greeting read, then nothing) is closed after the timeout.
-    let mut silent = TcpStream::connect(proxy.addr("rw")).await.unwrap();
+    // Taken before connecting: the greeting, the last byte dbsplice sees, cannot
+    // move before the connect starts, and dbsplice's own clock may start first.
     let opened = tokio::time::Instant::now();
+    let mut silent = TcpStream::connect(proxy.addr("rw")).await.unwrap();
     let mut greeting_and_rest = Vec::new();
     // Within 5 s: the server's own handshake timeout (10 s) must not be what closes it.
     tokio::time::timeout(
