@@ -219,6 +219,18 @@ async fn soak() {
             of_kind.iter().max().unwrap_or(&0)
         );
     }
+    // A leak climbs to the end; caches that fill up level off.
+    let tenths: Vec<String> = (1..=10)
+        .filter_map(|i| {
+            let at = (readings.rss.len() * i / 10).checked_sub(1)?;
+            readings.rss.get(at).map(u64::to_string)
+        })
+        .collect();
+    let _ = writeln!(
+        summary,
+        "memory: dbsplice's RSS at each tenth of the run, KiB: {}",
+        tenths.join(" ")
+    );
     let _ = writeln!(
         summary,
         "dbsplice: descriptors {fds_start} at rest before, at most {} under load, {fds_end} at rest after; \
