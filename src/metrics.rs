@@ -160,11 +160,21 @@ const PROBE_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Probes recorded between two folds of the pending samples into the
+/// buckets: at most this many samples wait, whether or not anyone scrapes.
+const PROBES_PER_UPKEEP: u32 = 256;
+
 /// Probe-duration histograms: unlike the other metrics they accumulate
 /// observations, so they live in one recorder for the life of the process
 /// (a removed backend's histogram stays until restart).
+///
+/// The exporter keeps each observation as a raw sample until it is folded
+/// into the buckets, which a scrape does; dbsplice folds them itself every
+/// `PROBES_PER_UPKEEP` probes, so a balancer nobody scrapes (or one without
+/// `[admin]`) does not grow by every probe it ever ran.
 pub struct ProbeHistograms {
     recorder: metrics_exporter_prometheus::PrometheusRecorder,
+    recorded: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for ProbeHistograms {
@@ -187,7 +197,10 @@ impl Default for ProbeHistograms {
         metrics::with_local_recorder(&recorder, || {
             describe_histogram!(BACKEND_PROBE_DURATION.0, BACKEND_PROBE_DURATION.1)
         });
-        ProbeHistograms { recorder }
+        ProbeHistograms {
+            recorder,
+            recorded: std::sync::atomic::AtomicU32::new(0),
+        }
     }
 }
 
@@ -197,9 +210,16 @@ impl ProbeHistograms {
         metrics::with_local_recorder(&self.recorder, || {
             histogram!(BACKEND_PROBE_DURATION.0, "address" => address.to_owned()).record(seconds);
         });
+        let recorded = self
+            .recorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if recorded % PROBES_PER_UPKEEP == PROBES_PER_UPKEEP - 1 {
+            self.recorder.handle().run_upkeep();
+        }
     }
 
-    fn render(&self) -> String {
+    /// The histograms in the Prometheus text format.
+    pub fn render(&self) -> String {
         self.recorder.handle().render()
     }
 }

@@ -40,12 +40,14 @@ fn may_close_sessions(fault: &str) -> bool {
 struct Readings {
     fds: Vec<usize>,
     rss: Vec<u64>,
+    anonymous: Vec<u64>,
 }
 
 impl Readings {
     fn take(&mut self, running: &Running) {
         self.fds.push(running.fd_count());
         self.rss.push(running.rss_kib());
+        self.anonymous.push(running.anonymous_kib());
     }
 }
 
@@ -222,13 +224,13 @@ async fn soak() {
     // A leak climbs to the end; caches that fill up level off.
     let tenths: Vec<String> = (1..=10)
         .filter_map(|i| {
-            let at = (readings.rss.len() * i / 10).checked_sub(1)?;
-            readings.rss.get(at).map(u64::to_string)
+            let at = (readings.anonymous.len() * i / 10).checked_sub(1)?;
+            readings.anonymous.get(at).map(u64::to_string)
         })
         .collect();
     let _ = writeln!(
         summary,
-        "memory: dbsplice's RSS at each tenth of the run, KiB: {}",
+        "memory: dbsplice's anonymous memory at each tenth of the run, KiB: {}",
         tenths.join(" ")
     );
     let _ = writeln!(
