@@ -3,7 +3,7 @@
 //! scrape time into a fresh recorder, so the hot path pays nothing and a
 //! removed backend leaves no stale series behind.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -174,7 +174,7 @@ const PROBES_PER_UPKEEP: u32 = 256;
 /// `[admin]`) does not grow by every probe it ever ran.
 pub struct ProbeHistograms {
     recorder: metrics_exporter_prometheus::PrometheusRecorder,
-    recorded: std::sync::atomic::AtomicU32,
+    recorded: AtomicU32,
 }
 
 impl std::fmt::Debug for ProbeHistograms {
@@ -199,7 +199,7 @@ impl Default for ProbeHistograms {
         });
         ProbeHistograms {
             recorder,
-            recorded: std::sync::atomic::AtomicU32::new(0),
+            recorded: AtomicU32::new(0),
         }
     }
 }
@@ -210,9 +210,7 @@ impl ProbeHistograms {
         metrics::with_local_recorder(&self.recorder, || {
             histogram!(BACKEND_PROBE_DURATION.0, "address" => address.to_owned()).record(seconds);
         });
-        let recorded = self
-            .recorded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let recorded = self.recorded.fetch_add(1, Ordering::Relaxed);
         if recorded % PROBES_PER_UPKEEP == PROBES_PER_UPKEEP - 1 {
             self.recorder.handle().run_upkeep();
         }

@@ -1,17 +1,15 @@
 //! Memory that must not grow with time. A test binary of its own, with one
 //! test, so that the process's anonymous memory is this test's alone.
 
-// A failed expect here is a failed test, which is what it should be.
-#![allow(clippy::expect_used, clippy::panic)]
+// A test crate: a failed lookup here is a failed test, which is what it
+// should be, and nothing is a public API.
+#![allow(clippy::panic, unreachable_pub)]
+
+#[path = "integration/support/proc_status.rs"]
+mod proc_status;
 
 fn anonymous_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("RssAnon in /proc/self/status")
+    proc_status::status_kib("self", "RssAnon:")
 }
 
 /// A balancer nobody scrapes still runs a probe per backend every interval,

@@ -158,13 +158,7 @@ impl Running {
     }
 
     fn status_kib(&self, field: &str) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+        super::proc_status::status_kib(&self.child.id().to_string(), field)
     }
 
     /// Waits until the logs, from byte `from` on, have a line with every

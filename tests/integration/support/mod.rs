@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod fake;
 pub mod mariadb;
 pub mod netns;
+pub mod proc_status;
 pub mod traffic;
 
 use std::future::Future;
