@@ -99,6 +99,7 @@ fn probe_conversation(bencher: divan::Bencher<'_, '_>) {
         galera_donor_ok: false,
         group_replication: false,
         server_public_key: None,
+        get_server_public_key: false,
     });
     let greeting = greeting();
     let role = one_row(&["Variable_name", "Value"], &["read_only", "OFF"]);

@@ -58,6 +58,9 @@ pub struct MysqlCheck {
     pub server_public_key_file: Option<PathBuf>,
     /// That key's content, read at load.
     pub server_public_key: Option<Vec<u8>>,
+    /// Without a key file and without TLS, ask the server for its key (which
+    /// a man in the middle can answer with its own). Off unless set.
+    pub get_server_public_key: bool,
     /// Ask for replication lag.
     pub lag: bool,
     /// Ask for Galera state.
@@ -168,6 +171,7 @@ fn mysql_check(key: &str, raw: &RawCheck, problems: &mut Problems) -> Option<Mys
         ca_pem: None,
         server_public_key_file: raw.server_public_key_file.clone(),
         server_public_key: None,
+        get_server_public_key: raw.get_server_public_key.unwrap_or(false),
         lag: raw.lag.unwrap_or(false),
         galera: raw.galera.unwrap_or(false),
         galera_donor_ok: raw.galera_donor_ok.unwrap_or(false),
@@ -188,6 +192,7 @@ fn refuse_mysql_keys(key: &str, raw: &RawCheck, problems: &mut Problems) {
             "server_public_key_file",
             raw.server_public_key_file.is_some(),
         ),
+        ("get_server_public_key", raw.get_server_public_key.is_some()),
         ("lag", raw.lag.is_some()),
         ("galera", raw.galera.is_some()),
         ("galera_donor_ok", raw.galera_donor_ok.is_some()),

@@ -199,6 +199,7 @@ pub struct RawCheck {
     pub ca_file: Option<std::path::PathBuf>,
     pub verify: Option<Verify>,
     pub server_public_key_file: Option<std::path::PathBuf>,
+    pub get_server_public_key: Option<bool>,
     pub lag: Option<bool>,
     pub galera: Option<bool>,
     pub galera_donor_ok: Option<bool>,

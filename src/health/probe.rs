@@ -108,6 +108,7 @@ impl Prober {
                     galera_donor_ok: m.galera_donor_ok,
                     group_replication: m.group_replication,
                     server_public_key: m.server_public_key.clone(),
+                    get_server_public_key: m.get_server_public_key,
                 };
                 Some(MysqlProber {
                     opts: Arc::new(opts),

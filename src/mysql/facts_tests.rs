@@ -42,6 +42,7 @@ fn galera_verdicts() {
         galera_donor_ok: donor_ok,
         group_replication: false,
         server_public_key: None,
+        get_server_public_key: false,
     };
     let facts = |ready: &str, state: &str, status: &str| Facts {
         galera: Some(galera(&vars(&[
@@ -89,6 +90,7 @@ fn group_replication_verdicts() {
         galera_donor_ok: false,
         group_replication: true,
         server_public_key: None,
+        get_server_public_key: false,
     };
     let member = |state: &str, online: &str, members: &str| {
         let rows = TextResult {

@@ -60,7 +60,7 @@ impl PacketBuffer {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// True when bytes are waiting that do not yet make a whole packet.
+    /// True when bytes are waiting that no packet has taken yet.
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty()
     }

@@ -61,6 +61,10 @@ pub struct ProbeOptions {
     pub group_replication: bool,
     /// The server's RSA public key (PEM) for caching_sha2 full authentication without TLS.
     pub server_public_key: Option<Vec<u8>>,
+    /// Without that key and without TLS, ask the server for its key. Off by
+    /// default: whoever answers on the path could send their own key and
+    /// decrypt the password.
+    pub get_server_public_key: bool,
 }
 
 impl std::fmt::Debug for ProbeOptions {
@@ -149,7 +153,15 @@ impl Probe {
     }
 
     /// TLS is established; the login continues inside it.
+    ///
+    /// Anything still buffered came in plaintext before the switch, where
+    /// anyone on the path could have written it: a protocol error, never
+    /// bytes to read as if they had arrived inside TLS.
     pub fn on_tls_ready(&mut self) {
+        if self.input.has_partial() {
+            self.protocol_error(plaintext_before_tls());
+            return;
+        }
         self.tls = true;
         self.send_handshake_response(2);
     }
@@ -241,6 +253,9 @@ impl Probe {
         let offers_tls = caps.contains(CapabilityFlags::CLIENT_SSL);
         self.handshake = Some(handshake);
         match (self.opts.tls, offers_tls) {
+            (TlsMode::Required | TlsMode::Preferred, true) if self.input.has_partial() => {
+                return Err(plaintext_before_tls());
+            }
             (TlsMode::Required | TlsMode::Preferred, true) => {
                 let request =
                     SslRequest::new(self.capabilities(), MAX_PACKET_SIZE_ANNOUNCED, COLLATION);
@@ -361,10 +376,20 @@ impl Probe {
             ))),
             [4] => match self.opts.server_public_key.clone() {
                 Some(key) => self.send_encrypted(&key, seq)?,
-                None => {
+                None if self.opts.get_server_public_key => {
                     self.awaiting_key = true;
                     self.actions.push_back(Action::Write(frame(seq, &[0x02])));
                 }
+                None => self.fail(
+                    ProbeError::Unsupported(
+                        "the server wants the full password (caching_sha2_password) and the check \
+                         has neither TLS nor the server's key: set tls = \"required\", or \
+                         server_public_key_file, or get_server_public_key = true to trust the key \
+                         the server sends"
+                            .into(),
+                    ),
+                    false,
+                ),
             },
             _ => {
                 return Err(ProtocolError(
@@ -460,6 +485,12 @@ impl Probe {
         self.actions.push_back(Action::Done(result));
         self.state = State::Over;
     }
+}
+
+/// The server (or someone on the path) sent more than its greeting before
+/// the TLS handshake: bytes that must not be trusted as the login's answers.
+fn plaintext_before_tls() -> ProtocolError {
+    ProtocolError("the server sent bytes after its greeting, before TLS started".into())
 }
 
 /// The leading `major.minor.patch` of a version string, `(5, 7, 0)` when

@@ -160,13 +160,73 @@ async fn caching_sha2_full_authentication_with_the_rsa_key() {
     })
     .await;
     let proxy = Proxy::start(&config(
-        &mysql_check("check", "pw", ""),
+        &mysql_check("check", "pw", "get_server_public_key = true"),
         &[backend(addr, 1, "primary")],
     ));
     proxy.wait_health(addr, Health::Up).await;
     assert!(
         decrypted_ok.load(Ordering::SeqCst),
         "the server decrypted the password and saw COM_QUIT"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that sends a forged login, ping and `read_only = OFF` in plain
+/// text with its greeting, then completes TLS with a trusted certificate and
+/// says nothing inside it: the backend stays down with a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_forged_before_tls_are_a_protocol_error() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fake-forged-{}", std::process::id()));
+    let pki = crate::support::certs::make(&dir, "forged");
+    let acceptor = tls_acceptor(&pki);
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&handshakes);
+    let addr = fake::serve(move |mut s| {
+        let acceptor = acceptor.clone();
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut segment = greeting("mysql_native_password", true);
+            segment.extend(ok(2));
+            segment.extend(ok(1));
+            segment.extend(fake::read_only_off());
+            s.write_all(&segment).await.unwrap();
+            if read_packet(&mut s).await.is_none() {
+                return;
+            }
+            if let Ok(mut tls) = acceptor.accept(s).await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = read_packet(&mut tls).await;
+            }
+        }
+    })
+    .await;
+    let check = mysql_check(
+        "check",
+        "pw",
+        &format!(
+            "tls = \"required\"\nverify = \"full\"\nca_file = \"{}\"",
+            pki.ca.display()
+        ),
+    );
+    let proxy = Proxy::start(&config(&check, &[backend(addr, 1, "primary")]));
+    let state = proxy.backend(addr);
+    let probed = crate::support::wait_until(Duration::from_secs(20), || async {
+        (state.counters.probes_failed.load(Ordering::Relaxed) >= 3).then_some(())
+    })
+    .await;
+    assert!(probed.is_some(), "three probes ran: {}", state.reason());
+    assert_eq!(state.counters.probes_passed.load(Ordering::Relaxed), 0);
+    assert_eq!(state.health(), Health::Down);
+    let reason = state.reason().to_string();
+    assert!(
+        reason.starts_with("protocol error") && reason.contains("before TLS"),
+        "{reason}"
+    );
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        0,
+        "no TLS handshake with a server that forged answers"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,6 +23,7 @@ fn opts(tls: TlsMode) -> ProbeOptions {
         galera_donor_ok: false,
         group_replication: false,
         server_public_key: None,
+        get_server_public_key: false,
     }
 }
 
@@ -295,8 +296,12 @@ fn caching_sha2_full_auth_over_tls_sends_the_password() {
 
 #[test]
 fn caching_sha2_full_auth_without_tls_uses_the_rsa_key() {
-    // Key asked from the server...
-    let mut s = Script::new(opts(TlsMode::Disabled));
+    // Key asked from the server, when allowed...
+    let fetch_key = || ProbeOptions {
+        get_server_public_key: true,
+        ..opts(TlsMode::Disabled)
+    };
+    let mut s = Script::new(fetch_key());
     s.run();
     s.reply(&greeting("caching_sha2_password", false));
     s.reply_packet(2, &[1, 4]);
@@ -320,13 +325,65 @@ fn caching_sha2_full_auth_without_tls_uses_the_rsa_key() {
     s.reply(&greeting("caching_sha2_password", false));
     s.reply_packet(2, &[1, 4]);
     assert_eq!((s.last().0, s.last().1.len()), (3, 256));
-    let mut s = Script::new(opts(TlsMode::Disabled));
+    let mut s = Script::new(fetch_key());
     s.run();
     s.reply(&greeting("caching_sha2_password", false));
     s.reply_packet(2, &[1, 4]);
     assert!(matches!(
         done(s.reply_packet(4, b"\x01not a key")).unwrap_err(),
         ProbeError::Protocol(_)
+    ));
+}
+
+#[test]
+fn the_server_s_key_is_not_asked_for_unless_allowed() {
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&greeting("caching_sha2_password", false));
+    let sent = s.written.len();
+    let error = done(s.reply_packet(2, &[1, 4])).unwrap_err();
+    assert_eq!(
+        s.written.len(),
+        sent,
+        "neither a key request nor the password"
+    );
+    assert!(error.is_check_misconfigured(), "{error}");
+    assert!(
+        error.to_string().contains("get_server_public_key"),
+        "{error}"
+    );
+}
+
+#[test]
+fn plaintext_sent_before_tls_is_a_protocol_error() {
+    // A forged login, ping and role in the greeting's segment...
+    let mut forged = greeting("mysql_native_password", true);
+    forged.extend(frame(2, OK));
+    forged.extend(frame(1, OK));
+    let mut s = Script::new(opts(TlsMode::Required));
+    s.run();
+    let error = done(s.reply(&forged)).unwrap_err();
+    assert!(
+        matches!(&error, ProbeError::Protocol(m) if m.contains("before TLS")),
+        "{error}"
+    );
+    assert!(
+        s.written.is_empty(),
+        "no SSL request to a server that forged answers"
+    );
+
+    // ...or arriving later, before the handshake the driver runs.
+    let mut s = Script::new(opts(TlsMode::Preferred));
+    s.run();
+    assert!(matches!(
+        s.reply(&greeting("mysql_native_password", true)),
+        Action::StartTls
+    ));
+    s.probe.on_data(&frame(2, OK));
+    s.probe.on_tls_ready();
+    assert!(matches!(
+        done(s.run()).unwrap_err(),
+        ProbeError::Protocol(m) if m.contains("before TLS")
     ));
 }
 
