@@ -6,25 +6,29 @@
 mod auth;
 pub mod cli;
 pub mod client;
+pub mod conns;
+mod headers;
 mod status;
 mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Shared;
 use crate::cluster::backend::{Override, OverrideMode};
+use crate::logging::RateLimit;
 
 /// An action only the control loop may carry out.
 #[derive(Debug)]
@@ -45,6 +49,18 @@ pub struct Admin {
     pub commands: mpsc::Sender<Command>,
     /// The TLS acceptor for the certificate files as last read.
     tls: tls::Cache,
+    /// Log lines that a flood must not multiply.
+    logs: Logs,
+}
+
+/// The admin server's rate-limited log lines.
+#[derive(Debug, Default)]
+struct Logs {
+    accept: RateLimit,
+    full: RateLimit,
+    tls: RateLimit,
+    refused: RateLimit,
+    host: RateLimit,
 }
 
 impl Admin {
@@ -54,54 +70,137 @@ impl Admin {
             shared,
             commands,
             tls: tls::Cache::default(),
+            logs: Logs::default(),
         }
     }
 }
 
+/// A connection must send a request's headers within this long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TLS handshake must finish within this long.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection where nothing moves for this long is closed.
+const STALLED_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes of unfinished request headers buffered per connection
+/// (hyper's smallest allowed buffer is 8 KiB).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Back-off bounds after a failed accept (out of descriptors, say).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Serves admin requests on `listener` until `stop` is cancelled.
+///
+/// Whatever its config says, the admin server holds at most its share of
+/// the descriptors kept outside sessions ([`conns::admin_share`]).
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
+    let share = conns::admin_share(admin.shared.session_cap.reserved());
+    let table = Arc::new(conns::Table::new());
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                a
+            }
             Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if let Some(suppressed) = admin.logs.accept.ready() {
+                    tracing::warn!(
+                        "admin accept failed: {e}; retrying in {backoff:?} ({suppressed} more failures not logged)"
+                    );
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let cap = admin
+            .shared
+            .routes
+            .load()
+            .config
+            .admin
+            .as_ref()
+            .map_or(share, |a| a.max_connections.min(share));
+        let conn = match table.admit(cap) {
+            Ok((conn, _evicted)) => conn,
+            Err(conns::Full) => {
+                if let Some(suppressed) = admin.logs.full.ready() {
+                    tracing::warn!(
+                        client = %peer,
+                        "admin connection refused: all {cap} are serving requests ({suppressed} more not logged)"
+                    );
+                }
                 continue;
             }
         };
         let acceptor = match admin.tls.acceptor(&admin.shared) {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!("admin HTTPS is misconfigured, refusing connections: {e}");
+                if let Some(suppressed) = admin.logs.tls.ready() {
+                    tracing::error!(
+                        "admin HTTPS is misconfigured, refusing connections: {e} ({suppressed} more not logged)"
+                    );
+                }
                 continue;
             }
         };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            match acceptor {
-                None => serve_connection(admin, stream, peer).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_connection(admin, tls, peer).await,
-                    Err(e) => tracing::debug!(client = %peer, "admin TLS handshake failed: {e}"),
-                },
+            let stream = conn.track(stream);
+            let work = async {
+                match acceptor {
+                    None => serve_connection(&admin, &conn, stream, peer).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => serve_connection(&admin, &conn, tls, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(client = %peer, "admin TLS handshake failed: {e}");
+                            }
+                            Err(_) => {
+                                tracing::debug!(client = %peer, "admin TLS handshake timed out")
+                            }
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = work => {}
+                () = conn.ended(STALLED_TIMEOUT) => {
+                    tracing::debug!(client = %peer, "admin connection closed: idle, stalled or evicted");
+                }
             }
         });
     }
 }
 
-async fn serve_connection<S>(admin: Arc<Admin>, stream: S, peer: SocketAddr)
+async fn serve_connection<S>(admin: &Arc<Admin>, conn: &conns::Conn, stream: S, peer: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
-        let admin = Arc::clone(&admin);
-        async move { Ok::<_, Infallible>(handle(&admin, req, peer).await) }
+    let service = service_fn(|req| {
+        let admin = Arc::clone(admin);
+        let busy = conn.busy();
+        async move {
+            let response = handle(&admin, req, peer).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
-    if let Err(e) = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
@@ -113,6 +212,8 @@ type Reply = Response<Full<Bytes>>;
 
 /// The status page: self-contained, nothing fetched from elsewhere.
 const STATUS_PAGE: &str = include_str!("page.html");
+const STATUS_SCRIPT: &str = include_str!("page.js");
+const STATUS_STYLE: &str = include_str!("page.css");
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
     let mut response = Response::new(Full::new(body.into()));
@@ -134,6 +235,27 @@ fn error(status: StatusCode, message: &str) -> Reply {
 }
 
 async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let mut response = route(admin, req, peer).await;
+    headers::secure(response.headers_mut());
+    response
+}
+
+async fn route(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    let snapshot = admin.shared.routes.load();
+    if !headers::host_allowed(req.headers(), snapshot.config.admin.as_ref()) {
+        if let Some(suppressed) = admin.logs.host.ready() {
+            tracing::warn!(
+                client = %peer,
+                host = ?req.headers().get(hyper::header::HOST),
+                "admin request refused: unknown Host (add it to [admin] allowed_hosts if it is ours; {suppressed} more not logged)"
+            );
+        }
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown Host: list the name this server is reached by in [admin] allowed_hosts",
+        );
+    }
+    drop(snapshot);
     let path: Vec<&str> = req
         .uri()
         .path()
@@ -144,7 +266,8 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Repl
     let method = req.method().clone();
     let read_only = matches!(
         path.as_slice(),
-        [] | ["healthz"]
+        [] | ["page.js" | "page.css"]
+            | ["healthz"]
             | ["readyz"]
             | ["metrics"]
             | ["api", "status"]
@@ -169,7 +292,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Repl
         .as_ref()
         .and_then(|a| a.token.clone());
     if let Err((status, message)) = auth::check(req.headers(), token.as_ref()) {
-        tracing::warn!(client = %peer, path = %req.uri().path(), "admin request refused: {message}");
+        if let Some(suppressed) = admin.logs.refused.ready() {
+            tracing::warn!(
+                client = %peer,
+                path = %req.uri().path(),
+                "admin request refused: {message} ({suppressed} more refusals not logged)"
+            );
+        }
         return error(status, message);
     }
     let query = req.uri().query().unwrap_or_default().to_owned();
@@ -188,6 +317,12 @@ fn is_action(path: &[&str]) -> bool {
 fn read(admin: &Admin, path: &[&str]) -> Reply {
     match path {
         [] => reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+        ["page.js"] => reply(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            STATUS_SCRIPT,
+        ),
+        ["page.css"] => reply(StatusCode::OK, "text/css; charset=utf-8", STATUS_STYLE),
         ["healthz"] => reply(StatusCode::OK, "text/plain", "ok\n"),
         ["readyz"] if admin.shared.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n"),
         ["readyz"] => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),

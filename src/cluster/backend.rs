@@ -223,8 +223,17 @@ impl BackendState {
     }
 
     /// Records the checker's verdict; only the backend's checker calls this.
+    ///
+    /// Control characters in the reason (which quotes what a server or its
+    /// certificate said) are replaced, so it can forge no log line and
+    /// drive no terminal.
     pub fn set_health(&self, health: Health, reason: &str) {
-        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Arc::from(reason);
+        let reason: Arc<str> = if reason.chars().any(char::is_control) {
+            Arc::from(crate::mysql::printable(reason.as_bytes()))
+        } else {
+            Arc::from(reason)
+        };
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = reason;
         let before = Health::from_u8(self.health.swap(health as u8, Ordering::AcqRel));
         if before == Health::Down && health == Health::Up {
             let ms = u64::try_from(epoch().elapsed().as_millis())

@@ -66,6 +66,13 @@ pub struct AdminConfig {
     pub key_file: Option<PathBuf>,
     /// Both files' contents, read at load (so a reload picks up new ones).
     pub tls_pem: Option<(Vec<u8>, Secret)>,
+    /// Most admin connections open at once (within the admin server's share
+    /// of the open-files limit).
+    pub max_connections: usize,
+    /// Host names, besides IP addresses, `localhost`, the listen host and
+    /// this machine's name, that requests may carry in their `Host` header
+    /// (lower case; `"*"` allows any).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One listening address and the pool it routes to.
@@ -84,6 +91,9 @@ pub struct ListenerConfig {
     /// Close a session after this long without a byte either way; `None` leaves
     /// idle sessions to the server's `wait_timeout`.
     pub idle_timeout: Option<Duration>,
+    /// Once either side of a session has closed its sending half, the
+    /// session ends after this long at the latest.
+    pub half_close_timeout: Duration,
     /// Client address ranges allowed to connect; `None` allows everyone.
     pub allow: Option<Vec<Cidr>>,
 }
@@ -371,19 +381,65 @@ fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    let source_line = text
-        .lines()
-        .nth(line - 1)
-        .unwrap_or("")
-        .trim_end()
-        .to_owned();
+    let source_line = text.lines().nth(line - 1).unwrap_or("").trim_end();
+    let message = plain_types(err.message().trim_end());
+    let (message, source_line) = if holds_secret(source_line) {
+        // The log, systemd's status line and the admin API's reply all show
+        // this error: a password on the line must reach none of them.
+        let key = source_line.split('=').next().unwrap_or_default().trim_end();
+        (
+            redact_quoted(&message),
+            format!("{key} = <value hidden: the key holds a secret>"),
+        )
+    } else {
+        (message, source_line.to_owned())
+    };
     ConfigError::Parse {
         file: path.to_owned(),
         line,
         column,
-        message: plain_types(err.message().trim_end()),
+        message,
         source_line,
     }
+}
+
+/// Whether a config line sets a key whose value is a secret (a password or
+/// token written inline, not the name of a file holding one).
+fn holds_secret(line: &str) -> bool {
+    let Some((key, _)) = line.split_once('=') else {
+        return false;
+    };
+    let key = key.trim().trim_matches('"').to_ascii_lowercase();
+    let key = key.rsplit('.').next().unwrap_or_default();
+    !key.ends_with("_file")
+        && ["password", "token", "secret"]
+            .iter()
+            .any(|w| key.contains(w))
+}
+
+/// The parser's message with anything it quotes from the file taken out.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside: Option<char> = None;
+    for c in message.chars() {
+        match inside {
+            Some(close) if c == close => {
+                out.push('…');
+                out.push(c);
+                inside = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                inside = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    if inside.is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Says "a whole number" where the parser names a Rust integer type.

@@ -35,6 +35,8 @@ pub struct RawAdmin {
     pub token_file: Option<std::path::PathBuf>,
     pub cert_file: Option<std::path::PathBuf>,
     pub key_file: Option<std::path::PathBuf>,
+    pub max_connections: Option<u32>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 /// One `[[listener]]`.
@@ -46,6 +48,7 @@ pub struct RawListener {
     pub pool: String,
     pub max_connections: Option<u32>,
     pub idle_timeout: Option<ConfigDuration>,
+    pub half_close_timeout: Option<ConfigDuration>,
     pub allow: Option<Vec<super::cidr::Cidr>>,
 }
 

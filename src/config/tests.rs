@@ -504,6 +504,8 @@ listen = "127.0.0.1:9306"
 token_file = "admin.token"
 cert_file = "admin.crt"
 key_file = "admin.key"
+max_connections = 32
+allowed_hosts = ["dbsplice-1.example.com"]
 
 [[listener]]
 name = "rw"
@@ -511,6 +513,7 @@ listen = "127.0.0.1:3306"
 pool = "main"
 max_connections = 10000
 idle_timeout = "8h"
+half_close_timeout = "30s"
 allow = ["10.0.0.0/8", "127.0.0.1"]
 
 [pool.main]
@@ -545,6 +548,7 @@ tls = "required"
 ca_file = "ca.pem"
 verify = "full"
 server_public_key_file = "server-public-key.pem"
+get_server_public_key = false
 lag = true
 galera = false
 galera_donor_ok = false
@@ -678,4 +682,36 @@ fn every_key_with_a_value_of_the_wrong_type_is_refused_naming_its_line() {
     // Each value has exactly one of the six types.
     assert_eq!(tried, paths.len() * (wrong.len() - 1));
     assert!(paths.len() >= documented.len(), "{paths:?}");
+}
+
+#[test]
+fn a_parse_error_on_a_line_holding_a_secret_never_shows_the_value() {
+    let base = "[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:3306\"\npool = \"main\"\n\
+                [pool.main]\n[pool.main.check]\nuser = \"check\"\n";
+    for line in [
+        "password = hunter2-secret",
+        "password = \"hunter2-secret",
+        "password = 'hunter2-secret' trailing",
+        "password = [\"hunter2-secret\", 1]",
+        "\"password\" = hunter2-secret",
+    ] {
+        let text = format!("{base}{line}\n[[pool.main.backend]]\naddress = \"10.0.0.1:3306\"\n");
+        let error = Config::from_toml(Path::new("t.toml"), &text, &|a| {
+            Ok(std::net::SocketAddr::new([10, 0, 0, 1].into(), a.port))
+        })
+        .unwrap_err();
+        let shown = error.to_string();
+        assert!(!shown.contains("hunter2"), "{line}: {shown}");
+        assert!(
+            matches!(error, ConfigError::Parse { line: 8, .. }),
+            "{line}: the line is still named: {shown}"
+        );
+        assert!(shown.contains("<value hidden"), "{shown}");
+    }
+    // Other lines are shown as written.
+    let error = Config::from_toml(Path::new("t.toml"), "listen_x = nope\n", &|_| {
+        Err(String::new())
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("listen_x = nope"), "{error}");
 }

@@ -131,6 +131,12 @@ fn listener_configs(
                 "0s would close every session; remove the key to keep idle sessions open",
             );
         }
+        if l.half_close_timeout.is_some_and(|d| d.0.is_zero()) {
+            problems.add(
+                format!("{key}.half_close_timeout"),
+                "0s would cut off the answer to a client's last request; write for example \"30s\"",
+            );
+        }
         let Some(addr) = problems.resolve(format!("{key}.listen"), &l.listen, resolve) else {
             continue;
         };
@@ -150,6 +156,9 @@ fn listener_configs(
             pool: l.pool,
             max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             idle_timeout: l.idle_timeout.map(|d| d.0),
+            half_close_timeout: l
+                .half_close_timeout
+                .map_or(DEFAULT_HALF_CLOSE_TIMEOUT, |d| d.0),
             allow: l.allow,
         });
     }
@@ -271,6 +280,12 @@ fn check_name(key: &str, name: &str, problems: &mut Problems) {
     }
 }
 
+/// How long a half-closed session may stay open unless a listener says.
+const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Admin connections open at once unless `[admin] max_connections` says.
+const DEFAULT_ADMIN_CONNECTIONS: usize = 32;
+
 fn admin_config(
     raw: super::raw::RawAdmin,
     resolve: &Resolver<'_>,
@@ -292,6 +307,21 @@ fn admin_config(
             "HTTPS needs both cert_file and key_file; give both, or neither for plain HTTP",
         );
     }
+    if raw.max_connections == Some(0) {
+        problems.add(
+            "admin.max_connections",
+            "0 would refuse every admin request; write 1 or more (default 32)",
+        );
+    }
+    let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
+    for (i, host) in allowed_hosts.iter().enumerate() {
+        if host.is_empty() || host.contains([':', '/', ' ']) {
+            problems.add(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("\"{host}\" is not a host name; write the name alone, without scheme or port, e.g. \"dbsplice-1.example.com\""),
+            );
+        }
+    }
     Some(super::AdminConfig {
         listen: raw.listen,
         addr,
@@ -300,5 +330,12 @@ fn admin_config(
         cert_file: raw.cert_file,
         key_file: raw.key_file,
         tls_pem: None,
+        max_connections: raw.max_connections.map_or(DEFAULT_ADMIN_CONNECTIONS, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
+        allowed_hosts: allowed_hosts
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     })
 }

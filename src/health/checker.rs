@@ -113,6 +113,8 @@ impl Checker {
         };
         let transition = tracker.observe(passed);
         state.set_health(tracker.health(), &reason);
+        // As stored: with the server's control characters replaced.
+        let reason = state.reason();
         match transition {
             Some(t) if t.to == Health::Up => {
                 tracing::info!(backend = %state.address, from = %t.from, "backend up: {reason}");

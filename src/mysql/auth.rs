@@ -69,6 +69,7 @@ pub fn rsa_encrypted(password: &str, nonce: &[u8], pem: &[u8]) -> Result<Vec<u8>
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -312,7 +312,9 @@ impl Facts {
             }
         }
         if let Some(g) = &self.group {
-            if g.state != "ONLINE" || g.online * 2 <= g.members {
+            // Counts come from the server: widened, so no value overflows.
+            let no_majority = u64::from(g.online) * 2 <= u64::from(g.members);
+            if g.state != "ONLINE" || no_majority {
                 return Err(ProbeError::GroupNotReady(format!(
                     "member state {}, {} of {} members online{}",
                     if g.state.is_empty() {
@@ -322,11 +324,7 @@ impl Facts {
                     },
                     g.online,
                     g.members,
-                    if g.online * 2 <= g.members {
-                        ": no majority"
-                    } else {
-                        ""
-                    }
+                    if no_majority { ": no majority" } else { "" }
                 )));
             }
         }

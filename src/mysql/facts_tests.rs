@@ -115,6 +115,10 @@ fn group_replication_verdicts() {
     let err = member("ONLINE", "1", "3").unwrap_err();
     assert!(err.to_string().contains("no majority"), "{err}");
     assert!(member("RECOVERING", "3", "3").is_err());
+    // Counts near u32::MAX from a hostile server: a verdict, not an overflow.
+    assert!(member("ONLINE", "4294967295", "4294967295").is_ok());
+    assert!(member("ONLINE", "2147483648", "4294967295").is_ok());
+    assert!(member("ONLINE", "2147483647", "4294967295").is_err());
     let none = TextResult {
         columns: ["state", "role", "online", "members"]
             .map(String::from)

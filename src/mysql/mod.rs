@@ -4,6 +4,10 @@
 //! framing (`packet`), text result sets (`resultset`), authentication
 //! (`auth`) and the probe state machine (`probe`).
 
+// Every number here may come from a hostile server: arithmetic on it is
+// checked, saturating or widened, never left to overflow.
+#![warn(clippy::arithmetic_side_effects)]
+
 pub mod auth;
 pub mod facts;
 pub mod packet;
@@ -11,5 +15,5 @@ pub mod probe;
 pub mod resultset;
 
 pub use facts::{Facts, Lag, ProbeError, Role};
-pub use packet::{err_packet, ProtocolError, ServerError, ER_CON_COUNT_ERROR};
+pub use packet::{err_packet, printable, ProtocolError, ServerError, ER_CON_COUNT_ERROR};
 pub use probe::{Action, Probe, ProbeOptions, TlsMode};

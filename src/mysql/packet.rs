@@ -77,14 +77,14 @@ impl PacketBuffer {
                 self.max_payload
             )));
         }
-        let Some(payload) = self.buf.get(4..4 + len) else {
+        let Some(payload) = self.buf.get(4..len.saturating_add(4)) else {
             return Ok(None);
         };
         let packet = Packet {
             seq,
             payload: payload.to_vec(),
         };
-        self.buf.drain(..4 + len);
+        self.buf.drain(..len.saturating_add(4));
         Ok(Some(packet))
     }
 }
@@ -93,7 +93,7 @@ impl PacketBuffer {
 pub fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
     let payload = payload.get(..MAX_PAYLOAD - 1).unwrap_or(payload);
     let len = u32::try_from(payload.len()).unwrap_or(0).to_le_bytes();
-    let mut out = Vec::with_capacity(4 + payload.len());
+    let mut out = Vec::with_capacity(payload.len().saturating_add(4));
     out.extend_from_slice(&len[..3]);
     out.push(seq);
     out.extend_from_slice(payload);
@@ -138,8 +138,27 @@ pub fn parse_err(payload: &[u8]) -> Result<ServerError, ProtocolError> {
     }
     Ok(ServerError {
         code: u16::from_le_bytes([lo, hi]),
-        message: String::from_utf8_lossy(rest).into_owned(),
+        message: printable(rest.get(..MAX_SERVER_MESSAGE).unwrap_or(rest)),
     })
+}
+
+/// Longest server message or version kept, in bytes: enough for any real one.
+pub const MAX_SERVER_MESSAGE: usize = 512;
+
+/// Server-supplied bytes as text safe to log and print: control characters
+/// (a newline that would forge a log line, an escape sequence that would
+/// drive a terminal) become U+FFFD.
+pub fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Reads values front to back from a payload.
@@ -194,6 +213,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

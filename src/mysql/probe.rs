@@ -245,11 +245,12 @@ impl Probe {
             None => AuthPlugin::MysqlNativePassword,
         };
         // MariaDB prefixes "5.5.5-" for the sake of old clients.
-        let version = handshake.server_version_str();
-        self.facts.server_version = version
-            .strip_prefix("5.5.5-")
-            .unwrap_or(&version)
-            .to_owned();
+        let version = handshake.server_version_ref();
+        let version = version.strip_prefix(b"5.5.5-").unwrap_or(version);
+        let version = version
+            .get(..super::packet::MAX_SERVER_MESSAGE)
+            .unwrap_or(version);
+        self.facts.server_version = super::packet::printable(version);
         let offers_tls = caps.contains(CapabilityFlags::CLIENT_SSL);
         self.handshake = Some(handshake);
         match (self.opts.tls, offers_tls) {
@@ -520,7 +521,7 @@ fn precheck_greeting(payload: &[u8]) -> Result<(), ProtocolError> {
         .ok_or_else(|| ProtocolError("malformed greeting: unterminated server version".into()))?;
     // protocol byte, version, NUL; then connection id (4), scramble (8),
     // filler (1), capabilities (2), collation (1), status (2), capabilities (2).
-    let data_len_at = 1 + version_end + 1 + 20;
+    let data_len_at = version_end.saturating_add(1 + 1 + 20);
     match payload.get(data_len_at) {
         Some(&len) if len > 127 => Err(ProtocolError(format!(
             "malformed greeting: auth data length {len}"
@@ -531,4 +532,5 @@ fn precheck_greeting(payload: &[u8]) -> Result<(), ProtocolError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests;

@@ -102,7 +102,7 @@ impl ResultReader {
                     Stage::ColumnsEnd
                 } else {
                     Stage::Columns {
-                        remaining: remaining - 1,
+                        remaining: remaining.saturating_sub(1),
                     }
                 };
                 Ok(None)
@@ -130,10 +130,7 @@ impl ResultReader {
     fn row(&self, payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
         let mut r = Reader(payload);
         (0..self.result.columns.len())
-            .map(|_| {
-                Ok(r.lenenc_bytes()?
-                    .map(|b| String::from_utf8_lossy(b).into_owned()))
-            })
+            .map(|_| Ok(r.lenenc_bytes()?.map(super::packet::printable)))
             .collect()
     }
 }
@@ -147,10 +144,11 @@ fn column_name(payload: &[u8]) -> Result<String, ProtocolError> {
     let name = r
         .lenenc_bytes()?
         .ok_or_else(|| protocol("NULL column name"))?;
-    Ok(String::from_utf8_lossy(name).into_owned())
+    Ok(super::packet::printable(name))
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
 

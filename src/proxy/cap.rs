@@ -21,6 +21,7 @@ pub fn reserved_fds(nofile: u64) -> u64 {
 #[derive(Debug)]
 pub struct SessionCap {
     limit: usize,
+    reserved: u64,
     open: AtomicUsize,
     freed: Notify,
 }
@@ -28,9 +29,11 @@ pub struct SessionCap {
 impl SessionCap {
     /// The cap for an open-files limit of `nofile`.
     pub fn for_nofile(nofile: u64) -> SessionCap {
-        let sessions = nofile.saturating_sub(reserved_fds(nofile)) / 2;
+        let reserved = reserved_fds(nofile);
+        let sessions = nofile.saturating_sub(reserved) / 2;
         SessionCap {
             limit: usize::try_from(sessions).unwrap_or(usize::MAX).max(1),
+            reserved,
             open: AtomicUsize::new(0),
             freed: Notify::new(),
         }
@@ -40,6 +43,11 @@ impl SessionCap {
     pub fn for_this_process() -> SessionCap {
         let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
         SessionCap::for_nofile(nofile)
+    }
+
+    /// Descriptors kept for everything but sessions.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
     }
 
     /// Most sessions open at once.

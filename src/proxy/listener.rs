@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::cap::{SessionCap, Slot};
 use super::session;
 use crate::cluster::Snapshot;
+use crate::logging::RateLimit;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 use crate::workers::{WorkerSession, WorkerSet};
 
@@ -48,38 +49,6 @@ impl ListenerStats {
     /// Sessions open now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
-    }
-}
-
-/// Lets a log line through at most once a second, counting the rest.
-#[derive(Debug, Default)]
-struct RateLimit {
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimit {
-    /// `Some(lines suppressed since the last one)` when a line may be logged now.
-    fn ready(&self) -> Option<u64> {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = u64::try_from(
-            START
-                .get_or_init(std::time::Instant::now)
-                .elapsed()
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if (last != 0 && now.saturating_sub(last) < 1_000)
-            || self
-                .last_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -198,11 +167,14 @@ impl AcceptLoop {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(Arc::clone(&self.stats));
         let pool = Arc::clone(pool);
-        let idle_timeout = listener.idle_timeout;
+        let timeouts = super::splice::Timeouts {
+            idle: listener.idle_timeout,
+            half_close: listener.half_close_timeout,
+        };
         let kill = self.kill.clone();
         let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
         let serve = move |client, on_worker: Option<WorkerSession>| async move {
-            if let Err(message) = session::serve(client, peer, pool, idle_timeout, kill).await {
+            if let Err(message) = session::serve(client, peer, pool, timeouts, kill).await {
                 let stats = &guard.0;
                 stats.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
                 // At most a line a second: a dead pool under load would
@@ -252,20 +224,5 @@ fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
         );
     } else {
         tracing::warn!(listener, "accept failed: {e}; retrying in {backoff:?}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_of_log_lines_lets_one_through_and_counts_the_rest() {
-        let limit = RateLimit::default();
-        assert_eq!(limit.ready(), Some(0), "the first line is logged");
-        for _ in 0..500 {
-            assert_eq!(limit.ready(), None, "a line within the second");
-        }
-        assert_eq!(limit.suppressed.load(Ordering::Relaxed), 500);
     }
 }

@@ -37,7 +37,7 @@ pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     pool: Arc<Pool>,
-    idle_timeout: Option<Duration>,
+    timeouts: splice::Timeouts,
     kill: CancellationToken,
 ) -> Result<(), String> {
     // The client socket inherited TCP_NODELAY and keepalive from its listener.
@@ -72,7 +72,7 @@ pub async fn serve(
     };
     let outcome =
         if backend.greeting.is_empty() || client.write_all(&backend.greeting).await.is_ok() {
-            Some(splice::splice(&mut client, &mut backend.stream, idle_timeout, stop).await)
+            Some(splice::splice(&mut client, &mut backend.stream, timeouts, stop).await)
         } else {
             None
         };

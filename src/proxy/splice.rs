@@ -7,7 +7,8 @@
 //! means the socket is drained: the direction goes back to waiting without
 //! the extra read that would only say "would block". When one side stops
 //! sending (EOF), the other side's write half is shut down and the opposite
-//! direction carries on until it ends too.
+//! direction carries on until it ends too, for the listener's
+//! `half_close_timeout` at most.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -83,6 +84,9 @@ pub enum CloseReason {
     Error(Side, io::Error),
     /// No byte moved either way for the listener's `idle_timeout`.
     IdleTimeout,
+    /// One side had closed and the other had not for the listener's
+    /// `half_close_timeout`; the side that closed first.
+    HalfCloseTimeout(Side),
     /// dbsplice closed it: the shutdown grace ran out.
     Killed,
     /// dbsplice closed it: the backend left rotation and the pool's
@@ -98,6 +102,12 @@ impl fmt::Display for CloseReason {
             CloseReason::Error(Side::Client, e) => write!(f, "client error: {e}"),
             CloseReason::Error(Side::Backend, e) => write!(f, "backend error: {e}"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::HalfCloseTimeout(Side::Client) => {
+                f.write_str("half-close timeout: the client closed, the backend never did")
+            }
+            CloseReason::HalfCloseTimeout(Side::Backend) => {
+                f.write_str("half-close timeout: the backend closed, the client never did")
+            }
             CloseReason::Killed => f.write_str("closed by dbsplice at shutdown"),
             CloseReason::Evicted => {
                 f.write_str("closed by dbsplice: the backend left rotation (on_down)")
@@ -125,6 +135,8 @@ struct Tally {
     first_eof: AtomicU8,
     /// Told when the backend's EOF has been passed to the client.
     backend_done: tokio::sync::Notify,
+    /// Told when the first side sends EOF.
+    half_closed: tokio::sync::Notify,
     /// Milliseconds from `start` to the last byte, rounded up so a session is
     /// never closed before a full `idle_timeout` of silence; kept only with an
     /// idle timeout.
@@ -147,19 +159,31 @@ impl Tally {
     }
 }
 
+/// A listener's deadlines for its sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// No byte either way for this long ends the session.
+    pub idle: Option<Duration>,
+    /// One side closed and the other not for this long ends it.
+    pub half_close: Duration,
+}
+
 /// Splices until both directions end, one fails, the session idles out or
-/// `stop` resolves (shutdown, or the pool's `on_down` policy) with its reason.
+/// stays half-closed too long, or `stop` resolves (shutdown, or the pool's
+/// `on_down` policy) with its reason.
 pub async fn splice(
     client: &mut TcpStream,
     backend: &mut TcpStream,
-    idle_timeout: Option<Duration>,
+    timeouts: Timeouts,
     stop: impl std::future::Future<Output = CloseReason>,
 ) -> Outcome {
+    let idle_timeout = timeouts.idle;
     let tally = Tally {
         to_backend: AtomicU64::new(0),
         to_client: AtomicU64::new(0),
         first_eof: AtomicU8::new(0),
         backend_done: tokio::sync::Notify::new(),
+        half_closed: tokio::sync::Notify::new(),
         last_activity: idle_timeout.map(|_| (Instant::now(), AtomicU64::new(0))),
     };
     let (mut client_read, mut client_write) = client.split();
@@ -188,6 +212,7 @@ pub async fn splice(
             Err((side, e)) => CloseReason::Error(side, e),
         },
         () = idle_watch(idle_timeout, &tally) => CloseReason::IdleTimeout,
+        side = half_close_watch(timeouts.half_close, &tally) => CloseReason::HalfCloseTimeout(side),
         reason = stop => reason,
     };
     Outcome {
@@ -230,6 +255,9 @@ async fn pump(
                         .first_eof
                         .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
                         .is_err();
+                    if !other_ended_first {
+                        tally.half_closed.notify_one();
+                    }
                     drop(buf);
                     // Once both directions have ended the session closes
                     // both sockets, and the close sends the FIN: a shutdown
@@ -289,6 +317,17 @@ async fn read_now(src: &mut ReadHalf<'_>, buf: &mut [u8]) -> Option<io::Result<u
     .await
 }
 
+/// Resolves `timeout` after the first side sent EOF, with that side.
+async fn half_close_watch(timeout: Duration, tally: &Tally) -> Side {
+    tally.half_closed.notified().await;
+    tokio::time::sleep(timeout).await;
+    if tally.first_eof.load(Ordering::Relaxed) == 2 {
+        Side::Backend
+    } else {
+        Side::Client
+    }
+}
+
 /// Resolves once no byte has moved for `timeout`; never without a timeout.
 async fn idle_watch(timeout: Option<Duration>, tally: &Tally) {
     let Some(timeout) = timeout else {
@@ -315,6 +354,7 @@ mod tests {
             to_client: AtomicU64::new(0),
             first_eof: AtomicU8::new(0),
             backend_done: tokio::sync::Notify::new(),
+            half_closed: tokio::sync::Notify::new(),
             last_activity: Some((Instant::now(), AtomicU64::new(0))),
         }
     }
@@ -334,6 +374,23 @@ mod tests {
             deadline - last_byte
         );
         assert!(deadline < last_byte + timeout + Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_session_ends_a_full_timeout_after_the_first_eof() {
+        let timeout = Duration::from_secs(30);
+        let tally = tally_with_idle_timeout();
+        let watch = half_close_watch(timeout, &tally);
+        tokio::pin!(watch);
+        tokio::select! {
+            _ = &mut watch => panic!("a session where neither side closed timed out"),
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        tally.first_eof.store(2, Ordering::Relaxed);
+        tally.half_closed.notify_one();
+        let closed = Instant::now();
+        assert_eq!(watch.await, Side::Backend);
+        assert_eq!(closed.elapsed(), timeout);
     }
 
     #[tokio::test(start_paused = true)]

@@ -366,13 +366,48 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     assert_eq!(http(admin, "GET", "/healthz", None).await.0, 200);
     let (code, page) = http(admin, "GET", "/", None).await;
     assert_eq!(code, 200);
+    let (code, script) = http(admin, "GET", "/page.js", None).await;
+    assert_eq!(code, 200);
     assert!(
-        page.contains("<title>dbsplice</title>") && page.contains("/api/status"),
+        page.contains("<title>dbsplice</title>")
+            && page.contains("/page.js")
+            && script.contains("/api/status"),
         "the status page"
     );
+    for text in [
+        &page,
+        &script,
+        &http(admin, "GET", "/page.css", None).await.1,
+    ] {
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "nothing fetched from the internet"
+        );
+    }
+    // A page on another site reaching this server by a name of its own
+    // (DNS rebinding) reads nothing; every answer forbids framing.
+    let raw = |host: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request =
+            format!("GET /api/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, request.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut answer)
+            .await
+            .unwrap();
+        answer
+    };
+    let rebound = raw("attacker.example:9306").await;
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+    assert!(!rebound.contains("\"pools\""), "{rebound}");
+    let ours = raw("127.0.0.1").await.to_ascii_lowercase();
+    assert!(ours.starts_with("http/1.1 200"), "{ours}");
     assert!(
-        !page.contains("http://") && !page.contains("https://"),
-        "nothing fetched from the internet"
+        ours.contains("x-frame-options: deny")
+            && ours.contains("content-security-policy: default-src 'none'"),
+        "{ours}"
     );
     wait_until(Duration::from_secs(10), || async {
         (http(admin, "GET", "/readyz", None).await.0 == 200).then_some(())
@@ -828,7 +863,7 @@ async fn https_get(
         .await
         .map_err(|e| e.to_string())?;
     tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -253,6 +253,59 @@ async fn idle_timeout_closes_only_silent_sessions() {
     busy.disconnect().await.unwrap();
 }
 
+/// A session one side has closed ends at `half_close_timeout`: a backend
+/// that closed (a KILL) under a client that stays, and
+/// a client that left while its server hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_sessions_end_at_the_half_close_timeout() {
+    let db = MariaDb::start().await;
+    let toml = config(CHECK, &[backend(db.addr(), 1, "primary")]).replace(
+        "pool = \"main\"\n",
+        "pool = \"main\"\nhalf_close_timeout = \"700ms\"\n",
+    );
+    let proxy = Proxy::start(&toml);
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let state = proxy.backend(db.addr());
+    let gone = || async { (state.active() == 0).then_some(tokio::time::Instant::now()) };
+
+    // The server ends a session (KILL); the client, idle in its pool, stays.
+    let stays = connect(proxy.addr("rw")).await.unwrap();
+    let mut admin = db.admin().await;
+    admin
+        .query_drop(format!("KILL {}", stays.id()))
+        .await
+        .unwrap();
+    let killed = tokio::time::Instant::now();
+    drop(admin);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state.active(), 1, "half-closed, not yet ended");
+    let ended = wait_until(Duration::from_secs(10), gone)
+        .await
+        .expect("the half-closed session ended");
+    assert!(
+        ended - killed >= Duration::from_millis(600),
+        "ended {:?} after the backend's close",
+        ended - killed
+    );
+    drop(stays);
+
+    // The client leaves while the server is frozen and never answers.
+    db.pause();
+    let mut leaves = TcpStream::connect(proxy.addr("rw")).await.unwrap();
+    let opened = wait_until(Duration::from_secs(5), || async {
+        (state.active() == 1).then_some(())
+    })
+    .await;
+    assert!(opened.is_some(), "the session reached the frozen server");
+    leaves.shutdown().await.unwrap();
+    let client_closed = tokio::time::Instant::now();
+    let ended = wait_until(Duration::from_secs(10), gone).await;
+    db.resume();
+    let ended = ended.expect("the session to a hung server ended after the client left");
+    assert!(ended - client_closed >= Duration::from_millis(600));
+    drop(leaves);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_result_arrives_byte_exact() {
     let db = MariaDb::start().await;

@@ -200,3 +200,88 @@ async fn ten_thousand_sessions_stay_within_a_few_kib_each() {
     assert_eq!(port_of_new_session(addr).await, Some(db.port));
     running.stop().await;
 }
+
+/// A thousand admin connections that never finish their headers, from
+/// someone with no token, under 200 open files: the data path, the probes
+/// and `/healthz` keep working, memory stays bounded and the log quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_admin_connections_starve_nothing() {
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("admin-flood");
+    let running = binary_before(&db, &dir, 200).await;
+    let admin = running.admin_addr().await;
+    let probes = |scrape: &str| {
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with("dbsplice_backend_probes_total{") && l.contains("outcome=\"pass\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let (_, scrape) = http(admin, "GET", "/metrics", None).await;
+    assert!(probes(&scrape).is_some(), "{scrape}");
+    let anon_before = running.anonymous_kib();
+    let logs_before = running.logs().lines().count();
+
+    // Each sends 15 KiB of a header that never ends, and holds on.
+    let pad = "a".repeat(15 * 1024);
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| {
+                let pad = pad.clone();
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(admin).await.ok()?;
+                    let head = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Pad: {pad}");
+                    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+                        .await
+                        .ok()?;
+                    Some(s)
+                })
+            })
+            .collect();
+        for c in batch {
+            flood.push(c.await.unwrap());
+        }
+    }
+    let anon_flooded = running.anonymous_kib();
+
+    // While they are held: clients are served, /healthz answers, probes run.
+    for _ in 0..20 {
+        let port = tokio::time::timeout(Duration::from_secs(5), port_of_new_session(running.addr))
+            .await
+            .unwrap_or_else(|_| panic!("no greeting within 5 s: {}", running.logs()));
+        assert_eq!(port, Some(db.port), "{}", running.logs());
+    }
+    let healthz =
+        tokio::time::timeout(Duration::from_secs(2), http(admin, "GET", "/healthz", None))
+            .await
+            .expect("/healthz answers within 2 s during the flood");
+    assert_eq!(healthz, (200, "ok\n".to_owned()));
+    let (_, scrape) = http(admin, "GET", "/metrics", None).await;
+    let probes_during = probes(&scrape).unwrap();
+    let more = wait_until(Duration::from_secs(10), || async {
+        let (_, scrape) = http(admin, "GET", "/metrics", None).await;
+        (probes(&scrape)? >= probes_during + 5.0).then_some(())
+    })
+    .await;
+    assert!(more.is_some(), "probes kept running: {}", running.logs());
+    let logs = running.logs();
+    assert!(!logs.contains("backend down"), "{logs}");
+    assert!(
+        logs.lines().count() - logs_before < 30,
+        "the flood was logged line by line: {}",
+        logs.lines()
+            .skip(logs_before)
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Unfinished headers are bounded per connection, and so are connections.
+    assert!(
+        anon_flooded.saturating_sub(anon_before) < 8 * 1024,
+        "anonymous memory {anon_before} -> {anon_flooded} KiB"
+    );
+    drop(flood);
+    running.stop().await;
+}

@@ -336,6 +336,40 @@ fn caching_sha2_full_auth_without_tls_uses_the_rsa_key() {
 }
 
 #[test]
+fn control_characters_from_the_server_never_reach_a_log_or_terminal() {
+    let packet = HandshakePacket::new(
+        10,
+        &b"10.11.6\nFAKE backend up: forged\x1b[31m"[..],
+        7,
+        *b"abcdefgh",
+        Some(&b"ijklmnopqrst\0"[..]),
+        caps(false),
+        45,
+        StatusFlags::empty(),
+        Some(&b"mysql_native_password"[..]),
+    );
+    let mut payload = Vec::new();
+    packet.serialize(&mut payload);
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&frame(0, &payload));
+    let error = done(s.reply_packet(2, b"\xff\x15\x04#28000Access\r\ndenied\x1b[2J"))
+        .unwrap_err()
+        .to_string();
+    assert!(!error.chars().any(char::is_control), "{error:?}");
+    assert!(error.contains("Access\u{fffd}\u{fffd}denied"), "{error:?}");
+
+    let mut s = Script::new(opts(TlsMode::Disabled));
+    s.run();
+    s.reply(&frame(0, &payload));
+    let facts = done(s.finish_writable()).unwrap();
+    assert_eq!(
+        facts.server_version,
+        "10.11.6\u{fffd}FAKE backend up: forged\u{fffd}[31m"
+    );
+}
+
+#[test]
 fn the_server_s_key_is_not_asked_for_unless_allowed() {
     let mut s = Script::new(opts(TlsMode::Disabled));
     s.run();
