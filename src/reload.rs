@@ -13,6 +13,9 @@ use crate::app::{bind_one, App, BoundListener};
 use crate::cluster::{Pool, Snapshot};
 use crate::config::{Config, ConfigDiff};
 
+/// Longest a reload may spend reading its files and resolving host names.
+pub const RESOLVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a reload did.
 #[derive(Debug)]
 pub enum ReloadOutcome {
@@ -87,9 +90,51 @@ impl Reloader {
     }
 
     /// Reads the file and applies it if it changed; logs one line either way
-    /// (nothing for unchanged bytes).
+    /// (nothing for unchanged bytes). Host names are resolved on the calling
+    /// thread: the service uses [`Reloader::reload_off_thread`].
     pub fn reload(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
-        let outcome = self.attempt(app, trigger);
+        let outcome = match self.read(trigger) {
+            Ok(text) => {
+                let loaded = Config::from_file_text(&self.path, &text).map_err(|e| e.to_string());
+                self.apply(app, loaded)
+            }
+            Err(outcome) => outcome,
+        };
+        self.report(app, outcome)
+    }
+
+    /// The same as [`Reloader::reload`], with the parse, the files the
+    /// config names and the resolution of its host names (blocking calls)
+    /// on a thread of their own, within [`RESOLVE_DEADLINE`]: the probes and
+    /// the watchdog sharing the caller's runtime keep running meanwhile.
+    pub async fn reload_off_thread(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
+        let outcome = match self.read(trigger) {
+            Ok(text) => {
+                let path = self.path.clone();
+                let load = tokio::task::spawn_blocking(move || {
+                    Config::from_file_text(&path, &text).map_err(|e| e.to_string())
+                });
+                let loaded = match tokio::time::timeout(RESOLVE_DEADLINE, load).await {
+                    Ok(Ok(loaded)) => loaded,
+                    Ok(Err(e)) => Err(format!(
+                        "{}: the config could not be read: {e}",
+                        self.path.display()
+                    )),
+                    Err(_) => Err(format!(
+                        "{}: reading the config and resolving its host names took longer than {}s; \
+                         check the resolver (/etc/resolv.conf) or write IP addresses",
+                        self.path.display(),
+                        RESOLVE_DEADLINE.as_secs()
+                    )),
+                };
+                self.apply(app, loaded)
+            }
+            Err(outcome) => outcome,
+        };
+        self.report(app, outcome)
+    }
+
+    fn report(&self, app: &App, outcome: ReloadOutcome) -> ReloadOutcome {
         app.shared.reload_stats.count(&outcome);
         match &outcome {
             ReloadOutcome::Unchanged => {
@@ -105,27 +150,33 @@ impl Reloader {
         outcome
     }
 
-    fn attempt(&mut self, app: &mut App, trigger: Trigger) -> ReloadOutcome {
+    /// The file's text when there is something to load; otherwise the
+    /// outcome already known.
+    fn read(&mut self, trigger: Trigger) -> Result<String, ReloadOutcome> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             // Mid-rename or deleted: the next event or poll tries again.
             Err(e) => {
-                return ReloadOutcome::Rejected(format!(
+                return Err(ReloadOutcome::Rejected(format!(
                     "{}: cannot read the config file: {e}",
                     self.path.display()
-                ))
+                )))
             }
         };
         let digest = hash(text.as_bytes());
         if trigger == Trigger::File && self.last_hash == Some(digest) {
-            return ReloadOutcome::Unchanged;
+            return Err(ReloadOutcome::Unchanged);
         }
         // Remembered even when the content is bad: the same bad bytes are
         // not retried (and logged) on every poll, only the next change is.
         self.last_hash = Some(digest);
-        let config = match Config::from_file_text(&self.path, &text) {
+        Ok(text)
+    }
+
+    fn apply(&self, app: &mut App, loaded: Result<Config, String>) -> ReloadOutcome {
+        let config = match loaded {
             Ok(c) => c,
-            Err(e) => return ReloadOutcome::Rejected(e.to_string()),
+            Err(e) => return ReloadOutcome::Rejected(e),
         };
         match app.apply(config) {
             Ok(diff) if diff.is_empty() => ReloadOutcome::Unchanged,

@@ -70,9 +70,9 @@ pub async fn run(
         tokio::select! {
             _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = signals.hup.recv() => { reload(&mut app, &mut reloader, Trigger::Forced, &notifier); }
-            () = watch.changed() => { reload(&mut app, &mut reloader, Trigger::File, &notifier); }
-            Some(command) = inbox.recv() => act(&mut app, &mut reloader, command, &notifier),
+            _ = signals.hup.recv() => { reload(&mut app, &mut reloader, Trigger::Forced, &notifier).await; }
+            () = watch.changed() => { reload(&mut app, &mut reloader, Trigger::File, &notifier).await; }
+            Some(command) = inbox.recv() => act(&mut app, &mut reloader, command, &notifier).await,
             () = tick => notifier.notify("WATCHDOG=1"),
         }
     }
@@ -102,14 +102,14 @@ fn status_line(app: &App) -> String {
 }
 
 /// One reload, bracketed by RELOADING=1 and READY=1 with the outcome as STATUS.
-fn reload(
+async fn reload(
     app: &mut App,
     reloader: &mut Reloader,
     trigger: Trigger,
     notifier: &Notifier,
 ) -> ReloadOutcome {
     notifier.reloading();
-    let outcome = reloader.reload(app, trigger);
+    let outcome = reloader.reload_off_thread(app, trigger).await;
     let status = match &outcome {
         ReloadOutcome::Unchanged => format!("config unchanged; {}", status_line(app)),
         ReloadOutcome::Applied { diff, .. } => format!("reloaded ({diff}); {}", status_line(app)),
@@ -120,10 +120,10 @@ fn reload(
 }
 
 /// Carries out an admin action on the app the loop owns.
-fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command, notifier: &Notifier) {
+async fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command, notifier: &Notifier) {
     match command {
         admin::Command::Reload(reply) => {
-            let answer = match reload(app, reloader, Trigger::Forced, notifier) {
+            let answer = match reload(app, reloader, Trigger::Forced, notifier).await {
                 ReloadOutcome::Unchanged => (true, "unchanged".to_owned()),
                 ReloadOutcome::Applied { generation, diff } => {
                     (true, format!("applied generation {generation}: {diff}"))

@@ -44,6 +44,21 @@ impl Cidr {
                     format!("\"{text}\" has an invalid prefix length (0 to {max}); {hint}")
                 })?,
         };
+        // Clients are matched as IPv4 when they come as IPv4-mapped IPv6
+        // addresses, so a mapped range is the IPv4 range it maps.
+        if let IpAddr::V6(v6) = network {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                let Some(prefix) = prefix.checked_sub(96) else {
+                    return Err(format!(
+                        "\"{text}\" reaches beyond the IPv4-mapped range ::ffff:0:0/96; write the IPv4 range, such as \"{v4}/8\""
+                    ));
+                };
+                return Ok(Cidr {
+                    network: IpAddr::V4(v4),
+                    prefix,
+                });
+            }
+        }
         Ok(Cidr { network, prefix })
     }
 
@@ -97,6 +112,11 @@ mod tests {
             ("2001:db8::/32", "2001:db9::5", false),
             ("127.0.0.0/8", "::ffff:127.0.0.9", true),
             ("::/0", "127.0.0.1", false),
+            // Written IPv4-mapped: the IPv4 range it maps.
+            ("::ffff:10.1.2.3", "10.1.2.3", true),
+            ("::ffff:10.1.2.3", "::ffff:10.1.2.3", true),
+            ("::ffff:10.0.0.0/104", "10.9.9.9", true),
+            ("::ffff:10.0.0.0/104", "11.0.0.1", false),
         ];
         for (range, addr, want) in table {
             assert_eq!(
@@ -111,6 +131,7 @@ mod tests {
             "10.0.0/8",
             "::1/129",
             "1.2.3.4/x",
+            "::ffff:10.0.0.0/80",
         ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }

@@ -61,17 +61,23 @@ enum Stage {
 pub struct ResultReader {
     stage: Stage,
     result: TextResult,
+    /// Payload bytes taken so far.
+    bytes: usize,
 }
 
 /// Limits that keep a hostile server from growing a probe's memory.
 const MAX_COLUMNS: u64 = 512;
 const MAX_ROWS: usize = 1024;
+/// Bytes of one answer in all: a check's answers are a few hundred bytes,
+/// and without this 1,024 rows of 64 KiB would hold 64 MiB per probe.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
 
 impl Default for ResultReader {
     fn default() -> Self {
         ResultReader {
             stage: Stage::Start,
             result: TextResult::default(),
+            bytes: 0,
         }
     }
 }
@@ -79,6 +85,12 @@ impl Default for ResultReader {
 impl ResultReader {
     /// Takes the next packet's payload; `Some` once the answer is complete.
     pub fn feed(&mut self, payload: &[u8]) -> Result<Option<QueryOutcome>, ProtocolError> {
+        self.bytes = self.bytes.saturating_add(payload.len());
+        if self.bytes > MAX_RESULT_BYTES {
+            return Err(protocol(format!(
+                "an answer to a check query larger than {MAX_RESULT_BYTES} bytes"
+            )));
+        }
         let first = payload.first().copied();
         let is_eof = first == Some(0xfe) && payload.len() < 9;
         match self.stage {
@@ -240,5 +252,19 @@ pub(crate) mod tests {
         let mut packets = result_set(&["a"], &[]);
         packets[2] = vec![1, 2, 3];
         assert!(run(&packets).is_err(), "no EOF after columns");
+    }
+
+    #[test]
+    fn a_hostile_server_cannot_make_an_answer_hold_megabytes() {
+        // Rows of 200 values of 250 bytes: 50 KB each.
+        let names: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let value = "x".repeat(250);
+        let row: Vec<Option<&str>> = vec![Some(value.as_str()); 200];
+        let four = result_set(&names, &[&row, &row, &row, &row]);
+        assert!(run(&four).is_ok(), "200 KB is within the limit");
+        let five = result_set(&names, &[&row, &row, &row, &row, &row, &row]);
+        let error = run(&five).unwrap_err();
+        assert!(error.0.contains("larger than"), "{error}");
     }
 }

@@ -174,7 +174,8 @@ impl AcceptLoop {
         let kill = self.kill.clone();
         let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
         let serve = move |client, on_worker: Option<WorkerSession>| async move {
-            if let Err(message) = session::serve(client, peer, pool, timeouts, kill).await {
+            if let Err(refusal) = session::serve(client, peer, pool, timeouts, kill).await {
+                let message = refusal.detail;
                 let stats = &guard.0;
                 stats.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
                 // At most a line a second: a dead pool under load would

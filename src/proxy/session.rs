@@ -31,28 +31,63 @@ struct Connected {
     greeting: Vec<u8>,
 }
 
-/// Serves one accepted client until it ends; the error sent to the client
-/// when it was refused because no backend could take it.
+/// Why a client was refused before any backend took it: a short message for
+/// the client, who has not authenticated and must learn nothing about the
+/// backends, and the details for dbsplice's log.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Sent to the client in an ERR packet: the pool and the cause.
+    pub to_client: String,
+    /// Logged: every backend tried and what each said.
+    pub detail: String,
+}
+
+impl Refusal {
+    fn same(message: String) -> Refusal {
+        Refusal {
+            to_client: message.clone(),
+            detail: message,
+        }
+    }
+}
+
+/// Serves one accepted client until it ends; why it was refused when no
+/// backend could take it.
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
     pool: Arc<Pool>,
     timeouts: splice::Timeouts,
     kill: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     // The client socket inherited TCP_NODELAY and keepalive from its listener.
-    let header = pool.config.routing.send_proxy.and_then(|version| {
-        Some(proxy_header::header(
-            version,
-            peer,
-            client.local_addr().ok()?,
-        ))
-    });
+    let header = match pool.config.routing.send_proxy {
+        None => None,
+        // Without the local address the header cannot be written, and a
+        // session without it would reach the server as dbsplice's own
+        // address, past whatever the server grants by client address.
+        Some(version) => match client.local_addr() {
+            Ok(local) => Some(proxy_header::header(version, peer, local)),
+            Err(e) => {
+                let refusal = Refusal {
+                    to_client: format!(
+                        "dbsplice: pool '{}' cannot take this connection now",
+                        pool.config.name
+                    ),
+                    detail: format!(
+                        "the client's local address cannot be read for the PROXY header ({e}); refused"
+                    ),
+                };
+                refuse(&mut client, &refusal.to_client).await;
+                return Err(refusal);
+            }
+        },
+    };
     let mut backend = match connect(&pool, header.as_deref()).await {
         Ok(connected) => connected,
-        Err(message) => {
-            refuse(&mut client, &message).await;
-            return Err(message);
+        Err(refusal) => {
+            refuse(&mut client, &refusal.to_client).await;
+            return Err(refusal);
         }
     };
     let address = &backend.guard.backend().address;
@@ -100,7 +135,7 @@ pub async fn serve(
 /// ones. A MySQL server speaks first, so a retry is invisible to the client;
 /// with the greeting gate, a server that greets with an error (or not at all)
 /// is skipped the same way.
-async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, String> {
+async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, Refusal> {
     let mut excluded = Vec::new();
     let mut failures = Vec::new();
     let routing = &pool.config.routing;
@@ -132,11 +167,17 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
             Ok(Err(e)) if is_local_shortage(&e) => {
                 // dbsplice's own shortage: no backend is to blame, none is
                 // asked for an early probe, and another would fare no better.
-                return Err(format!(
-                    "dbsplice: cannot open a connection to a backend of pool '{}': {}",
-                    pool.config.name,
-                    describe_connect_error(&e)
-                ));
+                return Err(Refusal {
+                    to_client: format!(
+                        "dbsplice: pool '{}' cannot take this connection: dbsplice is short of resources",
+                        pool.config.name
+                    ),
+                    detail: format!(
+                        "dbsplice: cannot open a connection to a backend of pool '{}': {}",
+                        pool.config.name,
+                        describe_connect_error(&e)
+                    ),
+                });
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 (ConnectFailure::Refused, describe_connect_error(&e))
@@ -158,16 +199,23 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
         failures.push(format!("{}: {error}", member.name));
     }
     Err(if failures.is_empty() {
-        format!(
+        Refusal::same(format!(
             "dbsplice: no backend of pool '{}' is available",
             pool.config.name
-        )
+        ))
     } else {
-        format!(
-            "dbsplice: no backend of pool '{}' accepted a connection ({})",
-            pool.config.name,
-            failures.join("; ")
-        )
+        Refusal {
+            to_client: format!(
+                "dbsplice: no backend of pool '{}' accepted a connection ({} tried)",
+                pool.config.name,
+                failures.len()
+            ),
+            detail: format!(
+                "dbsplice: no backend of pool '{}' accepted a connection ({})",
+                pool.config.name,
+                failures.join("; ")
+            ),
+        }
     })
 }
 

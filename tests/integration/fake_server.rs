@@ -231,6 +231,38 @@ async fn answers_forged_before_tls_are_a_protocol_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client refused before it authenticated learns the pool and the cause,
+/// never a backend's name, address or what the backend said; the log has
+/// those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_learns_nothing_about_the_backends() {
+    let addr = fake::serve(|mut s| async move {
+        let mut err = vec![0xff, 0x10, 0x04];
+        err.extend_from_slice(b"Too many connections on db7.internal.example");
+        let _ = s.write_all(&packet(0, &err)).await;
+    })
+    .await;
+    let proxy = Proxy::start(&config(
+        "greeting_gate = true\n[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+        &[backend(addr, 1, "primary")],
+    ));
+    proxy.wait_health(addr, Health::Up).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr("rw"))
+        .await
+        .unwrap();
+    let refusal = read_packet(&mut client).await.expect("an ERR packet");
+    let text = String::from_utf8_lossy(&refusal);
+    assert_eq!(refusal[0], 0xff, "{text}");
+    assert!(
+        text.contains("pool 'main'") && text.contains("1 tried"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("db7") && !text.contains(&addr.port().to_string()),
+        "{text}"
+    );
+}
+
 /// Decrypts with `openssl pkeyutl` (RSA-OAEP) and undoes the nonce XOR.
 fn decrypt_matches(private_key: &std::path::Path, encrypted: &[u8], want: &[u8]) -> bool {
     let dir = private_key.parent().unwrap();
