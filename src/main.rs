@@ -101,6 +101,13 @@ struct AdminArgs {
     /// A file holding the bearer token, overriding the config.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Trust these CA certificates (PEM) for the admin server's HTTPS,
+    /// instead of the config's [admin] cert_file.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Speak HTTPS without checking the admin server's certificate.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(clap::Args)]
@@ -173,8 +180,12 @@ fn check(path: &Path, old: Option<&Path>) -> ExitCode {
 
 /// Runs an operator command against a running instance's admin API.
 fn remote(args: &AdminArgs, action: Action) -> ExitCode {
-    let result =
-        Target::resolve(&args.config, args.admin, args.token_file.as_deref()).and_then(|target| {
+    let tls = dbsplice::admin::cli::TlsArgs {
+        ca_file: args.ca_file.clone(),
+        insecure: args.insecure,
+    };
+    let result = Target::resolve(&args.config, args.admin, args.token_file.as_deref(), &tls)
+        .and_then(|target| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -6,8 +6,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::client::request;
-use crate::config::Config;
+use rustls::pki_types::ServerName;
+
+use super::client::{request, Https};
+use crate::config::{Config, Verify};
+use crate::health::tls::{pinned_config, verifying_config};
 
 /// What to ask of the running instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,16 +34,30 @@ pub enum Action {
 pub struct Target {
     /// The admin server.
     pub addr: SocketAddr,
-    /// The bearer token, if one is configured.
+    /// The bearer token, if one is configured; sent only with actions.
     pub token: Option<String>,
+    /// HTTPS settings when the server serves HTTPS.
+    pub https: Option<Https>,
+}
+
+/// How the CLI checks the admin server's certificate.
+#[derive(Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Trust these CA certificates (PEM) instead of the config's `cert_file`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Check nothing (the connection is still encrypted).
+    pub insecure: bool,
 }
 
 impl Target {
     /// Finds the admin server and token in the config file, unless given.
+    /// HTTPS is spoken when the config has `[admin] cert_file`, or when
+    /// `tls` names a CA or asks for `--insecure`.
     pub fn resolve(
         config: &Path,
         admin: Option<SocketAddr>,
         token_file: Option<&Path>,
+        tls: &TlsArgs,
     ) -> Result<Target, String> {
         let loaded = Config::load(config);
         let from_config = loaded.as_ref().ok().and_then(|c| c.admin.clone());
@@ -61,16 +78,57 @@ impl Target {
                     .to_owned(),
             ),
             None => from_config
-                .and_then(|a| a.token)
+                .as_ref()
+                .and_then(|a| a.token.as_ref())
                 .map(|t| t.expose().to_owned()),
         };
-        Ok(Target { addr, token })
+        let https = https(from_config.as_ref(), addr, tls)?;
+        Ok(Target { addr, token, https })
     }
+}
+
+/// The HTTPS settings: trust `--ca-file` (checking the listen host as
+/// written, else the address), else exactly the certificate of the config's
+/// `cert_file` (the CLI runs beside the server and reads its config).
+fn https(
+    admin: Option<&crate::config::AdminConfig>,
+    addr: SocketAddr,
+    tls: &TlsArgs,
+) -> Result<Option<Https>, String> {
+    let served = admin.is_some_and(|a| a.cert_file.is_some());
+    if !served && tls.ca_file.is_none() && !tls.insecure {
+        return Ok(None);
+    }
+    let name = admin
+        .map(|a| a.listen.host.clone())
+        .filter(|host| host.parse::<std::net::IpAddr>().is_err())
+        .map_or_else(
+            || ServerName::IpAddress(addr.ip().into()),
+            |host| ServerName::try_from(host).unwrap_or(ServerName::IpAddress(addr.ip().into())),
+        );
+    let config = if tls.insecure {
+        verifying_config(None, "", Verify::None)?
+    } else if let Some(file) = &tls.ca_file {
+        let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        verifying_config(Some(&pem), &file.display().to_string(), Verify::Full)?
+    } else {
+        let admin = admin.ok_or("no [admin] section to take the certificate from")?;
+        let file = admin
+            .cert_file
+            .as_ref()
+            .map_or_else(String::new, |f| f.display().to_string());
+        let pem = admin
+            .tls_pem
+            .as_ref()
+            .map(|(cert, _)| cert.as_slice())
+            .ok_or_else(|| format!("{file} was not read"))?;
+        pinned_config(pem, &file)?
+    };
+    Ok(Some(Https { config, name }))
 }
 
 /// Carries out `action`; returns what to print.
 pub async fn run(target: &Target, action: &Action) -> Result<String, String> {
-    let token = target.token.as_deref();
     let (method, path) = match action {
         Action::Status => ("GET", "/api/status".to_owned()),
         Action::Drain(name, until) => (
@@ -85,7 +143,9 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, String> {
         Action::Reload => ("POST", "/api/reload".to_owned()),
         Action::Failback(pool) => ("POST", format!("/api/pools/{pool}/failback")),
     };
-    let (status, body) = request(target.addr, method, &path, token).await?;
+    // Reads need no token: it travels only with the actions that need it.
+    let token = target.token.as_deref().filter(|_| method == "POST");
+    let (status, body) = request(target.addr, target.https.as_ref(), method, &path, token).await?;
     let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
     if status != 200 {
         let why = value

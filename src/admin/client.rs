@@ -1,45 +1,87 @@
 //! A small HTTP/1.1 client for the `dbsplice` CLI commands that talk to a
-//! running instance's admin server (plain HTTP on a trusted address).
+//! running instance's admin server, over HTTPS when the server serves it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest answer the CLI reads.
 const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 
-/// Sends one request and returns the status code and body.
+/// HTTPS to the admin server: whom to trust and the name to check.
+#[derive(Clone)]
+pub struct Https {
+    /// Trust and verification settings.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name (or address) the certificate must be valid for.
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Https {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Https").field("name", &self.name).finish()
+    }
+}
+
+/// Sends one request and returns the status code and body. The token, when
+/// given, goes in an `Authorization` header.
 pub async fn request(
     addr: SocketAddr,
+    https: Option<&Https>,
     method: &str,
     path: &str,
     token: Option<&str>,
 ) -> Result<(u16, String), String> {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot reach the admin server at {addr}: {e}"))?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{auth}\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| e.to_string())?;
-        parse(&raw)
+        match https {
+            None => send(stream, &head).await,
+            Some(https) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(&https.config));
+                let tls = connector
+                    .connect(https.name.clone(), stream)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "HTTPS to the admin server at {addr} failed: {e} \
+                             (give the CA with --ca-file, or --insecure to skip the check)"
+                        )
+                    })?;
+                send(tls, &head).await
+            }
+        }
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
         .map_err(|_| format!("{addr}: no answer within 30s"))?
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    head: &str,
+) -> Result<(u16, String), String> {
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // A server that closes without TLS's close_notify still sent its answer.
+    if let Err(e) = (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw).await {
+        if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(e.to_string());
+        }
+    }
+    parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Result<(u16, String), String> {

@@ -910,6 +910,33 @@ async fn the_admin_server_speaks_https_and_picks_up_new_certificates_on_reload()
         https_get(admin, &second.ca, "/healthz").await.is_err(),
         "a certificate from another CA is refused"
     );
+    // The CLI speaks HTTPS to it: trusting the config's own certificate, a
+    // CA it is given, or nothing with --insecure; never another CA's.
+    let cli = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("status")
+            .arg("--config")
+            .arg(&path)
+            .args(["--admin", &admin.to_string()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let first_ca = first.ca.display().to_string();
+    let second_ca = second.ca.display().to_string();
+    for extra in [&[][..], &["--ca-file", &first_ca], &["--insecure"]] {
+        let (code, out) = cli(extra);
+        assert_eq!(code, Some(0), "{extra:?}: {out}");
+        assert!(out.starts_with("POOL"), "{extra:?}: {out}");
+    }
+    let (code, out) = cli(&["--ca-file", &second_ca]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("HTTPS") && out.contains("--insecure"), "{out}");
     write(&second);
     wait_until(Duration::from_secs(5), || async {
         (https_get(admin, &second.ca, "/healthz").await == Ok(200)).then_some(())
@@ -1053,4 +1080,74 @@ async fn secrets_never_reach_logs_status_or_metrics() {
         assert!(!seen.contains(secret), "{secret} leaked: {seen}");
     }
     running.stop().await;
+}
+
+/// The CLI sends the bearer token only with actions: a status read carries
+/// none, so a token never travels where it is not needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_the_token_only_with_actions() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tokio::io::AsyncReadExt::read(&mut s, &mut byte)
+                    .await
+                    .unwrap_or(0)
+                    == 0
+                {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            recorded
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let body = r#"{"pools":[],"outcome":"unchanged"}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, answer.as_bytes()).await;
+        }
+    });
+    let dir = crate::support::Scratch::new("cli-token");
+    let token = dir.0.join("admin.token");
+    std::fs::write(&token, "tok-only-for-actions\n").unwrap();
+    let run = |command: &'static str| {
+        let token = token.clone();
+        let config = dir.0.join("absent.toml");
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .arg(command)
+                .arg("--config")
+                .arg(config)
+                .args(["--admin", &addr.to_string()])
+                .arg("--token-file")
+                .arg(token)
+                .output()
+                .unwrap()
+        })
+    };
+    assert!(run("status").await.unwrap().status.success());
+    assert!(run("reload").await.unwrap().status.success());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].starts_with("GET /api/status"), "{}", seen[0]);
+    assert!(
+        !seen[0].contains("tok-only"),
+        "a read carried the token: {}",
+        seen[0]
+    );
+    assert!(seen[1].starts_with("POST /api/reload"), "{}", seen[1]);
+    assert!(
+        seen[1].contains("Authorization: Bearer tok-only-for-actions"),
+        "{}",
+        seen[1]
+    );
 }
