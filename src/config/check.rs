@@ -240,3 +240,87 @@ impl MysqlCheck {
         problems
     }
 }
+
+/// A server listed by several pools is probed once, by one checker: the
+/// pools' checks must agree on everything but `lag` (which only adds what a
+/// probe learns, and is asked when any of them asks). Otherwise the second
+/// pool's settings would silently not apply.
+pub(super) fn shared_addresses(
+    pools: &std::collections::BTreeMap<String, super::PoolConfig>,
+    problems: &mut Problems,
+) {
+    let mut first: std::collections::HashMap<&str, &super::PoolConfig> =
+        std::collections::HashMap::new();
+    for pool in pools.values() {
+        for backend in &pool.backends {
+            let Some(other) = first.get(backend.address.text.as_str()) else {
+                first.insert(&backend.address.text, pool);
+                continue;
+            };
+            let mut differ = differences(&other.check, &pool.check);
+            if other.routing.send_proxy != pool.routing.send_proxy {
+                differ.push("send_proxy");
+            }
+            if !differ.is_empty() {
+                problems.add(
+                    format!("pool.{}.check", pool.name),
+                    format!(
+                        "backend {} is also in pool '{}', whose check differs in {}; a server is \
+                         probed once for every pool that lists it: give both pools the same check \
+                         settings (lag may differ)",
+                        backend.address,
+                        other.name,
+                        differ.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The settings in which two checks differ, `lag` aside.
+fn differences(a: &CheckConfig, b: &CheckConfig) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = [
+        ("kind", a.kind != b.kind),
+        ("interval", a.interval != b.interval),
+        ("fast_interval", a.fast_interval != b.fast_interval),
+        ("down_interval", a.down_interval != b.down_interval),
+        ("timeout", a.timeout != b.timeout),
+        ("rise", a.rise != b.rise),
+        ("fall", a.fall != b.fall),
+    ]
+    .into_iter()
+    .filter_map(|(name, differs)| differs.then_some(name))
+    .collect();
+    if let (Some(a), Some(b)) = (&a.mysql, &b.mysql) {
+        out.extend(
+            [
+                ("user", a.user != b.user),
+                (
+                    "password",
+                    a.password != b.password || a.password_file != b.password_file,
+                ),
+                ("tls", a.tls != b.tls),
+                ("ca_file", a.ca_file != b.ca_file),
+                ("verify", a.verify != b.verify),
+                (
+                    "server_public_key_file",
+                    a.server_public_key_file != b.server_public_key_file,
+                ),
+                (
+                    "get_server_public_key",
+                    a.get_server_public_key != b.get_server_public_key,
+                ),
+                ("galera", a.galera != b.galera),
+                ("galera_donor_ok", a.galera_donor_ok != b.galera_donor_ok),
+                (
+                    "group_replication",
+                    a.group_replication != b.group_replication,
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name)),
+        );
+    }
+    out
+}

@@ -715,3 +715,31 @@ fn a_parse_error_on_a_line_holding_a_secret_never_shows_the_value() {
     .unwrap_err();
     assert!(error.to_string().contains("listen_x = nope"), "{error}");
 }
+
+#[test]
+fn pools_sharing_a_server_must_agree_on_its_check_but_lag() {
+    let text = |reader_check: &str| {
+        format!(
+            "[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:3306\"\npool = \"writer\"\n\
+             [pool.writer]\nrole = \"writer\"\n[pool.writer.check]\nuser = \"check\"\n\
+             [[pool.writer.backend]]\naddress = \"10.0.0.1:3306\"\n\
+             [pool.reader]\nrole = \"reader\"\n[pool.reader.check]\nuser = \"check\"\n{reader_check}\n\
+             [[pool.reader.backend]]\naddress = \"10.0.0.1:3306\"\n"
+        )
+    };
+    let load = |t: &str| {
+        Config::from_toml(Path::new("t.toml"), t, &|a| {
+            Ok(std::net::SocketAddr::new([10, 0, 0, 1].into(), a.port))
+        })
+    };
+    assert!(load(&text("lag = true")).is_ok(), "lag may differ");
+    let error = load(&text("galera = true\ngalera_donor_ok = true"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("pool.writer.check")
+            && error.contains("pool 'reader'")
+            && error.contains("galera, galera_donor_ok"),
+        "{error}"
+    );
+}

@@ -58,6 +58,7 @@ pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Pr
             pool_config(&name, pool, resolve, &mut problems).map(|p| (name, p))
         })
         .collect();
+    super::check::shared_addresses(&pools, &mut problems);
     let listeners = listener_configs(raw.listener, &pools, resolve, &mut problems);
     let admin = raw
         .admin

@@ -1,5 +1,6 @@
-//! Keeps exactly one checker task per backend address, with the check settings
-//! of the first pool (by name) that lists the address.
+//! Keeps exactly one checker task per backend address. Pools that list the
+//! same address have the same check settings (the config refuses others),
+//! except `lag`, which is asked when any of them asks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,8 +63,16 @@ impl Supervisor {
                     proxy: pool.routing.send_proxy,
                     state: Arc::clone(state),
                 };
+                // Pools that share a server agree on its check (the config
+                // says so), but for lag: asked when any of them asks.
                 wanted
                     .entry(b.address.text.as_str())
+                    .and_modify(|(first, _)| {
+                        if let (Some(m), Some(n)) = (first.check.mysql.as_mut(), &pool.check.mysql)
+                        {
+                            m.lag |= n.lag;
+                        }
+                    })
                     .or_insert((settings, b));
             }
         }

@@ -52,6 +52,12 @@ pub struct Galera {
     pub local_state: Option<u8>,
     /// `wsrep_cluster_status` ("Primary" when in the quorum).
     pub cluster_status: String,
+    /// `wsrep_reject_queries`: anything but NONE refuses clients' queries
+    /// (with error 1047) while the node still looks synced.
+    pub reject_queries: String,
+    /// `wsrep_desync`: desynced on purpose (a backup, a rolling schema
+    /// change), which reports state 2 as a donor does.
+    pub desync: bool,
 }
 
 /// Everything one successful probe learned.
@@ -200,6 +206,8 @@ pub enum Query {
     Slave,
     /// wsrep status variables.
     Galera,
+    /// wsrep settings an operator changes on a running node.
+    GaleraSettings,
     /// This member's state and role, and the group's ONLINE count.
     Group,
 }
@@ -213,6 +221,9 @@ impl Query {
             Query::Slave => "SHOW SLAVE STATUS",
             Query::Galera => {
                 "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state', 'wsrep_cluster_status')"
+            }
+            Query::GaleraSettings => {
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_reject_queries', 'wsrep_desync')"
             }
             Query::Group => {
                 "SELECT \
@@ -233,6 +244,7 @@ pub(crate) fn queries(opts: &ProbeOptions) -> std::collections::VecDeque<Query> 
     }
     if opts.galera {
         q.push_back(Query::Galera);
+        q.push_back(Query::GaleraSettings);
     }
     if opts.group_replication {
         q.push_back(Query::Group);
@@ -262,6 +274,15 @@ impl Facts {
             Query::Role => self.role = role(&rows),
             Query::Replica | Query::Slave => self.lag = Some(lag(&rows)),
             Query::Galera => self.galera = Some(galera(&rows)),
+            Query::GaleraSettings => {
+                if let Some(g) = self.galera.as_mut() {
+                    g.reject_queries = rows
+                        .variable("wsrep_reject_queries")
+                        .unwrap_or_default()
+                        .to_owned();
+                    g.desync = is_on(rows.variable("wsrep_desync"));
+                }
+            }
             Query::Group => self.group = Some(group(&rows)),
         }
         Ok(None)
@@ -289,9 +310,23 @@ impl Facts {
         }
     }
 
-    /// The probe's verdict: Galera nodes must be synced (or donors, when allowed).
+    /// The probe's verdict: Galera nodes must be synced (or donors, when
+    /// allowed), accept queries and not be desynced on purpose.
     pub(crate) fn verdict(self, opts: &ProbeOptions) -> Result<Facts, ProbeError> {
         if let Some(g) = &self.galera {
+            if !g.reject_queries.is_empty() && !g.reject_queries.eq_ignore_ascii_case("NONE") {
+                return Err(ProbeError::GaleraNotReady(format!(
+                    "wsrep_reject_queries={}: the node refuses clients' queries (error 1047)",
+                    g.reject_queries
+                )));
+            }
+            if g.desync {
+                return Err(ProbeError::GaleraNotReady(
+                    "wsrep_desync=ON: desynced on purpose (a backup or schema change), \
+                     falling behind the cluster"
+                        .to_owned(),
+                ));
+            }
             let state_ok = match g.local_state {
                 Some(4) => true,
                 Some(2) => opts.galera_donor_ok,
@@ -392,6 +427,8 @@ fn galera(rows: &TextResult) -> Galera {
             .variable("wsrep_cluster_status")
             .unwrap_or_default()
             .to_owned(),
+        reject_queries: String::new(),
+        desync: false,
     }
 }
 

@@ -77,6 +77,37 @@ fn galera_verdicts() {
         ..Facts::default()
     };
     assert!(no_wsrep.verdict(&opts(false)).is_err(), "not a Galera node");
+
+    // Settings an operator changes on a running node.
+    let with = |reject: &str, desync: &str, state: &str| {
+        let mut f = facts("ON", state, "Primary");
+        f.learn(
+            Query::GaleraSettings,
+            QueryOutcome::Rows(vars(&[
+                ("wsrep_desync", desync),
+                ("wsrep_reject_queries", reject),
+            ])),
+        )
+        .unwrap();
+        f
+    };
+    assert!(with("NONE", "OFF", "4").verdict(&opts(false)).is_ok());
+    for reject in ["ALL", "ALL_KILL"] {
+        let err = with(reject, "OFF", "4").verdict(&opts(true)).unwrap_err();
+        assert!(
+            err.to_string().contains("refuses clients' queries"),
+            "{err}"
+        );
+    }
+    let err = with("NONE", "ON", "2").verdict(&opts(true)).unwrap_err();
+    assert!(
+        err.to_string().contains("wsrep_desync=ON"),
+        "desynced on purpose is no donor, even with galera_donor_ok: {err}"
+    );
+    assert!(
+        with("NONE", "OFF", "2").verdict(&opts(true)).is_ok(),
+        "a real donor"
+    );
 }
 
 #[test]

@@ -14,44 +14,101 @@ use crate::mysql::packet::parse_err;
 /// A greeting is small; anything longer is not one.
 const MAX_GREETING: usize = 16 * 1024;
 
+/// The gate's judgement of a server's first bytes, fed as they arrive:
+/// sans-IO, so that every split of hostile bytes can be tested and fuzzed.
+#[derive(Debug, Default)]
+pub struct Gate {
+    bytes: Vec<u8>,
+}
+
+impl Gate {
+    /// Takes bytes from the server: `None` while the first packet is
+    /// incomplete, then every byte read (to forward to the client) or why
+    /// the server cannot take the client.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<Result<Vec<u8>, String>> {
+        self.bytes.extend_from_slice(chunk);
+        let &[a, b, c, _] = self.bytes.get(..4)? else {
+            return None;
+        };
+        let len = usize::from(a) | usize::from(b) << 8 | usize::from(c) << 16;
+        if len > MAX_GREETING {
+            return Some(Err(format!(
+                "greeting of {len} bytes announced: not a MySQL server"
+            )));
+        }
+        let end = len.saturating_add(4);
+        if self.bytes.len() < end {
+            return None;
+        }
+        if self.bytes.get(4) == Some(&0xff) {
+            return Some(
+                match parse_err(self.bytes.get(4..end).unwrap_or_default()) {
+                    Ok(e) => Err(format!("greeting error {}: {}", e.code, e.message)),
+                    Err(e) => Err(format!("malformed error greeting: {e}")),
+                },
+            );
+        }
+        Some(Ok(std::mem::take(&mut self.bytes)))
+    }
+}
+
 /// Reads the first packet; returns every byte read (to forward to the client)
 /// or why the server cannot take the client.
 pub async fn read(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::with_capacity(128);
+    let mut gate = Gate::default();
     let whole = async {
+        let mut chunk = [0u8; 1024];
         loop {
-            if let Some(&[a, b, c, _]) = bytes.get(..4) {
-                let len = usize::from(a) | usize::from(b) << 8 | usize::from(c) << 16;
-                if len > MAX_GREETING {
-                    return Err(format!(
-                        "greeting of {len} bytes announced: not a MySQL server"
-                    ));
-                }
-                if bytes.len() >= 4 + len {
-                    return Ok(());
-                }
-            }
-            let mut chunk = [0u8; 1024];
             match stream.read(&mut chunk).await {
                 Ok(0) => return Err("the server closed the connection before greeting".to_owned()),
-                Ok(n) => bytes.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Ok(n) => {
+                    if let Some(verdict) = gate.feed(chunk.get(..n).unwrap_or_default()) {
+                        return verdict;
+                    }
+                }
                 Err(e) => return Err(format!("reading the greeting failed: {e}")),
             }
         }
     };
-    match tokio::time::timeout(timeout, whole).await {
-        Err(_) => Err(format!(
-            "no greeting within greeting_timeout ({})",
-            format_duration(timeout)
-        )),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(())) if bytes.get(4) == Some(&0xff) => {
-            let end = bytes.len().min(4 + MAX_GREETING);
-            match parse_err(bytes.get(4..end).unwrap_or_default()) {
-                Ok(e) => Err(format!("greeting error {}: {}", e.code, e.message)),
-                Err(e) => Err(format!("malformed error greeting: {e}")),
-            }
+    tokio::time::timeout(timeout, whole)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no greeting within greeting_timeout ({})",
+                format_duration(timeout)
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_waits_for_the_whole_first_packet_and_judges_it() {
+        let mut greeting = vec![5, 0, 0, 0, 10, b'1', b'0', b'.', 0];
+        greeting.extend_from_slice(b"rest");
+        let mut gate = Gate::default();
+        for byte in &greeting[..8] {
+            assert!(gate.feed(&[*byte]).is_none(), "incomplete");
         }
-        Ok(Ok(())) => Ok(bytes),
+        assert_eq!(gate.feed(&greeting[8..]), Some(Ok(greeting.clone())));
+
+        let mut refused = vec![0xff, 0x10, 0x04];
+        refused.extend_from_slice(b"Too many\nconnections");
+        let mut packet = vec![u8::try_from(refused.len()).unwrap(), 0, 0, 0];
+        packet.extend_from_slice(&refused);
+        let verdict = Gate::default().feed(&packet).unwrap().unwrap_err();
+        assert!(verdict.starts_with("greeting error 1040"), "{verdict}");
+        assert!(
+            !verdict.contains('\n'),
+            "server text is printable: {verdict:?}"
+        );
+
+        let absurd = Gate::default()
+            .feed(&[0xff, 0xff, 0xff, 0])
+            .unwrap()
+            .unwrap_err();
+        assert!(absurd.contains("not a MySQL server"), "{absurd}");
     }
 }

@@ -21,6 +21,7 @@ mod exhaustion;
 mod failover;
 mod fake_server;
 mod faults;
+mod galera;
 mod load;
 mod reload;
 mod roles;

@@ -569,7 +569,19 @@ fn galera_state_is_asked_and_judged() {
             &[Some("wsrep_local_state"), Some(state)],
             &[Some("wsrep_ready"), Some("ON")],
         ];
-        let result = done(s.reply_rows(&["Variable_name", "Value"], &rows));
+        assert!(matches!(
+            s.reply_rows(&["Variable_name", "Value"], &rows),
+            Action::Read
+        ));
+        assert!(
+            s.last().1.ends_with(b"'wsrep_desync')"),
+            "asks for the wsrep settings"
+        );
+        let settings: [&[Option<&str>]; 2] = [
+            &[Some("wsrep_desync"), Some("OFF")],
+            &[Some("wsrep_reject_queries"), Some("NONE")],
+        ];
+        let result = done(s.reply_rows(&["Variable_name", "Value"], &settings));
         assert_eq!(s.last(), &(0, vec![COM_QUIT]), "quits either way");
         result
     };

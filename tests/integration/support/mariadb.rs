@@ -71,8 +71,17 @@ impl MariaDb {
         MariaDb::start_on(Some(netns), &[]).await
     }
 
+    /// Starts a server on a copy of another one's datadir (a stopped one's),
+    /// with extra `mariadbd` arguments.
+    pub async fn start_from(datadir: &Path, extra_args: &[String]) -> MariaDb {
+        MariaDb::start_copy(datadir, None, extra_args).await
+    }
+
     async fn start_on(netns: Option<&Netns>, extra_args: &[String]) -> MariaDb {
-        let template = template();
+        MariaDb::start_copy(template(), netns, extra_args).await
+    }
+
+    async fn start_copy(template: &Path, netns: Option<&Netns>, extra_args: &[String]) -> MariaDb {
         let dir = scratch_root().join(format!(
             "dbsplice-test-{}-{}",
             std::process::id(),
@@ -154,6 +163,26 @@ impl MariaDb {
         row.unwrap().1
     }
 
+    /// Replaces the extra `mariadbd` arguments for the next (re)start.
+    pub fn set_extra_args(&self, extra_args: &[String]) {
+        std::fs::write(self.dir.join("extra-args"), extra_args.join("\n")).unwrap();
+    }
+
+    /// Its datadir.
+    pub fn datadir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Stops the server cleanly (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -176,6 +205,19 @@ impl MariaDb {
         self.kill();
         let log = self.dir.join("error.log");
         let _ = std::fs::remove_file(&log);
+        let extra = std::fs::read_to_string(self.dir.join("extra-args")).unwrap_or_default();
+        // A server run as another user (Galera's transfer scripts refuse
+        // root) needs its files to be that user's.
+        let user = extra.lines().find_map(|l| l.strip_prefix("--user="));
+        if let Some(user) = user {
+            let owned = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:"))
+                .arg(&self.dir)
+                .status()
+                .unwrap();
+            assert!(owned.success(), "chown to {user}");
+        }
         let mut command = match &self.netns {
             // `ip netns exec` execs mariadbd: the child's pid is the server's.
             Some(ns) => {
@@ -197,12 +239,12 @@ impl MariaDb {
                 "--init-file={}",
                 self.dir.join("init.sql").display()
             ))
-            .arg(format!("--user={}", current_user()))
-            .args(
-                std::fs::read_to_string(self.dir.join("extra-args"))
-                    .unwrap_or_default()
-                    .lines(),
-            )
+            // mariadbd takes the first --user it is given.
+            .arg(format!(
+                "--user={}",
+                user.map_or_else(current_user, str::to_owned)
+            ))
+            .args(extra.lines().filter(|l| !l.starts_with("--user=")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

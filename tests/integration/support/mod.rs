@@ -7,6 +7,7 @@ pub mod binary;
 pub mod certs;
 pub mod cluster;
 pub mod fake;
+pub mod galera;
 pub mod mariadb;
 pub mod netns;
 pub mod proc_status;
