@@ -7,6 +7,7 @@ mod auth;
 pub mod cli;
 pub mod client;
 pub mod conns;
+pub mod gate;
 mod headers;
 mod status;
 mod tls;
@@ -20,7 +21,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -241,77 +242,43 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Repl
 }
 
 async fn route(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Reply {
-    let snapshot = admin.shared.routes.load();
-    if !headers::host_allowed(req.headers(), snapshot.config.admin.as_ref()) {
-        if let Some(suppressed) = admin.logs.host.ready() {
-            tracing::warn!(
-                client = %peer,
-                host = ?req.headers().get(hyper::header::HOST),
-                "admin request refused: unknown Host (add it to [admin] allowed_hosts if it is ours; {suppressed} more not logged)"
-            );
+    let decided = {
+        let snapshot = admin.shared.routes.load();
+        gate::admit(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+            snapshot.config.admin.as_ref(),
+        )
+    };
+    match decided {
+        Ok(gate::Admitted::Read(path)) => {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            read(admin, &path)
         }
-        return error(
-            StatusCode::MISDIRECTED_REQUEST,
-            "unknown Host: list the name this server is reached by in [admin] allowed_hosts",
-        );
-    }
-    drop(snapshot);
-    let path: Vec<&str> = req
-        .uri()
-        .path()
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let method = req.method().clone();
-    let read_only = matches!(
-        path.as_slice(),
-        [] | ["page.js" | "page.css"]
-            | ["healthz"]
-            | ["readyz"]
-            | ["metrics"]
-            | ["api", "status"]
-            | ["api", "backends", _, "why"]
-    );
-    match (read_only, &method) {
-        (true, &Method::GET | &Method::HEAD) => return read(admin, &path),
-        (true, _) => return error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
-        (false, &Method::POST) => {}
-        (false, _) if is_action(&path) => return error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
-        (false, _) => return error(StatusCode::NOT_FOUND, "no such endpoint"),
-    }
-    if !is_action(&path) {
-        return error(StatusCode::NOT_FOUND, "no such endpoint");
-    }
-    let token = admin
-        .shared
-        .routes
-        .load()
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token.clone());
-    if let Err((status, message)) = auth::check(req.headers(), token.as_ref()) {
-        if let Some(suppressed) = admin.logs.refused.ready() {
-            tracing::warn!(
-                client = %peer,
-                path = %req.uri().path(),
-                "admin request refused: {message} ({suppressed} more refusals not logged)"
-            );
+        Ok(gate::Admitted::Action(path, query)) => {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            act(admin, &path, &query, peer).await
         }
-        return error(status, message);
+        Err(refused) => {
+            let limit = match refused.kind {
+                gate::RefusedKind::Host => Some(&admin.logs.host),
+                gate::RefusedKind::Token => Some(&admin.logs.refused),
+                gate::RefusedKind::Route => None,
+            };
+            if let Some(suppressed) = limit.and_then(RateLimit::ready) {
+                tracing::warn!(
+                    client = %peer,
+                    path = %req.uri().path(),
+                    host = ?req.headers().get(hyper::header::HOST),
+                    "admin request refused: {} ({suppressed} more refusals not logged)",
+                    refused.message
+                );
+            }
+            error(refused.status, refused.message)
+        }
     }
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    act(admin, &path, &query, peer).await
-}
-
-fn is_action(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["api", "reload"]
-            | ["api", "pools", _, "failback"]
-            | ["api", "backends", _, "drain" | "disable" | "enable"]
-    )
 }
 
 fn read(admin: &Admin, path: &[&str]) -> Reply {
