@@ -245,6 +245,10 @@ async fn unfinished_admin_connections_starve_nothing() {
         }
     }
     let anon_flooded = running.anonymous_kib();
+    eprintln!(
+        "1000 unfinished admin connections: anonymous memory {anon_before} -> {anon_flooded} KiB, {} descriptors",
+        running.fd_count()
+    );
 
     // While they are held: clients are served, /healthz answers, probes run.
     for _ in 0..20 {

@@ -40,9 +40,13 @@ fn caps(tls: bool) -> CapabilityFlags {
 }
 
 fn greeting(plugin: &str, tls: bool) -> Vec<u8> {
+    greeting_of(b"8.0.36", plugin, tls)
+}
+
+fn greeting_of(version: &[u8], plugin: &str, tls: bool) -> Vec<u8> {
     let packet = HandshakePacket::new(
         10,
-        &b"8.0.36"[..],
+        version,
         7,
         *b"abcdefgh",
         Some(&b"ijklmnopqrst\0"[..]),
@@ -337,22 +341,14 @@ fn caching_sha2_full_auth_without_tls_uses_the_rsa_key() {
 
 #[test]
 fn control_characters_from_the_server_never_reach_a_log_or_terminal() {
-    let packet = HandshakePacket::new(
-        10,
-        &b"10.11.6\nFAKE backend up: forged\x1b[31m"[..],
-        7,
-        *b"abcdefgh",
-        Some(&b"ijklmnopqrst\0"[..]),
-        caps(false),
-        45,
-        StatusFlags::empty(),
-        Some(&b"mysql_native_password"[..]),
+    let forged = greeting_of(
+        b"10.11.6\nFAKE backend up: forged\x1b[31m",
+        "mysql_native_password",
+        false,
     );
-    let mut payload = Vec::new();
-    packet.serialize(&mut payload);
     let mut s = Script::new(opts(TlsMode::Disabled));
     s.run();
-    s.reply(&frame(0, &payload));
+    s.reply(&forged);
     let error = done(s.reply_packet(2, b"\xff\x15\x04#28000Access\r\ndenied\x1b[2J"))
         .unwrap_err()
         .to_string();
@@ -361,7 +357,7 @@ fn control_characters_from_the_server_never_reach_a_log_or_terminal() {
 
     let mut s = Script::new(opts(TlsMode::Disabled));
     s.run();
-    s.reply(&frame(0, &payload));
+    s.reply(&forged);
     let facts = done(s.finish_writable()).unwrap();
     assert_eq!(
         facts.server_version,
