@@ -242,7 +242,7 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let handles = workers.handles();
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let signals = Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
@@ -250,5 +250,9 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         };
         service::run(config, path, signals, notifier, inherited, handles).await?;
         Ok(())
-    })
+    });
+    // A reload may still be waiting for a name server on a blocking thread:
+    // the process exits without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    served
 }

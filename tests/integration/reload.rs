@@ -9,6 +9,7 @@ use dbsplice::health::Health;
 use dbsplice::reload::{ReloadOutcome, Reloader, Trigger};
 use mysql_async::prelude::Queryable;
 
+use crate::support::binary::{http, Running};
 use crate::support::{
     backend, closed_within, config, connect, port_of_new_session, server_port, session_on,
     wait_until, MariaDb, Proxy, Scratch,
@@ -375,4 +376,90 @@ async fn a_removed_backend_is_drained_by_its_deadline() {
         "not before the deadline: {:?}",
         removed_at.elapsed()
     );
+}
+
+/// A reload whose host name the resolver never answers: the probes and the
+/// control loop carry on meanwhile (the resolution runs on a thread of its
+/// own), and after its deadline the reload is rejected, naming the cause,
+/// while the running config keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_never_answers_stalls_nothing() {
+    // A name server that reads queries and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.2:53").expect("bind 127.0.0.2:53 (needs root)");
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("silent-dns");
+    let resolv = dir.0.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.2\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    let check = "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
+    let body = |backends: &[String]| {
+        config(check, backends).replacen(
+            "[[listener]]",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]",
+            1,
+        )
+    };
+    std::fs::write(&path, body(&[backend(db.addr(), 1, "primary")])).unwrap();
+    let running = Running::start_with_resolv_conf(&path, &resolv);
+    let admin = running.admin_addr().await;
+    let probes = || async {
+        let (_, scrape) = http(admin, "GET", "/metrics", None).await;
+        scrape
+            .lines()
+            .find(|l| {
+                l.starts_with("dbsplice_backend_probes_total{") && l.contains("outcome=\"pass\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    wait_until(Duration::from_secs(10), || async {
+        probes().await.filter(|n| *n >= 1.0)
+    })
+    .await
+    .expect("probes run");
+
+    let with_name = format!(
+        "{}[[pool.main.backend]]\naddress = \"unanswered.dbsplice.test:3306\"\n",
+        body(&[backend(db.addr(), 1, "primary")])
+    );
+    std::fs::write(&path, with_name).unwrap();
+    let from = running.logs().len();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut query = [0u8; 512];
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        silent.recv(&mut query).is_ok(),
+        "the reload asked the name server"
+    );
+    let asked = tokio::time::Instant::now();
+    let before = probes().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = probes().await.unwrap();
+    assert!(
+        during >= before + 10.0,
+        "probes stalled while the name was resolved: {before} -> {during}"
+    );
+    running
+        .wait_log(from, &["reload rejected", "took longer than 10s"])
+        .await;
+    assert!(asked.elapsed() < Duration::from_secs(20));
+    assert_eq!(port_of_new_session(running.addr).await, Some(db.port));
+    // Stopping waits for no name server either.
+    let stopping = tokio::time::Instant::now();
+    running.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "the stop waited {:?} for the resolver",
+        stopping.elapsed()
+    );
+    drop(silent);
 }

@@ -47,6 +47,29 @@ impl Running {
         Running::start_wrapped(config_path, &wrapper.map(str::to_owned), &[])
     }
 
+    /// Starts the binary in a mount namespace of its own where
+    /// `/etc/resolv.conf` is `resolv_conf` (needs root): its host names go
+    /// to the name servers the test chose.
+    pub fn start_with_resolv_conf(
+        config_path: &std::path::Path,
+        resolv_conf: &std::path::Path,
+    ) -> Running {
+        let script = format!(
+            "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+            resolv_conf.display()
+        );
+        let wrapper = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ];
+        Running::start_wrapped(config_path, &wrapper.map(str::to_owned), &[])
+    }
+
     /// Starts the binary behind `wrapper` (a command that runs the rest).
     fn start_wrapped(
         config_path: &std::path::Path,
