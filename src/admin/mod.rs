@@ -152,34 +152,35 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 continue;
             }
         };
-        let admin = Arc::clone(&admin);
-        tokio::spawn(async move {
-            let stream = conn.track(stream);
-            let work = async {
-                match acceptor {
-                    None => serve_connection(&admin, &conn, stream, peer).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => serve_connection(&admin, &conn, tls, peer).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(client = %peer, "admin TLS handshake failed: {e}");
-                            }
-                            Err(_) => {
-                                tracing::debug!(client = %peer, "admin TLS handshake timed out")
-                            }
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                () = work => {}
-                () = conn.ended(STALLED_TIMEOUT) => {
-                    tracing::debug!(client = %peer, "admin connection closed: idle, stalled or evicted");
-                }
-            }
-        });
+        tokio::spawn(connection(Arc::clone(&admin), conn, acceptor, stream, peer));
+    }
+}
+
+/// One admitted connection, from the TLS handshake (if any) until it ends,
+/// is evicted or stalls.
+async fn connection(
+    admin: Arc<Admin>,
+    conn: conns::Conn,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let stream = conn.track(stream);
+    let work = async {
+        let Some(acceptor) = acceptor else {
+            return serve_connection(&admin, &conn, stream, peer).await;
+        };
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => serve_connection(&admin, &conn, tls, peer).await,
+            Ok(Err(e)) => tracing::debug!(client = %peer, "admin TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(client = %peer, "admin TLS handshake timed out"),
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = conn.ended(STALLED_TIMEOUT) => {
+            tracing::debug!(client = %peer, "admin connection closed: idle, stalled or evicted");
+        }
     }
 }
 
