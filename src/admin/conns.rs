@@ -45,6 +45,7 @@ struct Entry {
     id: u64,
     busy: Arc<AtomicBool>,
     evict: CancellationToken,
+    last: Arc<AtomicU64>,
 }
 
 /// Why a new connection was not admitted.
@@ -69,9 +70,11 @@ impl Table {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place for one more connection under `cap`. At the cap the oldest
-    /// connection with no request in progress is told to close (and `true`
-    /// says one was); when every one is serving a request, [`Full`].
+    /// A place for one more connection under `cap`. At the cap the
+    /// connection with no request in progress where a byte moved longest ago
+    /// (the oldest of those on a tie) is told to close, and `true` says one
+    /// was: one still writing an answer has just moved bytes and stays. When
+    /// every one is serving a request, [`Full`].
     pub(super) fn admit(self: &Arc<Self>, cap: usize) -> Result<(Conn, bool), Full> {
         let mut inner = self.lock();
         let mut evicted = false;
@@ -79,7 +82,10 @@ impl Table {
             let idle = inner
                 .open
                 .iter()
-                .position(|e| !e.busy.load(Ordering::Acquire))
+                .enumerate()
+                .filter(|(_, e)| !e.busy.load(Ordering::Acquire))
+                .min_by_key(|(i, e)| (e.last.load(Ordering::Relaxed), *i))
+                .map(|(i, _)| i)
                 .ok_or(Full)?;
             if let Some(entry) = inner.open.remove(idle) {
                 entry.evict.cancel();
@@ -90,16 +96,18 @@ impl Table {
         inner.next_id += 1;
         let busy = Arc::new(AtomicBool::new(false));
         let evict = CancellationToken::new();
+        let last = Arc::new(AtomicU64::new(self.millis_since_epoch()));
         inner.open.push_back(Entry {
             id,
             busy: Arc::clone(&busy),
             evict: evict.clone(),
+            last: Arc::clone(&last),
         });
         let conn = Conn {
             id,
             busy,
             evict,
-            last: Arc::new(AtomicU64::new(0)),
+            last,
             table: Arc::clone(self),
         };
         Ok((conn, evicted))
@@ -273,6 +281,29 @@ mod tests {
         assert!(evicted && first.evict.is_cancelled());
         drop(second);
         assert_eq!(table.len(), 2, "an evicted connection left at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_still_moving_bytes_outlives_older_silent_ones() {
+        let table = Arc::new(Table::new());
+        let (writing, _) = table.admit(2).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (silent, _) = table.admit(2).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // An answer going out on the older connection.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut tracked = writing.track(server);
+        tokio::io::AsyncWriteExt::write_all(&mut tracked, b"HTTP/1.1 200 OK")
+            .await
+            .unwrap();
+        let mut seen = [0u8; 15];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut seen)
+            .await
+            .unwrap();
+        let (_third, evicted) = table.admit(2).unwrap();
+        assert!(evicted);
+        assert!(silent.evict.is_cancelled(), "the silent one goes");
+        assert!(!writing.evict.is_cancelled(), "the one writing stays");
     }
 
     #[tokio::test(start_paused = true)]
