@@ -72,12 +72,11 @@ impl Table {
 
     /// A place for one more connection under `cap`. At the cap the
     /// connection with no request in progress where a byte moved longest ago
-    /// (the oldest of those on a tie) is told to close, and `true` says one
-    /// was: one still writing an answer has just moved bytes and stays. When
-    /// every one is serving a request, [`Full`].
-    pub(super) fn admit(self: &Arc<Self>, cap: usize) -> Result<(Conn, bool), Full> {
+    /// (the oldest of those on a tie) is told to close: one still writing an
+    /// answer has just moved bytes and stays. When every one is serving a
+    /// request, [`Full`].
+    pub(super) fn admit(self: &Arc<Self>, cap: usize) -> Result<Conn, Full> {
         let mut inner = self.lock();
-        let mut evicted = false;
         while inner.open.len() >= cap.max(1) {
             let idle = inner
                 .open
@@ -89,7 +88,6 @@ impl Table {
                 .ok_or(Full)?;
             if let Some(entry) = inner.open.remove(idle) {
                 entry.evict.cancel();
-                evicted = true;
             }
         }
         let id = inner.next_id;
@@ -103,14 +101,13 @@ impl Table {
             evict: evict.clone(),
             last: Arc::clone(&last),
         });
-        let conn = Conn {
+        Ok(Conn {
             id,
             busy,
             evict,
             last,
             table: Arc::clone(self),
-        };
-        Ok((conn, evicted))
+        })
     }
 
     fn millis_since_epoch(&self) -> u64 {
@@ -143,8 +140,6 @@ impl Conn {
 
     /// The connection's stream, noting every byte that moves.
     pub(super) fn track<S>(&self, inner: S) -> Tracked<S> {
-        self.last
-            .store(self.table.millis_since_epoch(), Ordering::Relaxed);
         Tracked {
             inner,
             last: Arc::clone(&self.last),
@@ -266,19 +261,18 @@ mod tests {
     #[test]
     fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let table = Arc::new(Table::new());
-        let (first, _) = table.admit(2).unwrap();
-        let (second, _) = table.admit(2).unwrap();
+        let first = table.admit(2).unwrap();
+        let second = table.admit(2).unwrap();
         let serving = first.busy();
-        let (third, evicted) = table.admit(2).unwrap();
-        assert!(evicted);
+        let third = table.admit(2).unwrap();
         assert!(!first.evict.is_cancelled(), "a request in progress stays");
         assert!(second.evict.is_cancelled(), "the oldest idle one goes");
         assert_eq!(table.len(), 2);
         let _fourth_in_waiting = third.busy();
         assert_eq!(table.admit(2).unwrap_err(), Full, "every one is busy");
         drop(serving);
-        let (_fourth, evicted) = table.admit(2).unwrap();
-        assert!(evicted && first.evict.is_cancelled());
+        let _fourth = table.admit(2).unwrap();
+        assert!(first.evict.is_cancelled());
         drop(second);
         assert_eq!(table.len(), 2, "an evicted connection left at once");
     }
@@ -286,9 +280,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_still_moving_bytes_outlives_older_silent_ones() {
         let table = Arc::new(Table::new());
-        let (writing, _) = table.admit(2).unwrap();
+        let writing = table.admit(2).unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
-        let (silent, _) = table.admit(2).unwrap();
+        let silent = table.admit(2).unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
         // An answer going out on the older connection.
         let (mut client, server) = tokio::io::duplex(64);
@@ -300,8 +294,7 @@ mod tests {
         tokio::io::AsyncReadExt::read_exact(&mut client, &mut seen)
             .await
             .unwrap();
-        let (_third, evicted) = table.admit(2).unwrap();
-        assert!(evicted);
+        let _third = table.admit(2).unwrap();
         assert!(silent.evict.is_cancelled(), "the silent one goes");
         assert!(!writing.evict.is_cancelled(), "the one writing stays");
     }
@@ -309,7 +302,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_where_nothing_moves_ends_at_its_deadline() {
         let table = Arc::new(Table::new());
-        let (conn, _) = table.admit(4).unwrap();
+        let conn = table.admit(4).unwrap();
         let (mut ours, theirs) = tokio::io::duplex(64);
         let mut tracked = conn.track(theirs);
         let started = Instant::now();

@@ -130,7 +130,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
             .as_ref()
             .map_or(share, |a| a.max_connections.min(share));
         let conn = match table.admit(cap) {
-            Ok((conn, _evicted)) => conn,
+            Ok(conn) => conn,
             Err(conns::Full) => {
                 if let Some(suppressed) = admin.logs.full.ready() {
                     tracing::warn!(
