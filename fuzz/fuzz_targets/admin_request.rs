@@ -53,8 +53,11 @@ fuzz_target!(|data: &[u8]| {
     let admin = config().admin.as_ref();
     let Ok(admitted) = admit(&method, uri.path(), uri.query(), &headers, admin) else { return };
     if let Some(host) = &host {
-        let host = String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase();
-        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        let host = String::from_utf8_lossy(host.as_bytes()).trim().to_ascii_lowercase();
+        let name = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host.as_str(),
+        };
         let name = name.trim_matches(['[', ']']).trim_end_matches('.');
         assert!(
             name.parse::<std::net::IpAddr>().is_ok()

@@ -53,7 +53,18 @@ pub(super) fn host_allowed(headers: &HeaderMap, admin: Option<&AdminConfig>) -> 
         return false;
     };
     let host = host_part(value).to_ascii_lowercase();
-    if host.parse::<IpAddr>().is_ok() || host == "localhost" || host.ends_with(".localhost") {
+    if host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    // Otherwise a host name, nothing else (no spaces, slashes or colons).
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+    {
+        return false;
+    }
+    if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
     let Some(admin) = admin else {
@@ -72,7 +83,19 @@ pub(super) fn host_allowed(headers: &HeaderMap, admin: Option<&AdminConfig>) -> 
 fn host_part(value: &str) -> &str {
     let value = value.trim();
     if let Some(rest) = value.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or_default();
+        // Only an IPv6 literal goes in brackets, and only a port after them.
+        return match rest.split_once(']') {
+            Some((ip, "")) if ip.parse::<std::net::Ipv6Addr>().is_ok() => ip,
+            Some((ip, port))
+                if ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && port
+                        .strip_prefix(':')
+                        .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                ip
+            }
+            _ => "",
+        };
     }
     match value.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
@@ -116,6 +139,8 @@ mod tests {
             "evil.example",
             "evil.example:9306",
             "127.0.0.1.evil.example",
+            "/vm   .localhost",
+            "[vm] x",
         ] {
             assert!(!host_allowed(&with_host(refused), admin), "{refused}");
         }
