@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use dbsplice::cluster::{Registry, Snapshot};
 use dbsplice::config::{resolve_system, Config};
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 
 fn main() {
     divan::main();

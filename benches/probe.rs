@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use dbsplice::mysql::packet::{frame, PacketBuffer};
-use dbsplice::mysql::{Action, Probe, ProbeOptions, Role, TlsMode};
+use dbsplice::mysql::{Action, Probe, ProbeOptions, TlsMode};
+use dbsplice::vocabulary::Role;
 
 fn main() {
     divan::main();

@@ -185,7 +185,7 @@ impl Shared {
                 member.state.set_admin_override(value.clone());
                 if value
                     .as_ref()
-                    .is_some_and(|o| o.mode == crate::cluster::backend::OverrideMode::Disable)
+                    .is_some_and(|o| o.mode == crate::vocabulary::OverrideMode::Disable)
                 {
                     member.take_evict_token().cancel();
                 }
@@ -213,7 +213,7 @@ impl Shared {
         let probed = snapshot.pools().all(|p| {
             p.members
                 .iter()
-                .all(|m| m.state.health() != crate::health::Health::Unknown)
+                .all(|m| m.state.health() != crate::vocabulary::Health::Unknown)
         });
         probed
     }

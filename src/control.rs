@@ -11,12 +11,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::eligibility::{decide, Decision, LagView, View};
+use crate::balance::eligibility::{decide, Decision, View};
 use crate::cluster::snapshot::PoolDecision;
 use crate::cluster::{Member, Pool, Snapshot};
-use crate::config::{HoldPolicy, OnDown, PoolRole, Tier};
-use crate::health::Health;
-use crate::mysql::{Lag, Role};
+use crate::vocabulary::{Health, HoldPolicy, Lag, OnDown, PoolRole, Role, Tier};
 
 /// Decides again on every change, and when a hold ends, until `stop` is
 /// cancelled.
@@ -120,11 +118,7 @@ fn view(member: &Member, hold: &HoldPolicy, now: Instant) -> (View, Option<Insta
     let view = View {
         health,
         role: member.state.role(),
-        lag: match member.state.lag() {
-            Some(Lag::Seconds(s)) => LagView::Seconds(s),
-            Some(Lag::NotReplica) => LagView::NotReplica,
-            Some(Lag::Unknown(_)) | None => LagView::Unknown,
-        },
+        lag: member.state.lag().unwrap_or(Lag::Unknown(String::new())),
         tier: member.tier,
         lagged_out: member.lagged_out(),
         held: held.is_some() || admin.is_some(),

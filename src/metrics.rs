@@ -9,9 +9,9 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::app::Shared;
-use crate::config::Tier;
-use crate::health::Health;
-use crate::mysql::{Lag, Role};
+use crate::vocabulary::Health;
+use crate::vocabulary::Tier;
+use crate::vocabulary::{Lag, Role};
 
 /// A metric's name and help text.
 pub type Metric = (&'static str, &'static str);
@@ -318,7 +318,7 @@ fn backends(shared: &Shared) {
             counter!(BACKEND_SESSIONS.0, &labels).absolute(s.total());
             counter!(BACKEND_CONNECT_FAILURES.0, &labels).absolute(s.connect_failures());
             counters(&labels, &s.counters);
-            if pool.config.routing.role == crate::config::PoolRole::Writer {
+            if pool.config.routing.role == crate::vocabulary::PoolRole::Writer {
                 gauge!(POOL_WRITER.0, &labels).set(flag(decided.writer == Some(i)));
             }
         }

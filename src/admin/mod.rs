@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Shared;
-use crate::cluster::backend::{Override, OverrideMode};
+use crate::cluster::backend::Override;
 use crate::logging::RateLimit;
+use crate::vocabulary::OverrideMode;
 
 /// An action only the control loop may carry out.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::app::Shared;
-use crate::mysql::Lag;
+use crate::vocabulary::Lag;
 
 /// The status document.
 pub(super) fn status(shared: &Shared) -> Value {
@@ -116,9 +116,9 @@ pub(super) fn why(shared: &Shared, name: &str) -> Option<Value> {
 }
 
 fn explain(pool: &crate::cluster::Pool, index: usize, m: &crate::cluster::Member) -> String {
-    use crate::config::{PoolRole, Tier};
-    use crate::health::Health;
-    use crate::mysql::Role;
+    use crate::vocabulary::Health;
+    use crate::vocabulary::Role;
+    use crate::vocabulary::{PoolRole, Tier};
     let s = &m.state;
     let routing = &pool.config.routing;
     if let Some(o) = s.admin_override(Instant::now()) {

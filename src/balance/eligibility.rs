@@ -12,30 +12,18 @@
 //!   at or below `readmit_lag`); unknown lag per `lag_unknown`; with none
 //!   eligible, `fallback = "writer"` uses the pool's writable backends.
 
-use crate::config::{Fallback, LagUnknown, MultipleWriters, PoolRole, Routing, Tier};
-use crate::health::Health;
-use crate::mysql::Role;
-
-/// Lag as the decision sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LagView {
-    /// Seconds behind the primary.
-    Seconds(u64),
-    /// Not replicating: nothing to lag behind.
-    NotReplica,
-    /// Not known.
-    Unknown,
-}
+use crate::config::Routing;
+use crate::vocabulary::{Fallback, Health, Lag, LagUnknown, MultipleWriters, PoolRole, Role, Tier};
 
 /// One backend at the moment of the decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     /// The checker's verdict.
     pub health: Health,
     /// Writable or read-only.
     pub role: Role,
-    /// Replication lag.
-    pub lag: LagView,
+    /// Replication lag (unknown until a probe learns it).
+    pub lag: Lag,
     /// Primary or standby in this pool.
     pub tier: Tier,
     /// Taken out for lag at the previous decision (hysteresis).
@@ -124,19 +112,19 @@ fn decide_readers(routing: &Routing, views: &[View], decision: &mut Decision) {
     let max = routing.max_lag.map(|d| d.as_secs());
     let readmit = routing.readmit_lag.map(|d| d.as_secs()).or(max);
     for (i, v) in views.iter().enumerate() {
-        let out = match (v.lag, max, readmit) {
-            (LagView::Seconds(s), Some(max), Some(readmit)) => {
+        let out = match (&v.lag, max, readmit) {
+            (Lag::Seconds(s), Some(max), Some(readmit)) => {
                 if v.lagged_out {
-                    s > readmit
+                    *s > readmit
                 } else {
-                    s > max
+                    *s > max
                 }
             }
             _ => false,
         };
         let lag_ok = match v.lag {
-            LagView::Unknown => max.is_none() || routing.lag_unknown == LagUnknown::Include,
-            LagView::Seconds(_) | LagView::NotReplica => !out,
+            Lag::Unknown(_) => max.is_none() || routing.lag_unknown == LagUnknown::Include,
+            Lag::Seconds(_) | Lag::NotReplica => !out,
         };
         if let Some(l) = decision.lagged_out.get_mut(i) {
             *l = out;

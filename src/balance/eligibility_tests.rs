@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::config::OnDown;
+use crate::vocabulary::OnDown;
 
 fn routing(role: PoolRole) -> Routing {
     Routing {
@@ -20,8 +20,8 @@ fn routing(role: PoolRole) -> Routing {
         on_primary_return: OnDown::Keep,
         on_remove: OnDown::Keep,
         send_proxy: None,
-        hold: crate::config::HoldPolicy {
-            failback: crate::config::Failback::Auto,
+        hold: crate::vocabulary::HoldPolicy {
+            failback: crate::vocabulary::Failback::Auto,
             flap_threshold: 0,
             flap_window: Duration::from_secs(60),
             flap_hold: Duration::from_secs(10),
@@ -34,7 +34,7 @@ fn view(health: Health, role: Role) -> View {
     View {
         health,
         role,
-        lag: LagView::NotReplica,
+        lag: Lag::NotReplica,
         tier: Tier::Primary,
         lagged_out: false,
         held: false,
@@ -44,7 +44,7 @@ fn view(health: Health, role: Role) -> View {
 const UP_W: View = View {
     health: Health::Up,
     role: Role::Writable,
-    lag: LagView::NotReplica,
+    lag: Lag::NotReplica,
     tier: Tier::Primary,
     lagged_out: false,
     held: false,
@@ -52,7 +52,7 @@ const UP_W: View = View {
 const UP_R: View = View {
     health: Health::Up,
     role: Role::ReadOnly,
-    lag: LagView::Seconds(0),
+    lag: Lag::Seconds(0),
     tier: Tier::Primary,
     lagged_out: false,
     held: false,
@@ -60,7 +60,7 @@ const UP_R: View = View {
 const DOWN: View = View {
     health: Health::Down,
     role: Role::Writable,
-    lag: LagView::Unknown,
+    lag: Lag::Unknown(String::new()),
     tier: Tier::Primary,
     lagged_out: false,
     held: false,
@@ -110,17 +110,17 @@ fn a_writer_pool_has_at_most_one_writer() {
         ..UP_W
     };
     assert_eq!(
-        decide(&r, &[unknown, UP_W], None).writer,
+        decide(&r, &[unknown.clone(), UP_W], None).writer,
         None,
         "wait for the higher-ranked backend's first probe"
     );
     assert_eq!(
-        decide(&r, &[UP_W, unknown], None).writer,
+        decide(&r, &[UP_W, unknown.clone()], None).writer,
         Some(0),
         "a lower-ranked unknown does not matter"
     );
     assert_eq!(
-        decide(&r, &[unknown, UP_W], Some(1)).writer,
+        decide(&r, &[unknown.clone(), UP_W], Some(1)).writer,
         Some(1),
         "a current writer is kept"
     );
@@ -145,7 +145,7 @@ fn readers_follow_lag_with_hysteresis() {
         ..routing(PoolRole::Reader)
     };
     let lagging = |s: u64, out: bool| View {
-        lag: LagView::Seconds(s),
+        lag: Lag::Seconds(s),
         lagged_out: out,
         ..UP_R
     };
@@ -157,7 +157,7 @@ fn readers_follow_lag_with_hysteresis() {
         (lagging(5, true), true, false),   // at readmit: back in
     ];
     for (v, eligible, out) in table {
-        let d = decide(&r, &[v, UP_W], None);
+        let d = decide(&r, &[v.clone(), UP_W], None);
         assert_eq!((d.eligible[0], d.lagged_out[0]), (eligible, out), "{v:?}");
     }
 }
@@ -169,10 +169,10 @@ fn unknown_lag_writers_and_fallback() {
         ..routing(PoolRole::Reader)
     };
     let unknown = View {
-        lag: LagView::Unknown,
+        lag: Lag::Unknown(String::new()),
         ..UP_R
     };
-    let d = decide(&r, &[unknown, UP_W], None);
+    let d = decide(&r, &[unknown.clone(), UP_W], None);
     assert_eq!(
         (d.eligible.clone(), d.fallback),
         (vec![false, true], true),
@@ -183,17 +183,22 @@ fn unknown_lag_writers_and_fallback() {
         ..r.clone()
     };
     assert_eq!(
-        decide(&include, &[unknown, UP_W], None).eligible,
+        decide(&include, &[unknown.clone(), UP_W], None).eligible,
         [true, false]
     );
     let none = Routing {
         fallback: Fallback::None,
         ..r.clone()
     };
-    let d = decide(&none, &[unknown, UP_W], None);
+    let d = decide(&none, &[unknown.clone(), UP_W], None);
     assert_eq!((d.eligible, d.fallback), (vec![false, false], false));
     assert_eq!(
-        decide(&routing(PoolRole::Reader), &[unknown], None).eligible,
+        decide(
+            &routing(PoolRole::Reader),
+            std::slice::from_ref(&unknown),
+            None
+        )
+        .eligible,
         [true],
         "no max_lag: lag is not judged"
     );
@@ -203,11 +208,11 @@ fn unknown_lag_writers_and_fallback() {
 fn held_backends_are_not_eligible() {
     let held = View { held: true, ..UP_W };
     assert_eq!(
-        decide(&routing(PoolRole::Any), &[held, UP_R], None).eligible,
+        decide(&routing(PoolRole::Any), &[held.clone(), UP_R], None).eligible,
         [false, true]
     );
     assert_eq!(
-        decide(&routing(PoolRole::Writer), &[held, UP_W], Some(0)).writer,
+        decide(&routing(PoolRole::Writer), &[held.clone(), UP_W], Some(0)).writer,
         Some(1)
     );
 }

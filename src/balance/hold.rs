@@ -4,35 +4,9 @@
 //! hold-down). Pure code: time comes in as a parameter.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::health::Health;
-
-/// When a returning backend takes traffic back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failback {
-    /// As soon as it is up.
-    Auto,
-    /// After an operator's fail-back call.
-    Manual,
-    /// After staying up this long.
-    After(Duration),
-}
-
-/// A pool's hold settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoldPolicy {
-    /// Fail-back rule.
-    pub failback: Failback,
-    /// Transitions within `flap_window` that count as flapping; 0 disables damping.
-    pub flap_threshold: u32,
-    /// The window for counting transitions.
-    pub flap_window: Duration,
-    /// First hold-down; each further one doubles, up to `flap_hold_max`.
-    pub flap_hold: Duration,
-    /// Longest hold-down.
-    pub flap_hold_max: Duration,
-}
+use crate::vocabulary::{Failback, Health, HoldPolicy};
 
 /// Why a healthy backend is held out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +111,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use Health::{Down, Up};
 
     fn policy(failback: Failback) -> HoldPolicy {

@@ -12,7 +12,7 @@ pub mod least_conn;
 pub mod tier;
 pub mod wrr;
 
-pub use crate::config::{Balance, Tier};
+pub use crate::vocabulary::{Balance, Tier};
 pub use wrr::SmoothWrr;
 
 /// What the balancer needs to know about one backend at the moment of a pick.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::health::state::Health;
-use crate::mysql::{Facts, Lag, Role};
+use crate::mysql::Facts;
+use crate::vocabulary::{Health, Lag, OverrideMode, Role};
 
 /// `lag` value when no lag is known (not asked, NULL, or no privilege).
 const LAG_UNKNOWN: u64 = u64::MAX;
@@ -88,25 +88,6 @@ impl Counters {
         self.bytes_to_backend
             .fetch_add(to_backend, Ordering::Relaxed);
         self.bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
-    }
-}
-
-/// What an operator asked of a backend through the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverrideMode {
-    /// No new sessions; open ones continue.
-    Drain,
-    /// No new sessions, and open ones are closed.
-    Disable,
-}
-
-impl OverrideMode {
-    /// Lower-case name for status output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OverrideMode::Drain => "drain",
-            OverrideMode::Disable => "disable",
-        }
     }
 }
 

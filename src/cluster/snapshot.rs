@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balance::hold::Memory;
 use crate::balance::{self, Candidate, PickState};
-use crate::config::{Config, ListenerConfig, PoolConfig, Tier};
+use crate::config::{Config, ListenerConfig, PoolConfig};
+use crate::vocabulary::Tier;
 
 use super::backend::BackendState;
 use super::registry::Registry;
@@ -247,7 +248,7 @@ impl Pool {
             .filter(|m| {
                 let mut memory = m.memory.lock().unwrap_or_else(PoisonError::into_inner);
                 memory.approve();
-                m.state.health() == crate::health::Health::Up && !m.is_eligible()
+                m.state.health() == crate::vocabulary::Health::Up && !m.is_eligible()
             })
             .count()
     }

@@ -20,15 +20,15 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::balance::hold::{Failback, HoldPolicy};
+use crate::vocabulary::{
+    Balance, Fallback, HoldPolicy, LagUnknown, MultipleWriters, OnDown, PoolRole, Tier,
+};
+
 pub use check::{CheckConfig, MysqlCheck, Secret};
 pub use cidr::Cidr;
 pub use diff::ConfigDiff;
 pub use duration::{format_duration, parse_duration};
-pub use raw::{
-    Address, Balance, CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole,
-    ProxyVersion, Tier, TlsSetting, Verify, MAX_WEIGHT,
-};
+pub use raw::{Address, CheckKind, ProxyVersion, TlsSetting, Verify, MAX_WEIGHT};
 pub use validate::validate;
 
 /// A complete, valid configuration.

@@ -12,6 +12,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::duration::ConfigDuration;
+use crate::vocabulary::{
+    Balance, Failback, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, Tier,
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -92,55 +95,12 @@ pub enum ProxyVersion {
     V2,
 }
 
-/// What a pool's clients may be sent to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PoolRole {
-    /// Any healthy backend.
-    Any,
-    /// The one writable backend.
-    Writer,
-    /// Read-only backends within `max_lag`.
-    Reader,
-}
-
-/// A writer pool's answer to seeing more than one writable backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MultipleWriters {
-    /// Keep sending writes to the current writer, and alert.
-    Keep,
-    /// Send writes nowhere until only one backend is writable.
-    Refuse,
-}
-
-/// Whether a replica whose lag is unknown may take reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LagUnknown {
-    /// No: unknown lag may be any lag.
-    Exclude,
-    /// Yes.
-    Include,
-}
-
-/// Where a reader pool sends clients when no replica is eligible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fallback {
-    /// To the pool's writable backends.
-    Writer,
-    /// Nowhere: clients get an error.
-    None,
-}
-
 /// `failback`: "auto", "manual" or a duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailbackSetting(pub crate::balance::hold::Failback);
+pub struct FailbackSetting(pub Failback);
 
 impl<'de> Deserialize<'de> for FailbackSetting {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use crate::balance::hold::Failback;
         let text = String::deserialize(deserializer)?;
         match text.as_str() {
             "auto" => Ok(FailbackSetting(Failback::Auto)),
@@ -154,18 +114,6 @@ impl<'de> Deserialize<'de> for FailbackSetting {
                 }),
         }
     }
-}
-
-/// What happens to open sessions on a backend that leaves rotation (down, or
-/// demoted in a writer pool).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnDown {
-    /// Leave them be.
-    Keep,
-    /// Close them at once, so clients reconnect to an eligible backend.
-    Close,
-    /// Close them after this long.
-    Drain(std::time::Duration),
 }
 
 impl<'de> Deserialize<'de> for OnDown {
@@ -244,36 +192,6 @@ pub struct RawBackend {
     pub max_connections: Option<u32>,
 }
 
-/// How a pool chooses among its eligible backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Fewest active sessions per unit of weight.
-    LeastConnections,
-    /// Smooth weighted round robin: picks interleaved in proportion to weight.
-    WeightedRoundRobin,
-}
-
-impl Balance {
-    /// The spelling used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::LeastConnections => "least-connections",
-            Balance::WeightedRoundRobin => "weighted-round-robin",
-        }
-    }
-}
-
-/// Whether a backend takes traffic normally or only when no primary can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Tier {
-    /// Takes traffic whenever it is eligible.
-    Primary,
-    /// Takes traffic only while no primary of its pool is eligible.
-    Standby,
-}
-
 /// How a backend's health is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -282,16 +200,6 @@ pub enum CheckKind {
     Mysql,
     /// A TCP connect. MySQL servers count each one as an aborted handshake.
     Tcp,
-}
-
-impl Tier {
-    /// The spelling used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Primary => "primary",
-            Tier::Standby => "standby",
-        }
-    }
 }
 
 impl CheckKind {

@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use super::raw::{CheckKind, Fallback, LagUnknown, MultipleWriters, OnDown, PoolRole, RawPool};
+use super::raw::{CheckKind, RawPool};
 use super::validate::Problems;
-use super::{CheckConfig, Failback, HoldPolicy, Routing};
+use super::{CheckConfig, Routing};
+use crate::vocabulary::{
+    Failback, Fallback, HoldPolicy, LagUnknown, MultipleWriters, OnDown, PoolRole,
+};
 
 const DEFAULT_GREETING_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_FLAP_THRESHOLD: u32 = 6;

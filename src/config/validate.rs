@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use super::raw::{Address, Balance, RawBackend, RawConfig, RawListener, RawPool, Tier};
+use super::raw::{Address, RawBackend, RawConfig, RawListener, RawPool};
 use super::{BackendConfig, Config, ListenerConfig, PoolConfig, Problem, Resolver};
+use crate::vocabulary::{Balance, Tier};
 
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_RELOAD_POLL: Duration = Duration::from_secs(10);

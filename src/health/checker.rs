@@ -9,9 +9,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{Outcome, Prober};
-use super::state::{Health, Tracker};
+use super::state::Tracker;
 use crate::cluster::BackendState;
 use crate::config::CheckConfig;
+use crate::vocabulary::Health;
 
 /// Least time between two probes, however often the data path asks.
 const MIN_GAP: Duration = Duration::from_millis(100);

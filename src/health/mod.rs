@@ -7,5 +7,5 @@ pub mod state;
 pub mod supervisor;
 pub mod tls;
 
-pub use state::{Health, Tracker, Transition};
+pub use state::{Tracker, Transition};
 pub use supervisor::Supervisor;

@@ -12,8 +12,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{format_duration, CheckConfig, CheckKind, ProxyVersion, TlsSetting};
-use crate::mysql::{Action, Facts, Lag, Probe, ProbeError, ProbeOptions, TlsMode};
-use crate::proxy::proxy_header;
+use crate::mysql::{Action, Facts, Probe, ProbeError, ProbeOptions, TlsMode};
+use crate::net::{describe_connect_error, is_local_shortage, proxy_header};
+use crate::vocabulary::Lag;
 
 /// What one probe concluded.
 #[derive(Debug)]
@@ -241,34 +242,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Some(result));
             }
         }
-    }
-}
-
-/// Whether a failed connect (or accept) ran into dbsplice's own limits
-/// rather than anything the peer did: out of file descriptors (per process
-/// or system-wide), socket buffers or memory. No backend is to blame, and
-/// another backend would fare no better.
-pub fn is_local_shortage(e: &io::Error) -> bool {
-    use rustix::io::Errno;
-    Errno::from_io_error(e).is_some_and(|errno| {
-        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
-    })
-}
-
-/// Words for a failed connect that an operator can act on.
-pub fn describe_connect_error(e: &io::Error) -> String {
-    if is_local_shortage(e) {
-        return format!("dbsplice is short of resources, not the backend at fault: {e}");
-    }
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => {
-            "connection refused: nothing listens on the port".to_owned()
-        }
-        io::ErrorKind::TimedOut => "connect timed out".to_owned(),
-        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-            format!("unreachable: {e}")
-        }
-        _ => format!("connect failed: {e}"),
     }
 }
 

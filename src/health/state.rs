@@ -5,45 +5,7 @@
 //! failures to go down and `rise` consecutive passes to come back, so one lost
 //! probe neither takes a server out nor puts a flapping one back.
 
-use std::fmt;
-
-/// What the checker currently believes about a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Health {
-    /// Not probed yet: takes no sessions.
-    Unknown = 0,
-    /// Passing its checks: eligible.
-    Up = 1,
-    /// Failing its checks: takes no new sessions.
-    Down = 2,
-}
-
-impl Health {
-    /// Decodes the value stored in a backend's atomic.
-    pub fn from_u8(v: u8) -> Health {
-        match v {
-            1 => Health::Up,
-            2 => Health::Down,
-            _ => Health::Unknown,
-        }
-    }
-
-    /// Lower-case name for logs and status output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::vocabulary::Health;
 
 /// A change of state, returned once when it happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,10 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use super::checker::Checker;
 use super::probe::Prober;
-use super::state::Health;
 use crate::cluster::{BackendState, Registry};
 use crate::config::{BackendConfig, CheckConfig, Config, ProxyVersion};
 use crate::metrics::ProbeHistograms;
+use crate::vocabulary::Health;
 
 /// Probes in flight at once across all backends: a large pool does not open
 /// hundreds of connections in the same instant.

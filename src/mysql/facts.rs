@@ -7,41 +7,7 @@ use std::fmt;
 use super::packet::ServerError;
 use super::probe::ProbeOptions;
 use super::resultset::{QueryOutcome, TextResult};
-
-/// Whether a server takes writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Role {
-    /// Not learned yet.
-    #[default]
-    Unknown,
-    /// `read_only` (and `super_read_only`) off.
-    Writable,
-    /// `read_only` or `super_read_only` on.
-    ReadOnly,
-}
-
-impl Role {
-    /// Lower-case name for logs and status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Unknown => "unknown",
-            Role::Writable => "writable",
-            Role::ReadOnly => "read-only",
-        }
-    }
-}
-
-/// Replication lag as the server reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lag {
-    /// The server replicates from no one.
-    NotReplica,
-    /// `Seconds_Behind_Master` (or `_Source`).
-    Seconds(u64),
-    /// Lag cannot be known: a stopped replication thread (NULL), or a check
-    /// user without the privilege to ask. Never treated as 0.
-    Unknown(String),
-}
+use crate::vocabulary::{Lag, Role};
 
 /// Galera node state.
 #[derive(Debug, Clone, PartialEq, Eq)]

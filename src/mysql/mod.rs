@@ -14,6 +14,6 @@ pub mod packet;
 pub mod probe;
 pub mod resultset;
 
-pub use facts::{Facts, Lag, ProbeError, Role};
+pub use facts::{Facts, ProbeError};
 pub use packet::{err_packet, printable, ProtocolError, ServerError, ER_CON_COUNT_ERROR};
 pub use probe::{Action, Probe, ProbeOptions, TlsMode};

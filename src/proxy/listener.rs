@@ -218,7 +218,7 @@ impl AcceptLoop {
 }
 
 fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
-    if crate::health::probe::is_local_shortage(e) {
+    if crate::net::is_local_shortage(e) {
         tracing::warn!(
             listener,
             "accept failed, out of file descriptors or memory ({e}); retrying in {backoff:?}"

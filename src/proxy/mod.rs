@@ -3,7 +3,6 @@
 pub mod cap;
 pub mod greeting;
 pub mod listener;
-pub mod proxy_header;
 pub mod session;
 pub mod sockopt;
 pub mod splice;

@@ -11,12 +11,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::splice::CloseReason;
-use super::{greeting, proxy_header, sockopt, splice};
+use super::{greeting, sockopt, splice};
 use crate::cluster::backend::ConnectFailure;
 use crate::cluster::{Pool, SessionGuard};
 use crate::config::format_duration;
-use crate::health::probe::{describe_connect_error, is_local_shortage};
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
+use crate::net::proxy_header;
+use crate::net::{describe_connect_error, is_local_shortage};
 
 /// How long dbsplice spends handing a refused client its error packet.
 const ERR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use dbsplice::health::Health;
-use dbsplice::mysql::{Lag, Role};
+use dbsplice::vocabulary::Health;
+use dbsplice::vocabulary::{Lag, Role};
 use mysql_async::prelude::Queryable;
 
 use crate::support::mariadb::{CHECK_PASSWORD, CHECK_USER, ED_PASSWORD, ED_USER, NOPW_USER};

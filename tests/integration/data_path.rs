@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 
 use crate::support::{backend, config, connect, server_port, MariaDb, Proxy};
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::fake::{self, greeting, ok, packet, read_packet, serve_logged_in};

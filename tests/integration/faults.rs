@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 use mysql_async::prelude::Queryable;
 
 use crate::support::netns::Netns;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 use mysql_async::prelude::Queryable;
 
 use crate::support::galera::Galera;

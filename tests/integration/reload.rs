@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dbsplice::health::Health;
 use dbsplice::reload::{ReloadOutcome, Reloader, Trigger};
+use dbsplice::vocabulary::Health;
 use mysql_async::prelude::Queryable;
 
 use crate::support::binary::{http, Running};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 use mysql_async::prelude::Queryable;
 
 use crate::support::cluster::Cluster;
@@ -193,7 +193,7 @@ async fn a_demoted_writer_loses_its_sessions_and_two_writers_are_handled() {
         .unwrap();
     let replica_state = sticky.backend(replica.addr());
     wait_until(Duration::from_secs(10), || async {
-        (replica_state.role() == dbsplice::mysql::Role::ReadOnly).then_some(())
+        (replica_state.role() == dbsplice::vocabulary::Role::ReadOnly).then_some(())
     })
     .await
     .expect("the replica is read-only again");
@@ -513,8 +513,8 @@ async fn a_lagging_replica_leaves_and_returns_with_hysteresis() {
         .query_drop("CREATE DATABASE IF NOT EXISTS lagtest")
         .await
         .unwrap();
-    let lag_of = |s: &Option<dbsplice::mysql::Lag>| match s {
-        Some(dbsplice::mysql::Lag::Seconds(s)) => Some(*s),
+    let lag_of = |s: &Option<dbsplice::vocabulary::Lag>| match s {
+        Some(dbsplice::vocabulary::Lag::Seconds(s)) => Some(*s),
         _ => None,
     };
     let writer = tokio::spawn(async move {

@@ -8,8 +8,9 @@ use mysql_common::packets::HandshakePacket;
 use mysql_common::proto::MySerialize;
 
 use super::*;
-use crate::mysql::facts::{Lag, ProbeError, Role};
+use crate::mysql::facts::ProbeError;
 use crate::mysql::resultset::tests::result_set;
+use crate::vocabulary::{Lag, Role};
 
 const TEST_KEY: &[u8] = include_bytes!("test_rsa_public.pem");
 

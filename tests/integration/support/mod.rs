@@ -23,7 +23,7 @@ use std::time::Duration;
 use dbsplice::app::{self, App};
 use dbsplice::cluster::BackendState;
 use dbsplice::config::Config;
-use dbsplice::health::Health;
+use dbsplice::vocabulary::Health;
 use dbsplice::workers::Workers;
 use mysql_async::prelude::Queryable;
 
