@@ -152,7 +152,7 @@ pub struct Shared {
     /// Wakes the control loop to decide routing again.
     pub changed: Arc<tokio::sync::Notify>,
     /// Probe-duration histograms, recorded by the checkers.
-    pub probe_histograms: Arc<crate::metrics::ProbeHistograms>,
+    pub probe_histograms: Arc<crate::health::histograms::ProbeHistograms>,
     /// The process-wide session cap, for its metrics.
     pub session_cap: Arc<crate::proxy::cap::SessionCap>,
 }
@@ -251,7 +251,7 @@ impl App {
         let routes = Arc::new(ArcSwap::from_pointee(snapshot));
         let routes_for_shared = Arc::clone(&routes);
         let changed = Arc::new(tokio::sync::Notify::new());
-        let histograms = Arc::new(crate::metrics::ProbeHistograms::default());
+        let histograms = Arc::new(crate::health::histograms::ProbeHistograms::default());
         let cap = Arc::new(crate::proxy::cap::SessionCap::for_this_process());
         let mut app = App {
             routes,

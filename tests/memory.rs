@@ -16,7 +16,7 @@ fn anonymous_kib() -> u64 {
 /// for months: the probe-duration histograms must not keep every sample.
 #[test]
 fn probe_histograms_stay_small_without_scrapes() {
-    let histograms = dbsplice::metrics::ProbeHistograms::default();
+    let histograms = dbsplice::health::histograms::ProbeHistograms::default();
     let backends = ["10.0.0.1:3306", "10.0.0.2:3306", "10.0.0.3:3306"];
     let record = |n: u32| {
         for i in 0..n {
@@ -39,8 +39,9 @@ fn probe_histograms_stay_small_without_scrapes() {
     let text = histograms.render();
     for backend in backends {
         let count = format!(
-            "dbsplice_backend_probe_duration_seconds_count{{address=\"{backend}\"}} {}",
-            (30_000 + 907_200) / 3
+            "{metric}_count{{address=\"{backend}\"}} {}",
+            (30_000 + 907_200) / 3,
+            metric = dbsplice::metrics::BACKEND_PROBE_DURATION.0,
         );
         assert!(text.contains(&count), "{count} missing from:\n{text}");
     }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod conns;
 pub mod gate;
 mod headers;
+pub mod metrics;
 mod status;
 mod tls;
 
@@ -298,7 +299,7 @@ fn read(admin: &Admin, path: &[&str]) -> Reply {
         ["metrics"] => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            crate::metrics::render(&admin.shared),
+            metrics::render(&admin.shared),
         ),
         ["api", "backends", name, "why"] => match status::why(&admin.shared, name) {
             Some(answer) => json(StatusCode::OK, &answer),

@@ -31,7 +31,7 @@ pub struct Checker {
     /// Told whenever health, role or lag changes, so routing is decided again.
     pub changed: Arc<Notify>,
     /// Where probe durations are recorded.
-    pub histograms: Arc<crate::metrics::ProbeHistograms>,
+    pub histograms: Arc<crate::health::histograms::ProbeHistograms>,
 }
 
 impl Checker {

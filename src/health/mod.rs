@@ -2,6 +2,7 @@
 //! checker task per address (`checker`) and the set of checkers (`supervisor`).
 
 pub mod checker;
+pub mod histograms;
 pub mod probe;
 pub mod state;
 pub mod supervisor;

@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::checker::Checker;
+use super::histograms::ProbeHistograms;
 use super::probe::Prober;
 use crate::cluster::{BackendState, Registry};
 use crate::config::{BackendConfig, CheckConfig, Config, ProxyVersion};
-use crate::metrics::ProbeHistograms;
 use crate::vocabulary::Health;
 
 /// Probes in flight at once across all backends: a large pool does not open

@@ -425,8 +425,14 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
 
     // Known traffic, then a scrape with matching figures.
     let scrape = http(admin, "GET", "/metrics", None).await.1;
-    let accepted =
-        sample(&scrape, "dbsplice_listener_accepted_total{listener=\"rw\"}").unwrap_or(0.0);
+    let accepted = sample(
+        &scrape,
+        &format!(
+            "{}{{listener=\"rw\"}}",
+            dbsplice::metrics::LISTENER_ACCEPTED.0
+        ),
+    )
+    .unwrap_or(0.0);
     for _ in 0..5 {
         let mut conn = connect(running.addr).await.unwrap();
         server_port(&mut conn).await;
@@ -434,21 +440,37 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     }
     let scrape = http(admin, "GET", "/metrics", None).await.1;
     assert_eq!(
-        sample(&scrape, "dbsplice_listener_accepted_total{listener=\"rw\"}"),
+        sample(
+            &scrape,
+            &format!(
+                "{}{{listener=\"rw\"}}",
+                dbsplice::metrics::LISTENER_ACCEPTED.0
+            )
+        ),
         Some(accepted + 5.0),
         "{scrape}"
     );
-    assert!(scrape.contains("# HELP dbsplice_backend_up"), "{scrape}");
+    assert!(
+        scrape.contains(&format!("# HELP {}", dbsplice::metrics::BACKEND_UP.0)),
+        "{scrape}"
+    );
     let up = format!(
-        "dbsplice_backend_up{{pool=\"main\",backend=\"{0}\",address=\"{0}\"}}",
-        db.addr()
+        "{metric}{{pool=\"main\",backend=\"{0}\",address=\"{0}\"}}",
+        db.addr(),
+        metric = dbsplice::metrics::BACKEND_UP.0,
     );
     assert_eq!(sample(&scrape, &up), Some(1.0), "{scrape}");
-    assert_eq!(sample(&scrape, "dbsplice_config_generation"), Some(1.0));
+    assert_eq!(
+        sample(&scrape, dbsplice::metrics::CONFIG_GENERATION.0),
+        Some(1.0)
+    );
     let labels = format!("pool=\"main\",backend=\"{0}\",address=\"{0}\"", db.addr());
     let bytes = sample(
         &scrape,
-        &format!("dbsplice_backend_bytes_total{{{labels},direction=\"to_client\"}}"),
+        &format!(
+            "{metric}{{{labels},direction=\"to_client\"}}",
+            metric = dbsplice::metrics::BACKEND_BYTES.0
+        ),
     );
     assert!(
         bytes.is_some_and(|b| b > 5.0 * 50.0),
@@ -456,26 +478,39 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     );
     let probes = sample(
         &scrape,
-        &format!("dbsplice_backend_probes_total{{{labels},outcome=\"pass\"}}"),
+        &format!(
+            "{metric}{{{labels},outcome=\"pass\"}}",
+            metric = dbsplice::metrics::BACKEND_PROBES.0
+        ),
     );
     assert!(probes.is_some_and(|p| p >= 1.0), "{scrape}");
     let refused = sample(
         &scrape,
         &format!(
-            "dbsplice_backend_connect_failures_by_reason_total{{{labels},reason=\"refused\"}}"
+            "{metric}{{{labels},reason=\"refused\"}}",
+            metric = dbsplice::metrics::BACKEND_CONNECT_FAILURES_BY_REASON.0
         ),
     );
     assert_eq!(refused, Some(0.0));
     assert!(
         scrape.contains(&format!(
-            "dbsplice_backend_probe_duration_seconds_bucket{{address=\"{}\",le=\"0.005\"}}",
-            db.addr()
+            "{metric}_bucket{{address=\"{}\",le=\"0.005\"}}",
+            db.addr(),
+            metric = dbsplice::metrics::BACKEND_PROBE_DURATION.0,
         )),
         "{scrape}"
     );
-    assert!(sample(&scrape, "dbsplice_process_open_fds").is_some_and(|n| n > 3.0));
-    assert!(sample(&scrape, "dbsplice_process_max_sessions ").is_some_and(|n| n >= 16.0));
-    assert!(sample(&scrape, "dbsplice_process_sessions ").is_some());
+    assert!(sample(&scrape, dbsplice::metrics::PROCESS_OPEN_FDS.0).is_some_and(|n| n > 3.0));
+    assert!(sample(
+        &scrape,
+        &format!("{} ", dbsplice::metrics::PROCESS_MAX_SESSIONS.0)
+    )
+    .is_some_and(|n| n >= 16.0));
+    assert!(sample(
+        &scrape,
+        &format!("{} ", dbsplice::metrics::PROCESS_SESSIONS.0)
+    )
+    .is_some());
 
     // Refusals.
     assert_eq!(

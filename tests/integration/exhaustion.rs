@@ -115,13 +115,19 @@ async fn a_thousand_clients_against_256_open_files() {
     let (status, scrape) = http(running.admin_addr().await, "GET", "/metrics", None).await;
     assert_eq!(status, 200, "{scrape}");
     assert_eq!(
-        sample(&scrape, "dbsplice_process_max_sessions "),
+        sample(
+            &scrape,
+            &format!("{} ", dbsplice::metrics::PROCESS_MAX_SESSIONS.0)
+        ),
         Some(96.0),
         "{scrape}"
     );
     let waits = sample(
         &scrape,
-        "dbsplice_listener_session_cap_waits_total{listener=\"rw\"}",
+        &format!(
+            "{}{{listener=\"rw\"}}",
+            dbsplice::metrics::LISTENER_CAP_WAITS.0
+        ),
     );
     assert!(waits.is_some_and(|w| w >= 1.0), "{scrape}");
 
@@ -214,7 +220,8 @@ async fn unfinished_admin_connections_starve_nothing() {
         scrape
             .lines()
             .find(|l| {
-                l.starts_with("dbsplice_backend_probes_total{") && l.contains("outcome=\"pass\"")
+                l.starts_with(&format!("{}{{", dbsplice::metrics::BACKEND_PROBES.0))
+                    && l.contains("outcome=\"pass\"")
             })
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };

@@ -79,13 +79,19 @@ async fn standbys_serve_only_while_every_primary_is_down() {
         s.port,
         "all primaries down: the standby serves"
     );
-    let scrape = dbsplice::metrics::render(proxy.app.as_ref().unwrap().shared());
+    let scrape = dbsplice::admin::metrics::render(proxy.app.as_ref().unwrap().shared());
     assert!(
-        scrape.contains("dbsplice_pool_failovers_total{pool=\"main\"} 1"),
+        scrape.contains(&format!(
+            "{}{{pool=\"main\"}} 1",
+            dbsplice::metrics::POOL_FAILOVERS.0
+        )),
         "{scrape}"
     );
     assert!(
-        scrape.contains("dbsplice_pool_on_standby{pool=\"main\"} 1"),
+        scrape.contains(&format!(
+            "{}{{pool=\"main\"}} 1",
+            dbsplice::metrics::POOL_STANDBY_ACTIVE.0
+        )),
         "{scrape}"
     );
 

@@ -411,7 +411,8 @@ async fn a_resolver_that_never_answers_stalls_nothing() {
         scrape
             .lines()
             .find(|l| {
-                l.starts_with("dbsplice_backend_probes_total{") && l.contains("outcome=\"pass\"")
+                l.starts_with(&format!("{}{{", dbsplice::metrics::BACKEND_PROBES.0))
+                    && l.contains("outcome=\"pass\"")
             })
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };

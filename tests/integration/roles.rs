@@ -141,9 +141,12 @@ async fn the_writer_follows_a_kill_and_promote_and_never_lands_on_a_replica() {
         proxy.backend(cluster.servers[0].addr()).health(),
         Health::Down
     );
-    let scrape = dbsplice::metrics::render(proxy.app.as_ref().unwrap().shared());
+    let scrape = dbsplice::admin::metrics::render(proxy.app.as_ref().unwrap().shared());
     assert!(
-        scrape.contains("dbsplice_pool_writer_changes_total{pool=\"main\"} 1"),
+        scrape.contains(&format!(
+            "{}{{pool=\"main\"}} 1",
+            dbsplice::metrics::POOL_WRITER_CHANGES.0
+        )),
         "one writer change: {scrape}"
     );
 }

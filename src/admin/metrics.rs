@@ -1,0 +1,199 @@
+//! `GET /metrics`: values are read from the atomics the data path and
+//! checkers keep anyway and rendered at scrape time into a fresh recorder, so
+//! the hot path pays nothing and a removed backend leaves no stale series
+//! behind. Names and help texts come from [`crate::metrics`].
+
+use std::sync::atomic::Ordering;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::app::Shared;
+use crate::metrics::*;
+use crate::vocabulary::{Health, Lag, Role, Tier};
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(shared: &Shared) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe();
+        backends(shared);
+        listeners(shared);
+        config(shared);
+        process(shared);
+    });
+    let mut text = handle.render();
+    text.push_str(&shared.probe_histograms.render());
+    text
+}
+
+fn describe() {
+    for (name, help) in [
+        BACKEND_SESSIONS,
+        BACKEND_CONNECT_FAILURES,
+        BACKEND_BYTES,
+        BACKEND_CONNECT_FAILURES_BY_REASON,
+        BACKEND_PROBES,
+        LISTENER_ACCEPTED,
+        LISTENER_REJECTED,
+        LISTENER_ACCEPT_ERRORS,
+        LISTENER_CAP_WAITS,
+        RELOADS,
+        POOL_FAILOVERS,
+        POOL_WRITER_CHANGES,
+    ] {
+        describe_counter!(name, help);
+    }
+    describe_gauge!(BACKEND_PROBE_SECONDS.0, BACKEND_PROBE_SECONDS.1);
+    for (name, help) in [
+        BACKEND_ELIGIBLE,
+        BACKEND_UP,
+        BACKEND_WRITABLE,
+        BACKEND_LAG,
+        BACKEND_ACTIVE,
+        LISTENER_ACTIVE,
+        POOL_STANDBY_ACTIVE,
+        POOL_WRITER,
+        CONFIG_GENERATION,
+        CONFIG_LAST_RELOAD,
+        PROCESS_OPEN_FDS,
+        PROCESS_MAX_FDS,
+        PROCESS_MAX_SESSIONS,
+        PROCESS_SESSIONS,
+    ] {
+        describe_gauge!(name, help);
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+fn backends(shared: &Shared) {
+    let snapshot = shared.routes.load();
+    for pool in snapshot.pools() {
+        let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
+        gauge!(POOL_STANDBY_ACTIVE.0, "pool" => pool.config.name.clone())
+            .set(flag(decided.tier == Some(Tier::Standby)));
+        counter!(POOL_FAILOVERS.0, "pool" => pool.config.name.clone()).absolute(decided.failovers);
+        counter!(POOL_WRITER_CHANGES.0, "pool" => pool.config.name.clone())
+            .absolute(decided.writer_changes);
+        for (i, m) in pool.members.iter().enumerate() {
+            let labels = [
+                ("pool", pool.config.name.clone()),
+                ("backend", m.name.clone()),
+                ("address", m.state.address.clone()),
+            ];
+            let s = &m.state;
+            gauge!(BACKEND_ELIGIBLE.0, &labels).set(flag(m.is_eligible()));
+            gauge!(BACKEND_UP.0, &labels).set(flag(s.health() == Health::Up));
+            let writable = match s.role() {
+                Role::Writable => 1.0,
+                Role::ReadOnly => 0.0,
+                Role::Unknown => -1.0,
+            };
+            gauge!(BACKEND_WRITABLE.0, &labels).set(writable);
+            match s.lag() {
+                Some(Lag::Seconds(l)) => gauge!(BACKEND_LAG.0, &labels).set(l as f64),
+                Some(Lag::NotReplica) => gauge!(BACKEND_LAG.0, &labels).set(0.0),
+                _ => {}
+            }
+            gauge!(BACKEND_ACTIVE.0, &labels).set(s.active() as f64);
+            counter!(BACKEND_SESSIONS.0, &labels).absolute(s.total());
+            counter!(BACKEND_CONNECT_FAILURES.0, &labels).absolute(s.connect_failures());
+            counters(&labels, &s.counters);
+            if pool.config.routing.role == crate::vocabulary::PoolRole::Writer {
+                gauge!(POOL_WRITER.0, &labels).set(flag(decided.writer == Some(i)));
+            }
+        }
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn counters(labels: &[(&'static str, String); 3], c: &crate::cluster::backend::Counters) {
+    let with = |key: &'static str, value: &'static str| {
+        let mut l: Vec<(&'static str, String)> = labels.to_vec();
+        l.push((key, value.to_owned()));
+        l
+    };
+    counter!(BACKEND_BYTES.0, &with("direction", "to_backend"))
+        .absolute(c.bytes_to_backend.load(Ordering::Relaxed));
+    counter!(BACKEND_BYTES.0, &with("direction", "to_client"))
+        .absolute(c.bytes_to_client.load(Ordering::Relaxed));
+    for (reason, value) in ["refused", "timeout", "greeting", "other"]
+        .iter()
+        .zip(&c.connect_failures)
+    {
+        counter!(
+            BACKEND_CONNECT_FAILURES_BY_REASON.0,
+            &with("reason", reason)
+        )
+        .absolute(value.load(Ordering::Relaxed));
+    }
+    counter!(BACKEND_PROBES.0, &with("outcome", "pass"))
+        .absolute(c.probes_passed.load(Ordering::Relaxed));
+    counter!(BACKEND_PROBES.0, &with("outcome", "fail"))
+        .absolute(c.probes_failed.load(Ordering::Relaxed));
+    // A float counter: the metrics facade has none, so a gauge set to the total.
+    gauge!(BACKEND_PROBE_SECONDS.0, labels)
+        .set(c.probe_micros.load(Ordering::Relaxed) as f64 / 1e6);
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn listeners(shared: &Shared) {
+    let listeners = shared
+        .listeners
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    for l in listeners {
+        let stats = &l.stats;
+        counter!(LISTENER_ACCEPTED.0, "listener" => l.name.clone())
+            .absolute(stats.accepted.load(Ordering::Relaxed));
+        for (reason, value) in [
+            ("limit", &stats.rejected_limit),
+            ("access", &stats.rejected_access),
+            ("no_backend", &stats.rejected_no_backend),
+        ] {
+            counter!(LISTENER_REJECTED.0, "listener" => l.name.clone(), "reason" => reason)
+                .absolute(value.load(Ordering::Relaxed));
+        }
+        counter!(LISTENER_ACCEPT_ERRORS.0, "listener" => l.name.clone())
+            .absolute(stats.accept_errors.load(Ordering::Relaxed));
+        counter!(LISTENER_CAP_WAITS.0, "listener" => l.name.clone())
+            .absolute(stats.waits_at_cap.load(Ordering::Relaxed));
+        gauge!(LISTENER_ACTIVE.0, "listener" => l.name.clone()).set(stats.active() as f64);
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn config(shared: &Shared) {
+    let r = &shared.reload_stats;
+    for (result, value) in [
+        ("applied", &r.applied),
+        ("unchanged", &r.unchanged),
+        ("rejected", &r.rejected),
+    ] {
+        counter!(RELOADS.0, "result" => result).absolute(value.load(Ordering::Relaxed));
+    }
+    gauge!(CONFIG_GENERATION.0).set(shared.routes.load().generation as f64);
+    gauge!(CONFIG_LAST_RELOAD.0).set(r.last_applied_unix.load(Ordering::Relaxed) as f64);
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn process(shared: &Shared) {
+    gauge!(PROCESS_MAX_SESSIONS.0).set(shared.session_cap.limit() as f64);
+    gauge!(PROCESS_SESSIONS.0).set(shared.session_cap.open() as f64);
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        gauge!(PROCESS_OPEN_FDS.0).set(entries.count() as f64);
+    }
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        gauge!(PROCESS_MAX_FDS.0).set(soft as f64);
+    }
+}
