@@ -33,13 +33,15 @@ fn pool_config(n: usize, balance: &str) -> Config {
 
 fn snapshot(n: usize, balance: &str) -> Snapshot {
     let mut registry = Registry::default();
-    let snapshot = Snapshot::build(Arc::new(pool_config(n, balance)), 1, &mut registry, None);
+    let snapshot = Snapshot::build(Arc::new(pool_config(n, balance)), 1, &mut registry);
     for state in registry.iter() {
         state.set_health(Health::Up, "bench");
     }
-    // What the control loop does after the first probes: every member eligible.
+    // What the control module decides after the first probes: every member
+    // eligible.
+    let mut memory = dbsplice::control::memory::Memory::default();
     for pool in snapshot.pools() {
-        dbsplice::control::evaluate(pool, std::time::Instant::now());
+        dbsplice::control::decide::evaluate(pool, &mut memory, std::time::Instant::now());
     }
     assert!(
         snapshot.pools().all(|p| p.pick(&[]).is_some()),
@@ -79,10 +81,10 @@ fn snapshot_route(bencher: divan::Bencher<'_, '_>, n: usize) {
 fn snapshot_rebuild(bencher: divan::Bencher<'_, '_>, n: usize) {
     let config = Arc::new(pool_config(n, "least-connections"));
     let mut registry = Registry::default();
-    let first = Snapshot::build(Arc::clone(&config), 1, &mut registry, None);
+    let _first = Snapshot::build(Arc::clone(&config), 1, &mut registry);
     let mut generation = 1;
     bencher.bench_local(|| {
         generation += 1;
-        Snapshot::build(Arc::clone(&config), generation, &mut registry, Some(&first))
+        Snapshot::build(Arc::clone(&config), generation, &mut registry)
     });
 }

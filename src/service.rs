@@ -1,7 +1,8 @@
-//! The running service: the control loop that owns the [`App`] and reacts to
-//! signals, file changes, admin actions and the watchdog, and tells the
-//! service manager where it stands. `main.rs` installs the signal handlers
-//! and passes them in.
+//! The process under a service manager: turns signals and file changes into
+//! events for the control module, serves the admin API beside it, feeds the
+//! watchdog, and tells the service manager where it stands (READY,
+//! RELOADING, STOPPING). `main.rs` installs the signal handlers and passes
+//! them in; the running state itself belongs to [`crate::control`].
 
 use std::io;
 use std::path::Path;
@@ -11,10 +12,11 @@ use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::app::{self, App};
+use crate::app::App;
 use crate::config::watch::FileWatch;
 use crate::config::Config;
-use crate::reload::{ReloadOutcome, Reloader, Trigger};
+use crate::inbox::{ReloadOutcome, Trigger};
+use crate::proxy::bind;
 use crate::systemd::Notifier;
 
 /// The signals the service reacts to, installed by the caller.
@@ -39,19 +41,17 @@ pub async fn run(
     workers: Vec<tokio::runtime::Handle>,
 ) -> io::Result<()> {
     // Watch first: an edit made while the first probes run is not missed.
-    let mut reloader = Reloader::new(path);
     let mut watch = FileWatch::new(path, config.reload_poll);
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
-    let bound = app::bind_with(&config, inherited)?;
-    let mut app = App::start_on(config, bound, workers)?;
-    let (commands, mut inbox) = tokio::sync::mpsc::channel(16);
+    let bound = bind::bind_with(&config, inherited)?;
+    let app = App::start_from_file(config, path, bound, workers)?;
     let stop_admin = CancellationToken::new();
     if let Some(addr) = admin_addr {
-        let socket = app::bind_one(addr)?;
+        let socket = bind::bind_one(addr)?;
         tracing::info!(addr = %socket.local_addr()?, "admin listening");
         spawn_admin(
             socket,
-            Arc::new(Admin::new(Arc::clone(app.shared()), commands)),
+            Arc::new(Admin::new(Arc::clone(app.shared()), app.inbox().clone())),
             stop_admin.clone(),
         )?;
     }
@@ -70,9 +70,8 @@ pub async fn run(
         tokio::select! {
             _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = signals.hup.recv() => { reload(&mut app, &mut reloader, Trigger::Forced, &notifier).await; }
-            () = watch.changed() => { reload(&mut app, &mut reloader, Trigger::File, &notifier).await; }
-            Some(command) = inbox.recv() => act(&mut app, &mut reloader, command, &notifier).await,
+            _ = signals.hup.recv() => reload(&app, Trigger::Forced, &notifier).await,
+            () = watch.changed() => reload(&app, Trigger::File, &notifier).await,
             () = tick => notifier.notify("WATCHDOG=1"),
         }
     }
@@ -102,40 +101,14 @@ fn status_line(app: &App) -> String {
 }
 
 /// One reload, bracketed by RELOADING=1 and READY=1 with the outcome as STATUS.
-async fn reload(
-    app: &mut App,
-    reloader: &mut Reloader,
-    trigger: Trigger,
-    notifier: &Notifier,
-) -> ReloadOutcome {
+async fn reload(app: &App, trigger: Trigger, notifier: &Notifier) {
     notifier.reloading();
-    let outcome = reloader.reload_off_thread(app, trigger).await;
-    let status = match &outcome {
+    let status = match app.reload(trigger).await {
         ReloadOutcome::Unchanged => format!("config unchanged; {}", status_line(app)),
         ReloadOutcome::Applied { diff, .. } => format!("reloaded ({diff}); {}", status_line(app)),
         ReloadOutcome::Rejected(why) => format!("reload failed, previous config kept: {why}"),
     };
     notifier.ready(&status);
-    outcome
-}
-
-/// Carries out an admin action on the app the loop owns.
-async fn act(app: &mut App, reloader: &mut Reloader, command: admin::Command, notifier: &Notifier) {
-    match command {
-        admin::Command::Reload(reply) => {
-            let answer = match reload(app, reloader, Trigger::Forced, notifier).await {
-                ReloadOutcome::Unchanged => (true, "unchanged".to_owned()),
-                ReloadOutcome::Applied { generation, diff } => {
-                    (true, format!("applied generation {generation}: {diff}"))
-                }
-                ReloadOutcome::Rejected(why) => (false, why),
-            };
-            let _ = reply.send(answer);
-        }
-        admin::Command::Failback(pool, reply) => {
-            let _ = reply.send(app.failback(&pool));
-        }
-    }
 }
 
 /// Runs the admin server on a thread and runtime of its own, so that a

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::app::Shared;
+use super::shared::Shared;
 use crate::metrics::*;
 use crate::vocabulary::{Health, Lag, Role, Tier};
 
@@ -78,13 +78,13 @@ fn flag(b: bool) -> f64 {
 fn backends(shared: &Shared) {
     let snapshot = shared.routes.load();
     for pool in snapshot.pools() {
-        let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
+        let decided = shared.pool(&pool.config.name);
         gauge!(POOL_STANDBY_ACTIVE.0, "pool" => pool.config.name.clone())
             .set(flag(decided.tier == Some(Tier::Standby)));
         counter!(POOL_FAILOVERS.0, "pool" => pool.config.name.clone()).absolute(decided.failovers);
         counter!(POOL_WRITER_CHANGES.0, "pool" => pool.config.name.clone())
             .absolute(decided.writer_changes);
-        for (i, m) in pool.members.iter().enumerate() {
+        for m in &pool.members {
             let labels = [
                 ("pool", pool.config.name.clone()),
                 ("backend", m.name.clone()),
@@ -109,7 +109,8 @@ fn backends(shared: &Shared) {
             counter!(BACKEND_CONNECT_FAILURES.0, &labels).absolute(s.connect_failures());
             counters(&labels, &s.counters);
             if pool.config.routing.role == crate::vocabulary::PoolRole::Writer {
-                gauge!(POOL_WRITER.0, &labels).set(flag(decided.writer == Some(i)));
+                gauge!(POOL_WRITER.0, &labels)
+                    .set(flag(decided.writer.as_ref() == Some(&m.state.address)));
             }
         }
     }
@@ -147,12 +148,7 @@ fn counters(labels: &[(&'static str, String); 3], c: &crate::cluster::backend::C
 
 #[allow(clippy::cast_precision_loss)]
 fn listeners(shared: &Shared) {
-    let listeners = shared
-        .listeners
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    for l in listeners {
+    for l in shared.listeners() {
         let stats = &l.stats;
         counter!(LISTENER_ACCEPTED.0, "listener" => l.name.clone())
             .absolute(stats.accepted.load(Ordering::Relaxed));

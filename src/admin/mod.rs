@@ -1,7 +1,7 @@
 //! The admin HTTP server (hyper 1): health and readiness, Prometheus
 //! metrics, JSON status, and the operator's actions (reload, fail-back).
-//! Reads go straight to the shared state; actions are sent to the control
-//! loop that owns the app and answered through a reply channel.
+//! Reads go straight to the shared state the control module publishes;
+//! actions are events in its inbox, answered through a reply channel.
 
 mod auth;
 pub mod cli;
@@ -10,6 +10,7 @@ pub mod conns;
 pub mod gate;
 mod headers;
 pub mod metrics;
+pub mod shared;
 mod status;
 mod tls;
 
@@ -25,23 +26,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Shared;
 use crate::cluster::backend::Override;
+use crate::inbox::{Inbox, ReloadOutcome, Trigger};
 use crate::logging::RateLimit;
 use crate::vocabulary::OverrideMode;
-
-/// An action only the control loop may carry out.
-#[derive(Debug)]
-pub enum Command {
-    /// Reload the config file now; reply with the outcome in words.
-    Reload(oneshot::Sender<(bool, String)>),
-    /// Manual fail-back in a pool; reply with how many backends were held
-    /// (`None`: no such pool).
-    Failback(String, oneshot::Sender<Option<usize>>),
-}
+pub use shared::Shared;
 
 /// What request handlers need.
 #[derive(Debug)]
@@ -49,7 +40,7 @@ pub struct Admin {
     /// Shared state to read.
     pub shared: Arc<Shared>,
     /// Where actions go.
-    pub commands: mpsc::Sender<Command>,
+    pub inbox: Inbox,
     /// The TLS acceptor for the certificate files as last read.
     tls: tls::Cache,
     /// Log lines that a flood must not multiply.
@@ -67,11 +58,11 @@ struct Logs {
 }
 
 impl Admin {
-    /// An admin server over `shared`, sending actions to `commands`.
-    pub fn new(shared: Arc<Shared>, commands: mpsc::Sender<Command>) -> Admin {
+    /// An admin server over `shared`, sending actions to `inbox`.
+    pub fn new(shared: Arc<Shared>, inbox: Inbox) -> Admin {
         Admin {
             shared,
-            commands,
+            inbox,
             tls: tls::Cache::default(),
             logs: Logs::default(),
         }
@@ -311,71 +302,76 @@ fn read(admin: &Admin, path: &[&str]) -> Reply {
 
 async fn act(admin: &Admin, path: &[&str], query: &str, peer: SocketAddr) -> Reply {
     match path {
-        ["api", "backends", name, action] => {
-            let mode = match *action {
-                "drain" => Some(OverrideMode::Drain),
-                "disable" => Some(OverrideMode::Disable),
-                _ => None,
-            };
-            let until = match query.split('&').find_map(|kv| kv.strip_prefix("for=")) {
-                None => None,
-                Some(d) => match crate::config::parse_duration(d) {
-                    Ok(d) => Some(std::time::Instant::now() + d),
-                    Err(e) => return error(StatusCode::BAD_REQUEST, &format!("for: {e}")),
-                },
-            };
-            let since_unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let value = mode.map(|mode| Override {
-                mode,
-                origin: format!("admin API from {peer}"),
-                since_unix,
-                until,
-            });
-            match admin.shared.set_override(name, value) {
-                0 => error(StatusCode::NOT_FOUND, "no backend of that name"),
-                n => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "backend": name, "state": action, "backends": n }),
-                ),
-            }
-        }
-        ["api", "reload"] => {
-            let (tx, rx) = oneshot::channel();
-            if admin.commands.send(Command::Reload(tx)).await.is_err() {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-            }
-            match rx.await {
-                Ok((true, outcome)) => {
-                    json(StatusCode::OK, &serde_json::json!({ "outcome": outcome }))
-                }
-                Ok((false, why)) => json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &serde_json::json!({ "error": why }),
-                ),
-                Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-            }
-        }
-        ["api", "pools", pool, "failback"] => {
-            let (tx, rx) = oneshot::channel();
-            if admin
-                .commands
-                .send(Command::Failback((*pool).to_owned(), tx))
-                .await
-                .is_err()
-            {
-                return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-            }
-            match rx.await {
-                Ok(Some(held)) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "pool": pool, "released": held }),
-                ),
-                Ok(None) => error(StatusCode::NOT_FOUND, "no such pool"),
-                Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
-            }
-        }
+        ["api", "backends", name, action] => set_override(admin, name, action, query, peer).await,
+        ["api", "reload"] => reload(admin).await,
+        ["api", "pools", pool, "failback"] => match admin.inbox.failback(pool).await {
+            Ok(Some(held)) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "pool": pool, "released": held }),
+            ),
+            Ok(None) => error(StatusCode::NOT_FOUND, "no such pool"),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        },
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+/// `POST /api/backends/NAME/{drain,disable,enable}[?for=DURATION]`.
+async fn set_override(
+    admin: &Admin,
+    name: &str,
+    action: &str,
+    query: &str,
+    peer: SocketAddr,
+) -> Reply {
+    let mode = match action {
+        "drain" => Some(OverrideMode::Drain),
+        "disable" => Some(OverrideMode::Disable),
+        _ => None,
+    };
+    let until = match query.split('&').find_map(|kv| kv.strip_prefix("for=")) {
+        None => None,
+        Some(d) => match crate::config::parse_duration(d) {
+            Ok(d) => Some(std::time::Instant::now() + d),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("for: {e}")),
+        },
+    };
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let value = mode.map(|mode| Override {
+        mode,
+        origin: format!("admin API from {peer}"),
+        since_unix,
+        until,
+    });
+    match admin.inbox.set_override(name, value).await {
+        Ok(0) => error(StatusCode::NOT_FOUND, "no backend of that name"),
+        Ok(n) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "backend": name, "state": action, "backends": n }),
+        ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// `POST /api/reload`: the outcome in words; 422 when the file was rejected.
+async fn reload(admin: &Admin) -> Reply {
+    match admin.inbox.reload(Trigger::Forced).await {
+        ReloadOutcome::Unchanged => json(
+            StatusCode::OK,
+            &serde_json::json!({ "outcome": "unchanged" }),
+        ),
+        ReloadOutcome::Applied { generation, diff } => json(
+            StatusCode::OK,
+            &serde_json::json!({ "outcome": format!("applied generation {generation}: {diff}") }),
+        ),
+        ReloadOutcome::Rejected(crate::inbox::ReloadError::Stopped) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
+        ReloadOutcome::Rejected(why) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "error": why.to_string() }),
+        ),
     }
 }

@@ -5,17 +5,14 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::app::Shared;
+use super::shared::Shared;
 use crate::vocabulary::Lag;
 
 /// The status document.
 pub(super) fn status(shared: &Shared) -> Value {
     let snapshot = shared.routes.load();
     let listeners: Vec<Value> = shared
-        .listeners
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default()
+        .listeners()
         .iter()
         .map(|l| {
             let s = &l.stats;
@@ -35,7 +32,7 @@ pub(super) fn status(shared: &Shared) -> Value {
     let pools: Vec<Value> = snapshot
         .pools()
         .map(|pool| {
-            let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
+            let decided = shared.pool(&pool.config.name);
             let backends: Vec<Value> = pool
                 .members
                 .iter()
@@ -71,7 +68,8 @@ pub(super) fn status(shared: &Shared) -> Value {
                 .collect();
             let writer = decided
                 .writer
-                .and_then(|w| pool.members.get(w))
+                .as_ref()
+                .and_then(|w| pool.members.iter().find(|m| &m.state.address == w))
                 .map(|m| m.name.clone());
             json!({
                 "name": pool.config.name,
@@ -103,21 +101,20 @@ pub(super) fn why(shared: &Shared, name: &str) -> Option<Value> {
     let snapshot = shared.routes.load();
     let mut answers = Vec::new();
     for pool in snapshot.pools() {
-        for (i, m) in pool
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.name == name)
-        {
-            answers.push(json!({ "pool": pool.config.name, "eligible": m.is_eligible(), "why": explain(pool, i, m) }));
+        let decided = shared.pool(&pool.config.name);
+        for m in pool.members.iter().filter(|m| m.name == name) {
+            answers.push(json!({ "pool": pool.config.name, "eligible": m.is_eligible(), "why": explain(pool, &decided, m) }));
         }
     }
     (!answers.is_empty()).then(|| json!({ "backend": name, "pools": answers }))
 }
 
-fn explain(pool: &crate::cluster::Pool, index: usize, m: &crate::cluster::Member) -> String {
-    use crate::vocabulary::Health;
-    use crate::vocabulary::Role;
+fn explain(
+    pool: &crate::cluster::Pool,
+    decided: &super::shared::PoolView,
+    m: &crate::cluster::Member,
+) -> String {
+    use crate::vocabulary::{Health, Role};
     use crate::vocabulary::{PoolRole, Tier};
     let s = &m.state;
     let routing = &pool.config.routing;
@@ -129,7 +126,6 @@ fn explain(pool: &crate::cluster::Pool, index: usize, m: &crate::cluster::Member
         Health::Down => return format!("its health check fails: {}", s.reason()),
         Health::Up => {}
     }
-    let decided = pool.decided.lock().map(|d| d.clone()).unwrap_or_default();
     if m.is_eligible() {
         let tier = if m.tier == Tier::Standby {
             " as a standby, because no primary is eligible"
@@ -144,14 +140,16 @@ fn explain(pool: &crate::cluster::Pool, index: usize, m: &crate::cluster::Member
             _ => format!("it is healthy and takes new sessions{tier}"),
         };
     }
-    if m.lagged_out() {
+    if decided.lagged_out.contains(&s.address) {
         return format!(
             "its replication lag ({:?}) is above max_lag; it returns at or below readmit_lag",
             s.lag()
         );
     }
     match (routing.role, s.role()) {
-        (PoolRole::Writer, Role::Writable) if decided.writer.is_some_and(|w| w != index) => {
+        (PoolRole::Writer, Role::Writable)
+            if decided.writer.as_ref().is_some_and(|w| w != &s.address) =>
+        {
             return "another writable backend is the pool's writer (one writer at a time)"
                 .to_owned();
         }

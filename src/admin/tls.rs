@@ -8,7 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::Shared;
+use super::shared::Shared;
 
 /// The acceptor and the PEM bytes it was built from.
 #[derive(Default)]

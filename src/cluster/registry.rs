@@ -1,32 +1,44 @@
-//! Backend states by address, owned by the control loop. Snapshots come and
-//! go; the registry keeps each address's `Arc<BackendState>` so health and
-//! session counts outlive any one config.
+//! Backend states by address and member decisions by pool and address, owned
+//! by the control module. Snapshots come and go; the registry keeps each
+//! address's `Arc<BackendState>` so health and session counts outlive any one
+//! config, and each member's `Arc<MemberState>` so a reload keeps what was
+//! decided and which sessions a policy may close.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::backend::BackendState;
+use super::member::MemberState;
 
 /// Every backend address the running config knows.
 #[derive(Debug, Default)]
 pub struct Registry {
     states: HashMap<String, Arc<BackendState>>,
+    /// By pool name, then address.
+    members: HashMap<(String, String), Arc<MemberState>>,
 }
 
 impl Registry {
     /// The state for `address`, created if new (or if it now resolves elsewhere).
     pub fn get_or_insert(&mut self, address: &str, addr: SocketAddr) -> Arc<BackendState> {
+        let mut moved = false;
         let state = self
             .states
             .entry(address.to_owned())
             .and_modify(|s| {
                 if s.addr != addr {
+                    moved = true;
                     *s = Arc::new(BackendState::new(address.to_owned(), addr));
                 }
             })
             .or_insert_with(|| Arc::new(BackendState::new(address.to_owned(), addr)));
-        Arc::clone(state)
+        let state = Arc::clone(state);
+        if moved {
+            // Another server: nothing decided about the old one applies.
+            self.members.retain(|(_, a), _| a != address);
+        }
+        state
     }
 
     /// The state for `address`, if known.
@@ -34,10 +46,23 @@ impl Registry {
         self.states.get(address)
     }
 
-    /// Forgets addresses for which `keep` is false (open sessions hold their
-    /// own reference, so nothing they use goes away).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.states.retain(|address, _| keep(address));
+    /// The decision for `address` as a member of `pool`, created (not
+    /// eligible) if new.
+    pub fn member(&mut self, pool: &str, address: &str) -> Arc<MemberState> {
+        let key = (pool.to_owned(), address.to_owned());
+        Arc::clone(self.members.entry(key).or_default())
+    }
+
+    /// Forgets what `keep(pool, address)` rejects: members first, then the
+    /// addresses no pool has any more (open sessions hold their own
+    /// reference, so nothing they use goes away).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.members
+            .retain(|(pool, address), _| keep(pool, address));
+        let wanted: std::collections::HashSet<&str> =
+            self.members.keys().map(|(_, a)| a.as_str()).collect();
+        self.states
+            .retain(|address, _| wanted.contains(address.as_str()));
     }
 
     /// Every known state.

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{Outcome, Prober};
 use super::state::Tracker;
 use crate::cluster::BackendState;
 use crate::config::CheckConfig;
+use crate::inbox::Inbox;
 use crate::vocabulary::Health;
 
 /// Least time between two probes, however often the data path asks.
@@ -28,8 +29,8 @@ pub struct Checker {
     pub prober: Prober,
     /// Shared cap on probes in flight across all backends.
     pub slots: Arc<Semaphore>,
-    /// Told whenever health, role or lag changes, so routing is decided again.
-    pub changed: Arc<Notify>,
+    /// Where new facts are announced to the control module.
+    pub inbox: Inbox,
     /// Where probe durations are recorded.
     pub histograms: Arc<crate::health::histograms::ProbeHistograms>,
 }
@@ -129,7 +130,7 @@ impl Checker {
             None => {}
         }
         if transition.is_some() || role_changed || state.lag() != lag_before {
-            self.changed.notify_one();
+            self.inbox.health_changed(&state.address);
         }
     }
 }

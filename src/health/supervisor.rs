@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +15,7 @@ use super::histograms::ProbeHistograms;
 use super::probe::Prober;
 use crate::cluster::{BackendState, Registry};
 use crate::config::{BackendConfig, CheckConfig, Config, ProxyVersion};
+use crate::inbox::Inbox;
 use crate::vocabulary::Health;
 
 /// Probes in flight at once across all backends: a large pool does not open
@@ -26,19 +27,20 @@ const MAX_PROBES_IN_FLIGHT: usize = 64;
 pub struct Supervisor {
     checkers: HashMap<String, (Settings, CancellationToken)>,
     slots: Arc<Semaphore>,
-    changed: Arc<Notify>,
+    inbox: Inbox,
     histograms: Arc<ProbeHistograms>,
 }
 
 impl Supervisor {
-    /// A supervisor whose checkers tell `changed` about every change.
-    pub fn new(changed: Arc<Notify>, histograms: Arc<ProbeHistograms>) -> Supervisor {
+    /// A supervisor whose checkers tell the control module's `inbox` about
+    /// every change.
+    pub fn new(inbox: Inbox, histograms: Arc<ProbeHistograms>) -> Supervisor {
         let slots = Arc::new(Semaphore::new(MAX_PROBES_IN_FLIGHT));
         Supervisor {
             checkers: HashMap::new(),
             slots,
             histograms,
-            changed,
+            inbox,
         }
     }
 
@@ -98,7 +100,7 @@ impl Supervisor {
                         check: settings.check.clone(),
                         prober,
                         slots: Arc::clone(&self.slots),
-                        changed: Arc::clone(&self.changed),
+                        inbox: self.inbox.clone(),
                         histograms: Arc::clone(&self.histograms),
                     };
                     tasks.spawn(checker.run(stop.clone()));
@@ -106,7 +108,7 @@ impl Supervisor {
                 Err(reason) => {
                     tracing::error!(backend = %address, "health check misconfigured: {reason}");
                     state.set_health(Health::Down, &format!("check misconfigured: {reason}"));
-                    self.changed.notify_one();
+                    self.inbox.health_changed(address);
                 }
             }
             self.checkers.insert(address.to_owned(), (settings, stop));

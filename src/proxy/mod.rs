@@ -1,5 +1,6 @@
 //! The data path: accept loops, sessions, splicing and socket options.
 
+pub mod bind;
 pub mod cap;
 pub mod greeting;
 pub mod listener;

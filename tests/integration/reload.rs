@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dbsplice::reload::{ReloadOutcome, Reloader, Trigger};
+use dbsplice::inbox::{ReloadOutcome, Trigger};
 use dbsplice::vocabulary::Health;
 use mysql_async::prelude::Queryable;
 
@@ -48,16 +48,12 @@ async fn weights_backends_and_policies_change_live_and_health_is_kept() {
         ),
     )
     .unwrap();
-    let mut proxy = Proxy::start_file(&path);
+    let proxy = Proxy::start_file(&path);
     proxy.wait_health(a.addr(), Health::Up).await;
     proxy.wait_health(b.addr(), Health::Up).await;
     let addr = proxy.addr("rw");
-    let mut reloader = Reloader::new(&path);
     assert!(
-        matches!(
-            reloader.reload(proxy.app_mut(), Trigger::File),
-            ReloadOutcome::Unchanged
-        ),
+        matches!(proxy.reload(Trigger::File).await, ReloadOutcome::Unchanged),
         "same bytes: nothing"
     );
 
@@ -73,9 +69,7 @@ async fn weights_backends_and_policies_change_live_and_health_is_kept() {
         ),
     )
     .unwrap();
-    let ReloadOutcome::Applied { generation, diff } =
-        reloader.reload(proxy.app_mut(), Trigger::File)
-    else {
+    let ReloadOutcome::Applied { generation, diff } = proxy.reload(Trigger::File).await else {
         panic!("applied")
     };
     assert_eq!(generation, 2);
@@ -105,7 +99,7 @@ async fn weights_backends_and_policies_change_live_and_health_is_kept() {
     )
     .unwrap();
     assert!(matches!(
-        reloader.reload(proxy.app_mut(), Trigger::File),
+        proxy.reload(Trigger::File).await,
         ReloadOutcome::Applied { .. }
     ));
     assert_eq!(
@@ -129,7 +123,7 @@ async fn weights_backends_and_policies_change_live_and_health_is_kept() {
     );
     std::fs::write(&path, &with_c).unwrap();
     assert!(matches!(
-        reloader.reload(proxy.app_mut(), Trigger::File),
+        proxy.reload(Trigger::File).await,
         ReloadOutcome::Applied { .. }
     ));
     proxy.wait_health(c.addr(), Health::Up).await;
@@ -154,8 +148,7 @@ async fn weights_backends_and_policies_change_live_and_health_is_kept() {
         ),
     )
     .unwrap();
-    let ReloadOutcome::Applied { diff, .. } = reloader.reload(proxy.app_mut(), Trigger::File)
-    else {
+    let ReloadOutcome::Applied { diff, .. } = proxy.reload(Trigger::File).await else {
         panic!("applied")
     };
     assert_eq!(diff.backends_removed.len(), 1, "{diff}");
@@ -179,9 +172,8 @@ async fn broken_files_keep_the_running_config() {
     let path = dir.0.join("dbsplice.toml");
     let good = config(CHECK, &[backend(a.addr(), 1, "primary")]);
     std::fs::write(&path, &good).unwrap();
-    let mut proxy = Proxy::start_file(&path);
+    let proxy = Proxy::start_file(&path);
     proxy.wait_health(a.addr(), Health::Up).await;
-    let mut reloader = Reloader::new(&path);
     let broken = [
         String::new(),
         good.replace("weight = 1", "weight = 0"),
@@ -191,11 +183,11 @@ async fn broken_files_keep_the_running_config() {
     ];
     for text in broken {
         std::fs::write(&path, &text).unwrap();
-        let ReloadOutcome::Rejected(why) = reloader.reload(proxy.app_mut(), Trigger::File) else {
+        let ReloadOutcome::Rejected(why) = proxy.reload(Trigger::File).await else {
             panic!("{text:?} was applied")
         };
         assert!(
-            why.contains("dbsplice.toml"),
+            why.to_string().contains("dbsplice.toml"),
             "the error names the file: {why}"
         );
         assert_eq!(
@@ -208,17 +200,14 @@ async fn broken_files_keep_the_running_config() {
     std::fs::remove_file(&path).unwrap();
     assert!(
         matches!(
-            reloader.reload(proxy.app_mut(), Trigger::File),
+            proxy.reload(Trigger::File).await,
             ReloadOutcome::Rejected(_)
         ),
         "a missing file"
     );
     std::fs::write(&path, &good).unwrap();
     assert!(
-        matches!(
-            reloader.reload(proxy.app_mut(), Trigger::File),
-            ReloadOutcome::Unchanged
-        ),
+        matches!(proxy.reload(Trigger::File).await, ReloadOutcome::Unchanged),
         "back to what runs"
     );
 }
@@ -230,13 +219,12 @@ async fn listeners_are_added_and_removed_live() {
     let path = dir.0.join("dbsplice.toml");
     let one = config(CHECK, &[backend(a.addr(), 1, "primary")]);
     std::fs::write(&path, &one).unwrap();
-    let mut proxy = Proxy::start_file(&path);
+    let proxy = Proxy::start_file(&path);
     proxy.wait_health(a.addr(), Health::Up).await;
-    let mut reloader = Reloader::new(&path);
     let two = one.replace("\n[pool.main]", "\n[[listener]]\nname = \"second\"\nlisten = \"127.0.0.1:0\"\npool = \"main\"\n\n[pool.main]");
     std::fs::write(&path, &two).unwrap();
     assert!(matches!(
-        reloader.reload(proxy.app_mut(), Trigger::File),
+        proxy.reload(Trigger::File).await,
         ReloadOutcome::Applied { .. }
     ));
     let second = proxy.addr("second");
@@ -248,7 +236,7 @@ async fn listeners_are_added_and_removed_live() {
     );
     std::fs::write(&path, &one).unwrap();
     assert!(matches!(
-        reloader.reload(proxy.app_mut(), Trigger::File),
+        proxy.reload(Trigger::File).await,
         ReloadOutcome::Applied { .. }
     ));
     wait_until(Duration::from_secs(5), || async {
@@ -284,7 +272,7 @@ async fn two_hundred_reloads_under_load_fail_no_connection() {
         })
         .collect();
     std::fs::write(&path, &versions[0]).unwrap();
-    let mut proxy = Proxy::start_file(&path);
+    let proxy = Proxy::start_file(&path);
     proxy.wait_health(a.addr(), Health::Up).await;
     proxy.wait_health(b.addr(), Health::Up).await;
     let addr = proxy.addr("rw");
@@ -302,11 +290,10 @@ async fn two_hundred_reloads_under_load_fail_no_connection() {
             (ok, failed)
         })
     };
-    let mut reloader = Reloader::new(&path);
     for i in 0..200 {
         std::fs::write(&path, &versions[(i + 1) % 2]).unwrap();
         assert!(matches!(
-            reloader.reload(proxy.app_mut(), Trigger::File),
+            proxy.reload(Trigger::File).await,
             ReloadOutcome::Applied { .. }
         ));
         tokio::task::yield_now().await;
@@ -351,14 +338,13 @@ async fn a_removed_backend_is_drained_by_its_deadline() {
         ),
     )
     .unwrap();
-    let mut proxy = Proxy::start_file(&path);
+    let proxy = Proxy::start_file(&path);
     proxy.wait_health(a.addr(), Health::Up).await;
     proxy.wait_health(b.addr(), Health::Up).await;
     let mut on_b = session_on(proxy.addr("rw"), b.port).await;
-    let mut reloader = Reloader::new(&path);
     std::fs::write(&path, config(&settings, &[backend(a.addr(), 1, "primary")])).unwrap();
     assert!(matches!(
-        reloader.reload(proxy.app_mut(), Trigger::File),
+        proxy.reload(Trigger::File).await,
         ReloadOutcome::Applied { .. }
     ));
     let removed_at = tokio::time::Instant::now();

@@ -418,7 +418,10 @@ async fn manual_failback_waits_for_the_operator() {
         sessions,
         "no session reached the held primary"
     );
-    assert_eq!(proxy.app.as_ref().unwrap().failback("main"), Some(1));
+    assert_eq!(
+        proxy.app.as_ref().unwrap().failback("main").await,
+        Ok(Some(1))
+    );
     wait_until(Duration::from_secs(5), || async {
         (port_of_new_session(addr).await == Some(primary.port)).then_some(())
     })

@@ -91,7 +91,7 @@ impl Running {
                 "--log-format",
                 "json",
                 "--log-level",
-                "info,dbsplice::reload=debug",
+                "info,dbsplice::control::reload=debug",
                 "--config",
             ])
             .arg(config_path)

@@ -20,9 +20,11 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbsplice::app::{self, App};
+use dbsplice::app::App;
 use dbsplice::cluster::BackendState;
 use dbsplice::config::Config;
+use dbsplice::inbox::{ReloadOutcome, Trigger};
+use dbsplice::proxy::bind::{self, BoundListener};
 use dbsplice::vocabulary::Health;
 use dbsplice::workers::Workers;
 use mysql_async::prelude::Queryable;
@@ -68,9 +70,13 @@ pub struct Proxy {
 }
 
 /// Starts the app on two worker threads of its own.
-fn start_app(config: Config, bound: Vec<app::BoundListener>) -> (App, Workers) {
+fn start_app(config: Config, file: Option<&Path>, bound: Vec<BoundListener>) -> (App, Workers) {
     let workers = Workers::start(2).unwrap();
-    let app = App::start_on(config, bound, workers.handles()).unwrap();
+    let app = match file {
+        Some(file) => App::start_from_file(config, file, bound, workers.handles()),
+        None => App::start_on(config, bound, workers.handles()),
+    }
+    .unwrap();
     (app, workers)
 }
 
@@ -89,8 +95,8 @@ impl Proxy {
         std::fs::write(&path, toml).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let bound = app::bind(&config).unwrap();
-        let (app, workers) = start_app(config, bound);
+        let bound = bind::bind(&config).unwrap();
+        let (app, workers) = start_app(config, None, bound);
         Proxy {
             app: Some(app),
             _workers: workers,
@@ -101,17 +107,17 @@ impl Proxy {
     pub fn start_file(path: &Path) -> Proxy {
         init_logs();
         let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
-        let bound = app::bind(&config).unwrap();
-        let (app, workers) = start_app(config, bound);
+        let bound = bind::bind(&config).unwrap();
+        let (app, workers) = start_app(config, Some(path), bound);
         Proxy {
             app: Some(app),
             _workers: workers,
         }
     }
 
-    /// The running app, for reloads.
-    pub fn app_mut(&mut self) -> &mut App {
-        self.app.as_mut().expect("proxy is running")
+    /// Reads the config file again (started with [`Proxy::start_file`]).
+    pub async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        self.app().reload(trigger).await
     }
 
     fn app(&self) -> &App {

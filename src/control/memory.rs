@@ -1,0 +1,104 @@
+//! What the control module remembers between two decisions, keyed by pool and
+//! backend address so that it survives every reload that keeps the member:
+//! fail-back and flap history, lag hysteresis, the current writer, the tier in
+//! use, and the counts of failovers and writer changes. The snapshot carries
+//! none of it.
+
+use std::collections::HashMap;
+
+use crate::admin::shared::PoolView;
+use crate::balance::hold;
+use crate::vocabulary::Tier;
+
+/// The control module's memory.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// By pool name, then backend address.
+    members: HashMap<(String, String), MemberMemory>,
+    /// By pool name.
+    pools: HashMap<String, PoolMemory>,
+}
+
+/// What is remembered of one backend in one pool.
+#[derive(Debug, Default, Clone)]
+pub struct MemberMemory {
+    /// Fail-back and flap history.
+    pub hold: hold::Memory,
+    /// Out of a reader pool for lag at the last decision (hysteresis).
+    pub lagged_out: bool,
+}
+
+/// What is remembered of one pool.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PoolMemory {
+    /// A writer pool's writer, by address.
+    pub writer: Option<String>,
+    /// The writable backends when there were several (alerted once per set).
+    pub multiple_writers: Vec<String>,
+    /// The tier taking new sessions, if any.
+    pub tier: Option<Tier>,
+    /// A reader pool fell back to its writers.
+    pub fallback: bool,
+    /// Times new sessions moved to standbys.
+    pub failovers: u64,
+    /// Times a writer pool's writer changed.
+    pub writer_changes: u64,
+}
+
+impl Memory {
+    /// The memory of `address` in `pool`, new if never decided.
+    pub fn member(&mut self, pool: &str, address: &str) -> &mut MemberMemory {
+        self.members
+            .entry((pool.to_owned(), address.to_owned()))
+            .or_default()
+    }
+
+    /// The memory of `pool`, new if never decided.
+    pub fn pool(&mut self, pool: &str) -> &mut PoolMemory {
+        self.pools.entry(pool.to_owned()).or_default()
+    }
+
+    /// Lets every held returning member of `pool` back in (manual fail-back).
+    pub fn approve_failback(&mut self, pool: &str) {
+        for ((p, _), m) in &mut self.members {
+            if p == pool {
+                m.hold.approve();
+            }
+        }
+    }
+
+    /// Forgets members for which `keep(pool, address)` is false, and pools
+    /// without members; a forgotten writer is no writer.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.members
+            .retain(|(pool, address), _| keep(pool, address));
+        for (pool, memory) in &mut self.pools {
+            if memory.writer.as_deref().is_some_and(|w| !keep(pool, w)) {
+                memory.writer = None;
+            }
+        }
+        let members = &self.members;
+        self.pools
+            .retain(|pool, _| members.keys().any(|(p, _)| p == pool));
+    }
+
+    /// What the admin server shows of `pool`.
+    pub fn view(&self, pool: &str) -> PoolView {
+        let memory = self.pools.get(pool).cloned().unwrap_or_default();
+        let mut lagged_out: Vec<String> = self
+            .members
+            .iter()
+            .filter(|((p, _), m)| p == pool && m.lagged_out)
+            .map(|((_, address), _)| address.clone())
+            .collect();
+        lagged_out.sort();
+        PoolView {
+            writer: memory.writer,
+            tier: memory.tier,
+            fallback: memory.fallback,
+            lagged_out,
+            failovers: memory.failovers,
+            writer_changes: memory.writer_changes,
+        }
+    }
+}

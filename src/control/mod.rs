@@ -1,0 +1,308 @@
+//! The control module: the one owner of dbsplice's running state, and the only
+//! writer of the routing snapshot, of every member's decision, of operators'
+//! overrides and of the controller's [`Memory`]. Everything that changes that
+//! state arrives through one inbox ([`crate::inbox`]) and is handled here, one
+//! event at a time, in [`Control::run`]:
+//!
+//! - a reload ([`reload`]): file text, a `Config` loaded off-thread, one swap;
+//! - an operator's override or fail-back;
+//! - a checker's health transition: every pool decided again ([`decide`]);
+//! - shutdown: the checkers stop, then the module.
+//!
+//! After every event, and whenever a hold-down or fail-back timer ends, each
+//! pool is decided again from the facts the checkers wrote.
+
+pub mod decide;
+pub mod evict;
+pub mod listeners;
+pub mod memory;
+pub mod reload;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::shared::Shared;
+use crate::cluster::backend::Override;
+use crate::cluster::{Registry, Snapshot};
+use crate::config::Config;
+use crate::health::histograms::ProbeHistograms;
+use crate::health::Supervisor;
+use crate::inbox::{Event, Inbox, ReloadError, ReloadOutcome, Trigger};
+use crate::proxy::bind::BoundListener;
+use crate::proxy::cap::SessionCap;
+use crate::vocabulary::{Health, OverrideMode};
+use crate::workers::WorkerSet;
+use listeners::Listeners;
+use memory::Memory;
+use reload::Reloader;
+
+/// The tasks and tokens that a start creates and a shutdown ends, shared by
+/// the control module and the [`crate::app::App`] that stops it.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// Checkers, the control module and its helpers.
+    pub tasks: TaskTracker,
+    /// The accept loops, apart: shutdown waits for them to end before it
+    /// counts sessions, so that no client accepted meanwhile is dropped.
+    pub accept_loops: TaskTracker,
+    /// Client sessions.
+    pub sessions: TaskTracker,
+    /// Cancelled to stop every accept loop.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled to close every open session.
+    pub kill_sessions: CancellationToken,
+    /// Cancelled to stop the checkers.
+    pub stop_checks: CancellationToken,
+    /// Cancelled when the first probe round is done: accept loops start.
+    pub open: CancellationToken,
+}
+
+/// What [`start`] hands back: how to reach and observe the running module.
+#[derive(Debug)]
+pub struct Started {
+    /// Where events go.
+    pub inbox: Inbox,
+    /// What the admin server reads.
+    pub shared: Arc<Shared>,
+    /// The tasks and tokens to stop it by.
+    pub life: Lifecycle,
+}
+
+/// A reload being loaded, and the callers waiting for its outcome.
+type Loading = Pin<Box<dyn Future<Output = Result<Config, ReloadError>> + Send>>;
+
+/// The owner of the running state.
+#[derive(Debug)]
+pub struct Control {
+    routes: Arc<ArcSwap<Snapshot>>,
+    registry: Registry,
+    supervisor: Supervisor,
+    listeners: Listeners,
+    memory: Memory,
+    /// The config file, if dbsplice was started from one.
+    reloader: Option<Reloader>,
+    shared: Arc<Shared>,
+    life: Lifecycle,
+}
+
+/// Builds the first snapshot from `config`, starts its checkers and accept
+/// loops on the `bound` sockets (accepted on each of the `workers` runtimes,
+/// or on the caller's without), and runs the control module on the caller's
+/// runtime until a shutdown event. `file` is where reloads read the config.
+pub fn start(
+    config: Config,
+    file: Option<&Path>,
+    bound: Vec<BoundListener>,
+    workers: Option<Arc<WorkerSet>>,
+) -> io::Result<Started> {
+    let (inbox, events) = Inbox::new();
+    let life = Lifecycle::default();
+    let mut registry = Registry::default();
+    let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry);
+    let routes = Arc::new(ArcSwap::from_pointee(snapshot));
+    let histograms = Arc::new(ProbeHistograms::default());
+    let cap = Arc::new(SessionCap::for_this_process());
+    let shared = Arc::new(Shared::new(
+        Arc::clone(&routes),
+        Arc::clone(&histograms),
+        Arc::clone(&cap),
+    ));
+    tracing::info!(
+        max_sessions = cap.limit(),
+        "at most {} sessions at once: two open files each, within the open-files limit",
+        cap.limit()
+    );
+    let mut control = Control {
+        supervisor: Supervisor::new(inbox.clone(), histograms),
+        listeners: Listeners::new(Arc::clone(&routes), cap, workers, life.clone()),
+        routes,
+        registry,
+        memory: Memory::default(),
+        reloader: file.map(Reloader::new),
+        shared: Arc::clone(&shared),
+        life: life.clone(),
+    };
+    control.supervisor.reconcile(
+        &control.routes.load().config,
+        &control.registry,
+        &life.tasks,
+        &life.stop_checks,
+    );
+    for b in bound {
+        control.listeners.start(b)?;
+    }
+    control.listeners.publish(&shared);
+    life.tasks.spawn(control.run(events));
+    Ok(Started {
+        inbox,
+        shared,
+        life,
+    })
+}
+
+impl Control {
+    /// Handles events one at a time until a shutdown event (or until every
+    /// sender is gone), deciding every pool again after each one and when a
+    /// hold ends. A reload's loading runs beside the loop; reloads asked for
+    /// meanwhile wait their turn.
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        let mut loading: Option<(Loading, oneshot::Sender<ReloadOutcome>)> = None;
+        let mut waiting: VecDeque<(Trigger, oneshot::Sender<ReloadOutcome>)> = VecDeque::new();
+        loop {
+            if loading.is_none() {
+                loading = self.next_reload(&mut waiting);
+            }
+            let wake = self.decide(Instant::now());
+            let timer = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let loaded = async {
+                match loading.as_mut() {
+                    Some((load, _)) => load.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::Reload { trigger, reply }) => waiting.push_back((trigger, reply)),
+                    Some(Event::Shutdown { reply }) => {
+                        self.life.stop_checks.cancel();
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(event) => self.handle(event),
+                    None => return,
+                },
+                result = loaded => {
+                    if let Some((_, reply)) = loading.take() {
+                        let _ = reply.send(self.finish_reload(result));
+                    }
+                }
+                () = timer => {}
+            }
+        }
+    }
+
+    /// Starts loading the first waiting reload that needs it; answers at
+    /// once those that do not (unchanged bytes, unreadable file, no file).
+    fn next_reload(
+        &mut self,
+        waiting: &mut VecDeque<(Trigger, oneshot::Sender<ReloadOutcome>)>,
+    ) -> Option<(Loading, oneshot::Sender<ReloadOutcome>)> {
+        while let Some((trigger, reply)) = waiting.pop_front() {
+            let Some(reloader) = self.reloader.as_mut() else {
+                let _ = reply.send(ReloadOutcome::Rejected(ReloadError::NoFile));
+                continue;
+            };
+            match reloader.read(trigger) {
+                Ok(text) => return Some((Box::pin(reloader.load(text)), reply)),
+                Err(outcome) => {
+                    self.shared.reload_stats.count(&outcome);
+                    reloader.report(&outcome);
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        None
+    }
+
+    /// Handles one event other than a reload or shutdown.
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Override {
+                backend,
+                value,
+                reply,
+            } => {
+                let _ = reply.send(self.set_override(&backend, value));
+            }
+            Event::Failback { pool, reply } => {
+                let _ = reply.send(self.failback(&pool));
+            }
+            // The decision that follows every event reads the new facts.
+            Event::Health { .. } => {}
+            Event::Reload { .. } | Event::Shutdown { .. } => {
+                debug_assert!(false, "handled by the loop");
+            }
+        }
+    }
+
+    /// Decides every pool at `now`, publishes the pool decisions and returns
+    /// when the next hold ends.
+    fn decide(&mut self, now: Instant) -> Option<Instant> {
+        let snapshot = self.routes.load_full();
+        let mut wake: Option<Instant> = None;
+        for pool in snapshot.pools() {
+            if let Some(at) = decide::evaluate(pool, &mut self.memory, now) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        let views = snapshot
+            .pools()
+            .map(|p| (p.config.name.clone(), self.memory.view(&p.config.name)))
+            .collect();
+        *self
+            .shared
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = views;
+        wake
+    }
+
+    /// Sets (or, with `None`, clears) an operator's override on every backend
+    /// named `name` in any pool; `disable` also closes their sessions at once.
+    /// Returns how many backends matched.
+    fn set_override(&mut self, name: &str, value: Option<Override>) -> usize {
+        let snapshot = self.routes.load();
+        let mut matched = 0;
+        for pool in snapshot.pools() {
+            for member in pool.members.iter().filter(|m| m.name == name) {
+                matched += 1;
+                member.state.set_admin_override(value.clone());
+                if value
+                    .as_ref()
+                    .is_some_and(|o| o.mode == OverrideMode::Disable)
+                {
+                    member.decision.take_evict_token().cancel();
+                }
+            }
+        }
+        if matched > 0 {
+            tracing::info!(
+                backend = name,
+                state = value.as_ref().map_or("enabled", |o| o.mode.as_str()),
+                "admin override"
+            );
+        }
+        matched
+    }
+
+    /// Lets backends held after returning from down take traffic again in
+    /// `pool` (`failback = "manual"`). Returns how many were held, or `None`
+    /// for an unknown pool.
+    fn failback(&mut self, name: &str) -> Option<usize> {
+        let snapshot = self.routes.load();
+        let pool = snapshot.pool(name)?;
+        self.memory.approve_failback(name);
+        let held = pool
+            .members
+            .iter()
+            .filter(|m| m.state.health() == Health::Up && !m.is_eligible())
+            .count();
+        tracing::info!(pool = name, held, "manual fail-back");
+        Some(held)
+    }
+}

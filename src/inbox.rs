@@ -1,0 +1,200 @@
+//! The control module's one inbox: every change to the running state arrives
+//! here as a typed [`Event`], from the service (signals, file events), the
+//! admin server (operator actions), the checkers (health transitions) and the
+//! app's own lifecycle (shutdown). Where a caller waits for the outcome, the
+//! event carries a reply channel. The events and their outcomes are plain
+//! data; only the control module acts on them.
+
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::backend::Override;
+use crate::config::{ConfigDiff, ConfigError};
+
+/// Events waiting for the control module at most; a sender beyond that waits
+/// (operator actions) or relies on the events already queued (health, see
+/// [`Inbox::health_changed`]).
+pub const INBOX_CAPACITY: usize = 256;
+
+/// One thing the control module is asked to do.
+#[derive(Debug)]
+pub enum Event {
+    /// Read the config file again and apply it.
+    Reload {
+        /// File event (identical bytes do nothing) or forced.
+        trigger: Trigger,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<ReloadOutcome>,
+    },
+    /// An operator drains, disables or re-enables (`None`) every backend of
+    /// that name; the reply is how many matched.
+    Override {
+        /// The backend's name in its pools.
+        backend: String,
+        /// The override, or `None` to clear it.
+        value: Option<Override>,
+        /// How many backends matched.
+        reply: oneshot::Sender<usize>,
+    },
+    /// An operator lets the backends of `pool` held after returning from
+    /// down take traffic again; the reply is how many were held (`None`: no
+    /// such pool).
+    Failback {
+        /// The pool's name.
+        pool: String,
+        /// How many were held.
+        reply: oneshot::Sender<Option<usize>>,
+    },
+    /// A checker saw the backend at `address` change health, role or lag.
+    Health {
+        /// The backend's address as written in the config.
+        address: String,
+    },
+    /// Stop the checkers and the control module; replied once they stopped.
+    Shutdown {
+        /// Answered when stopped.
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What made a reload happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A file event or the poll: identical bytes do nothing.
+    File,
+    /// SIGHUP or an explicit request: read everything again, including the
+    /// files the config names (a rotated password file).
+    Forced,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The file's bytes (or the resulting config) did not change.
+    Unchanged,
+    /// A new config runs.
+    Applied {
+        /// Its generation.
+        generation: u64,
+        /// What changed.
+        diff: Box<ConfigDiff>,
+    },
+    /// The file could not be used; the running config stays.
+    Rejected(ReloadError),
+}
+
+/// Why a reload was rejected; the running config stays in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read, parsed or validated.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Reading the files and resolving host names took too long.
+    #[error(
+        "{}: reading the config and resolving its host names took longer than {seconds}s; \
+         check the resolver (/etc/resolv.conf) or write IP addresses",
+        file.display()
+    )]
+    Timeout {
+        /// The config file.
+        file: PathBuf,
+        /// The deadline.
+        seconds: u64,
+    },
+    /// The thread loading the config failed.
+    #[error("{}: the config could not be read: {reason}", file.display())]
+    Load {
+        /// The config file.
+        file: PathBuf,
+        /// What happened to the loading thread.
+        reason: String,
+    },
+    /// A new or moved listener could not bind its address.
+    #[error("listener '{listener}': cannot bind {listen}: {source}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// Its address as written.
+        listen: String,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// This dbsplice was started from a config with no file behind it.
+    #[error("no config file to reload: this dbsplice was started from a config in memory")]
+    NoFile,
+    /// The control module is gone (shutting down).
+    #[error("dbsplice is shutting down")]
+    Stopped,
+}
+
+/// The sending side of the inbox; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Event>,
+}
+
+/// A reply that never came: the control module stopped first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("dbsplice is shutting down")]
+pub struct Stopped;
+
+impl Inbox {
+    /// A new inbox and the receiving end the control module reads.
+    pub fn new() -> (Inbox, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        (Inbox { tx }, rx)
+    }
+
+    async fn ask<T>(&self, event: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(event(reply)).await.map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    /// Reloads the config file and waits for the outcome.
+    pub async fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        self.ask(|reply| Event::Reload { trigger, reply })
+            .await
+            .unwrap_or(ReloadOutcome::Rejected(ReloadError::Stopped))
+    }
+
+    /// Sets (or, with `None`, clears) an operator's override on every
+    /// backend named `backend`; returns how many matched.
+    pub async fn set_override(
+        &self,
+        backend: &str,
+        value: Option<Override>,
+    ) -> Result<usize, Stopped> {
+        let backend = backend.to_owned();
+        self.ask(|reply| Event::Override {
+            backend,
+            value,
+            reply,
+        })
+        .await
+    }
+
+    /// Manual fail-back in `pool`: how many backends were held (`None`: no
+    /// such pool).
+    pub async fn failback(&self, pool: &str) -> Result<Option<usize>, Stopped> {
+        let pool = pool.to_owned();
+        self.ask(|reply| Event::Failback { pool, reply }).await
+    }
+
+    /// Tells the control module that a checker wrote new facts for
+    /// `address`. Never waits: when the inbox is full, the events already
+    /// queued are handled after the facts were written, and every event
+    /// makes the control module decide again from the facts as they are
+    /// then, so nothing is lost by dropping this one.
+    pub fn health_changed(&self, address: &str) {
+        let _ = self.tx.try_send(Event::Health {
+            address: address.to_owned(),
+        });
+    }
+
+    /// Stops the control module and its checkers; returns once they stopped.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Event::Shutdown { reply }).await;
+    }
+}
