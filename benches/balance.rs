@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dbsplice::cluster::{Registry, Snapshot};
-use dbsplice::config::{resolve_system, Config};
+use dbsplice::config::{load::resolve_system, Config};
 use dbsplice::vocabulary::Health;
 
 fn main() {

@@ -1,14 +1,13 @@
 //! `[pool.NAME.check]`: how a pool's backends are probed, validated from the
-//! file, and the files a check refers to (password, CA, server key), read
-//! relative to the config file's directory.
+//! file. The files a check refers to (password, CA, server key) are read by
+//! [`super::load`], relative to the config file's directory.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{CheckKind, RawCheck, TlsSetting, Verify};
 use super::validate::Problems;
-use super::Problem;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -203,41 +202,6 @@ fn refuse_mysql_keys(key: &str, raw: &RawCheck, problems: &mut Problems) {
             format!("{key}.{field}"),
             "only the \"mysql\" check uses this; remove it or set kind = \"mysql\"",
         );
-    }
-}
-
-impl MysqlCheck {
-    /// Reads the files this check names, relative to `base`; `key` is the
-    /// check's key path for error messages.
-    pub(super) fn load_files(&mut self, key: &str, base: &Path) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut read = |field: &str, path: &Path| {
-            let full = base.join(path);
-            std::fs::read(&full)
-                .map_err(|e| {
-                    problems.push(Problem {
-                        key: format!("{key}.{field}"),
-                        message: format!(
-                            "cannot read {}: {e}; fix the path or the file's permissions",
-                            full.display()
-                        ),
-                    });
-                })
-                .ok()
-        };
-        if let Some(path) = self.password_file.clone() {
-            if let Some(bytes) = read("password_file", &path) {
-                let text = String::from_utf8_lossy(&bytes);
-                self.password = Secret::new(text.trim_end_matches(['\n', '\r']));
-            }
-        }
-        if let Some(path) = self.ca_file.clone() {
-            self.ca_pem = read("ca_file", &path);
-        }
-        if let Some(path) = self.server_public_key_file.clone() {
-            self.server_public_key = read("server_public_key_file", &path);
-        }
-        problems
     }
 }
 

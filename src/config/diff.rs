@@ -180,7 +180,12 @@ mod tests {
              [pool.p]\n[pool.p.check]\nkind = \"tcp\"\n[[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\nname = \"a\"\n\
              weight = {weight}\n{extra_backend}"
         );
-        Config::from_toml(Path::new("t.toml"), &text, &crate::config::resolve_system).unwrap()
+        Config::from_toml(
+            Path::new("t.toml"),
+            &text,
+            &crate::config::load::resolve_system,
+        )
+        .unwrap()
     }
 
     #[test]

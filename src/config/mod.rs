@@ -9,6 +9,7 @@ mod check;
 mod cidr;
 mod diff;
 mod duration;
+pub mod load;
 mod raw;
 mod routing;
 mod validate;
@@ -16,7 +17,7 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -239,76 +240,6 @@ impl fmt::Display for ProblemList<'_> {
 }
 
 impl Config {
-    /// Reads, parses, validates and resolves the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
-        Config::from_file_text(path, &text)
-    }
-
-    /// Parses and validates `text` read from `path`, and reads the files the
-    /// config names (relative to its directory).
-    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config = Config::from_toml(path, text, &resolve_system)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut problems: Vec<Problem> = config
-            .pools
-            .values_mut()
-            .filter_map(|p| Some((format!("pool.{}.check", p.name), p.check.mysql.as_mut()?)))
-            .flat_map(|(key, mysql)| mysql.load_files(&key, base))
-            .collect();
-        if let Some(admin) = config.admin.as_mut() {
-            if let (Some(cert), Some(key)) = (&admin.cert_file, &admin.key_file) {
-                let read = |field: &str, file: &Path| {
-                    std::fs::read(base.join(file)).map_err(|e| Problem {
-                        key: format!("admin.{field}"),
-                        message: format!(
-                            "cannot read {}: {e}; fix the path or the file's permissions",
-                            base.join(file).display()
-                        ),
-                    })
-                };
-                match (read("cert_file", cert), read("key_file", key)) {
-                    (Ok(c), Ok(k)) => {
-                        admin.tls_pem =
-                            Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned())))
-                    }
-                    (c, k) => problems.extend(c.err().into_iter().chain(k.err())),
-                }
-            }
-            if let Some(file) = &admin.token_file {
-                let full = base.join(file);
-                match std::fs::read_to_string(&full) {
-                    Ok(t) if !t.trim().is_empty() => admin.token = Some(Secret::new(t.trim())),
-                    Ok(_) => problems.push(Problem {
-                        key: "admin.token_file".into(),
-                        message: format!(
-                            "{} is empty; write a long random token into it",
-                            full.display()
-                        ),
-                    }),
-                    Err(e) => problems.push(Problem {
-                        key: "admin.token_file".into(),
-                        message: format!(
-                            "cannot read {}: {e}; fix the path or the file's permissions",
-                            full.display()
-                        ),
-                    }),
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                file: path.to_owned(),
-                problems,
-            })
-        }
-    }
-
     /// Parses and validates `text`, naming `path` in errors.
     pub fn from_toml(
         path: &Path,
@@ -358,22 +289,6 @@ impl Config {
 
 /// Turns a written address into a socket address, or says why it cannot.
 pub type Resolver<'a> = dyn Fn(&Address) -> Result<SocketAddr, String> + 'a;
-
-/// Resolves through the system resolver; literal IPs never touch DNS.
-pub fn resolve_system(address: &Address) -> Result<SocketAddr, String> {
-    if let Ok(ip) = address.host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, address.port));
-    }
-    match (address.host.as_str(), address.port).to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("host \"{}\" resolved to no address", address.host)),
-        Err(e) => Err(format!(
-            "host \"{}\" cannot be resolved ({e}); write an IP address or a name this host can resolve",
-            address.host
-        )),
-    }
-}
 
 fn parse_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
     let offset = err.span().map_or(0, |s| s.start).min(text.len());

@@ -8,11 +8,13 @@ use std::io;
 /// or system-wide), socket buffers or memory. No backend is to blame, and
 /// another backend would fare no better.
 pub fn is_local_shortage(e: &io::Error) -> bool {
-    use rustix::io::Errno;
-    Errno::from_io_error(e).is_some_and(|errno| {
-        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
-    })
+    e.raw_os_error()
+        .is_some_and(|errno| SHORTAGES.contains(&errno))
 }
+
+/// EMFILE, ENFILE, ENOBUFS and ENOMEM, as Linux numbers them (the same on
+/// every architecture dbsplice is built for).
+const SHORTAGES: [i32; 4] = [24, 23, 105, 12];
 
 /// Words for a failed connect that an operator can act on.
 pub fn describe_connect_error(e: &io::Error) -> String {
@@ -28,5 +30,31 @@ pub fn describe_connect_error(e: &io::Error) -> String {
             format!("unreachable: {e}")
         }
         _ => format!("connect failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shortage_numbers_are_the_kernel_s() {
+        for errno in [
+            rustix::io::Errno::MFILE,
+            rustix::io::Errno::NFILE,
+            rustix::io::Errno::NOBUFS,
+            rustix::io::Errno::NOMEM,
+        ] {
+            let e = io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(is_local_shortage(&e), "{e}");
+        }
+        for other in [
+            rustix::io::Errno::CONNREFUSED,
+            rustix::io::Errno::AGAIN,
+            rustix::io::Errno::INTR,
+        ] {
+            let e = io::Error::from_raw_os_error(other.raw_os_error());
+            assert!(!is_local_shortage(&e), "{e}");
+        }
     }
 }

@@ -1,0 +1,132 @@
+//! The config's contact with the outside world: reading the file and the
+//! files it names (passwords, certificates, the admin token), and resolving
+//! host names through the system resolver. Everything else in [`super`] is
+//! pure and takes these as inputs.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use super::{Address, Config, ConfigError, MysqlCheck, Problem, Secret};
+
+impl Config {
+    /// Reads, parses, validates and resolves the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_file_text(path, &text)
+    }
+
+    /// Parses and validates `text` read from `path`, and reads the files the
+    /// config names (relative to its directory).
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::from_toml(path, text, &resolve_system)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut problems: Vec<Problem> = config
+            .pools
+            .values_mut()
+            .filter_map(|p| Some((format!("pool.{}.check", p.name), p.check.mysql.as_mut()?)))
+            .flat_map(|(key, mysql)| mysql.load_files(&key, base))
+            .collect();
+        if let Some(admin) = config.admin.as_mut() {
+            if let (Some(cert), Some(key)) = (&admin.cert_file, &admin.key_file) {
+                let read = |field: &str, file: &Path| {
+                    std::fs::read(base.join(file)).map_err(|e| Problem {
+                        key: format!("admin.{field}"),
+                        message: format!(
+                            "cannot read {}: {e}; fix the path or the file's permissions",
+                            base.join(file).display()
+                        ),
+                    })
+                };
+                match (read("cert_file", cert), read("key_file", key)) {
+                    (Ok(c), Ok(k)) => {
+                        admin.tls_pem =
+                            Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned())))
+                    }
+                    (c, k) => problems.extend(c.err().into_iter().chain(k.err())),
+                }
+            }
+            if let Some(file) = &admin.token_file {
+                let full = base.join(file);
+                match std::fs::read_to_string(&full) {
+                    Ok(t) if !t.trim().is_empty() => admin.token = Some(Secret::new(t.trim())),
+                    Ok(_) => problems.push(Problem {
+                        key: "admin.token_file".into(),
+                        message: format!(
+                            "{} is empty; write a long random token into it",
+                            full.display()
+                        ),
+                    }),
+                    Err(e) => problems.push(Problem {
+                        key: "admin.token_file".into(),
+                        message: format!(
+                            "cannot read {}: {e}; fix the path or the file's permissions",
+                            full.display()
+                        ),
+                    }),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                file: path.to_owned(),
+                problems,
+            })
+        }
+    }
+}
+
+impl MysqlCheck {
+    /// Reads the files this check names, relative to `base`; `key` is the
+    /// check's key path for error messages.
+    fn load_files(&mut self, key: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut read = |field: &str, path: &Path| {
+            let full = base.join(path);
+            std::fs::read(&full)
+                .map_err(|e| {
+                    problems.push(Problem {
+                        key: format!("{key}.{field}"),
+                        message: format!(
+                            "cannot read {}: {e}; fix the path or the file's permissions",
+                            full.display()
+                        ),
+                    });
+                })
+                .ok()
+        };
+        if let Some(path) = self.password_file.clone() {
+            if let Some(bytes) = read("password_file", &path) {
+                let text = String::from_utf8_lossy(&bytes);
+                self.password = Secret::new(text.trim_end_matches(['\n', '\r']));
+            }
+        }
+        if let Some(path) = self.ca_file.clone() {
+            self.ca_pem = read("ca_file", &path);
+        }
+        if let Some(path) = self.server_public_key_file.clone() {
+            self.server_public_key = read("server_public_key_file", &path);
+        }
+        problems
+    }
+}
+
+/// Resolves through the system resolver; literal IPs never touch DNS.
+pub fn resolve_system(address: &Address) -> Result<SocketAddr, String> {
+    if let Ok(ip) = address.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, address.port));
+    }
+    match (address.host.as_str(), address.port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("host \"{}\" resolved to no address", address.host)),
+        Err(e) => Err(format!(
+            "host \"{}\" cannot be resolved ({e}); write an IP address or a name this host can resolve",
+            address.host
+        )),
+    }
+}
