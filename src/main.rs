@@ -190,7 +190,9 @@ fn remote(args: &AdminArgs, action: Action) -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(dbsplice::admin::cli::run(&target, &action))
+            runtime
+                .block_on(dbsplice::admin::cli::run(&target, &action))
+                .map_err(|e| e.to_string())
         });
     match result {
         Ok(out) => {

@@ -68,7 +68,7 @@ pub const LISTENER_ACCEPTED: Metric = (
 /// Rejected clients.
 pub const LISTENER_REJECTED: Metric = (
     "dbsplice_listener_rejected_total",
-    "Clients refused by the listener, by reason (limit, access, no_backend)",
+    "Clients refused by the listener, by reason (limit, access, no_backend, local_shortage)",
 );
 /// Open sessions per listener.
 pub const LISTENER_ACTIVE: Metric = (

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use rustls::pki_types::ServerName;
 
-use super::client::{request, Https};
+use super::client::{request, ClientError, Https};
 use crate::config::{Config, Verify};
 use crate::health::tls::{pinned_config, verifying_config};
 
@@ -127,8 +127,24 @@ fn https(
     Ok(Some(Https { config, name }))
 }
 
+/// Why a CLI command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The admin server could not be asked.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// It answered with an error.
+    #[error("{status}: {why}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's words.
+        why: String,
+    },
+}
+
 /// Carries out `action`; returns what to print.
-pub async fn run(target: &Target, action: &Action) -> Result<String, String> {
+pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
     let (method, path) = match action {
         Action::Status => ("GET", "/api/status".to_owned()),
         Action::Drain(name, until) => (
@@ -152,7 +168,7 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, String> {
             .get("error")
             .and_then(Value::as_str)
             .map_or_else(|| value.to_string(), str::to_owned);
-        return Err(format!("{status}: {why}"));
+        return Err(CliError::Refused { status, why });
     }
     Ok(match action {
         Action::Status => table(&value),

@@ -27,6 +27,42 @@ impl std::fmt::Debug for Https {
     }
 }
 
+/// Why a request to the admin server got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing accepted the connection.
+    #[error("cannot reach the admin server at {addr}: {source}")]
+    Connect {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (an untrusted or mismatched certificate).
+    #[error(
+        "HTTPS to the admin server at {addr} failed: {source} \
+         (give the CA with --ca-file, or --insecure to skip the check)"
+    )]
+    Tls {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The handshake error.
+        source: std::io::Error,
+    },
+    /// Sending the request or reading the answer failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The answer is not HTTP.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// No answer in time.
+    #[error("{addr}: no answer within 30s")]
+    Timeout {
+        /// The admin address.
+        addr: SocketAddr,
+    },
+}
+
 /// Sends one request and returns the status code and body. The token, when
 /// given, goes in an `Authorization` header.
 pub async fn request(
@@ -35,11 +71,11 @@ pub async fn request(
     method: &str,
     path: &str,
     token: Option<&str>,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), ClientError> {
     let exchange = async {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot reach the admin server at {addr}: {e}"))?;
+            .map_err(|source| ClientError::Connect { addr, source })?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
@@ -51,47 +87,41 @@ pub async fn request(
                 let tls = connector
                     .connect(https.name.clone(), stream)
                     .await
-                    .map_err(|e| {
-                        format!(
-                            "HTTPS to the admin server at {addr} failed: {e} \
-                             (give the CA with --ca-file, or --insecure to skip the check)"
-                        )
-                    })?;
+                    .map_err(|source| ClientError::Tls { addr, source })?;
                 send(tls, &head).await
             }
         }
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
-        .map_err(|_| format!("{addr}: no answer within 30s"))?
+        .map_err(|_| ClientError::Timeout { addr })?
 }
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     head: &str,
-) -> Result<(u16, String), String> {
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(u16, String), ClientError> {
+    stream.write_all(head.as_bytes()).await?;
     let mut raw = Vec::new();
     // A server that closes without TLS's close_notify still sent its answer.
     if let Err(e) = (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw).await {
         if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
-            return Err(e.to_string());
+            return Err(e.into());
         }
     }
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> Result<(u16, String), String> {
+fn parse(raw: &[u8]) -> Result<(u16, String), ClientError> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(ClientError::Malformed("malformed HTTP answer"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or("malformed HTTP status")?;
+        .ok_or(ClientError::Malformed("malformed HTTP status"))?;
     let chunked = head.lines().any(|l| {
         l.to_ascii_lowercase()
             .starts_with("transfer-encoding: chunked")

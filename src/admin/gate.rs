@@ -67,40 +67,30 @@ pub fn admit(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let read_only = matches!(
-        parts.as_slice(),
-        [] | ["page.js" | "page.css"]
-            | ["healthz"]
-            | ["readyz"]
-            | ["metrics"]
-            | ["api", "status"]
-            | ["api", "backends", _, "why"]
-    );
     let owned = || parts.iter().map(|s| (*s).to_owned()).collect();
-    match (read_only, method) {
-        (true, &Method::GET | &Method::HEAD) => return Ok(Admitted::Read(owned())),
-        (true, _) => {
-            return Err(refused(
+    if is_read(&parts) {
+        return match *method {
+            Method::GET | Method::HEAD => Ok(Admitted::Read(owned())),
+            _ => Err(refused(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use GET",
                 RefusedKind::Route,
-            ))
-        }
-        (false, _) if !is_action(&parts) => {
-            return Err(refused(
-                StatusCode::NOT_FOUND,
-                "no such endpoint",
-                RefusedKind::Route,
-            ))
-        }
-        (false, &Method::POST) => {}
-        (false, _) => {
-            return Err(refused(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use POST",
-                RefusedKind::Route,
-            ))
-        }
+            )),
+        };
+    }
+    if !is_action(&parts) {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+            RefusedKind::Route,
+        ));
+    }
+    if method != Method::POST {
+        return Err(refused(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST",
+            RefusedKind::Route,
+        ));
     }
     let token = admin.and_then(|a| a.token.as_ref());
     auth::check(request_headers, token)
@@ -109,6 +99,18 @@ pub fn admit(
         owned(),
         query.unwrap_or_default().to_owned(),
     ))
+}
+
+fn is_read(path: &[&str]) -> bool {
+    matches!(
+        path,
+        [] | ["page.js" | "page.css"]
+            | ["healthz"]
+            | ["readyz"]
+            | ["metrics"]
+            | ["api", "status"]
+            | ["api", "backends", _, "why"]
+    )
 }
 
 fn is_action(path: &[&str]) -> bool {

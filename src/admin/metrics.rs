@@ -10,6 +10,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use super::shared::Shared;
 use crate::metrics::*;
+use crate::proxy::listener::Rejected;
 use crate::vocabulary::{Health, Lag, Role, Tier};
 
 /// Renders every metric in the Prometheus text format.
@@ -152,13 +153,9 @@ fn listeners(shared: &Shared) {
         let stats = &l.stats;
         counter!(LISTENER_ACCEPTED.0, "listener" => l.name.clone())
             .absolute(stats.accepted.load(Ordering::Relaxed));
-        for (reason, value) in [
-            ("limit", &stats.rejected_limit),
-            ("access", &stats.rejected_access),
-            ("no_backend", &stats.rejected_no_backend),
-        ] {
-            counter!(LISTENER_REJECTED.0, "listener" => l.name.clone(), "reason" => reason)
-                .absolute(value.load(Ordering::Relaxed));
+        for cause in Rejected::ALL {
+            counter!(LISTENER_REJECTED.0, "listener" => l.name.clone(), "reason" => cause.as_str())
+                .absolute(stats.rejected(cause));
         }
         counter!(LISTENER_ACCEPT_ERRORS.0, "listener" => l.name.clone())
             .absolute(stats.accept_errors.load(Ordering::Relaxed));

@@ -90,30 +90,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
     let share = conns::admin_share(admin.shared.session_cap.reserved());
     let table = Arc::new(conns::Table::new());
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                a
-            }
-            Err(e) => {
-                if let Some(suppressed) = admin.logs.accept.ready() {
-                    tracing::warn!(
-                        "admin accept failed: {e}; retrying in {backoff:?} ({suppressed} more failures not logged)"
-                    );
-                }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = accept(&listener, &admin, &stop, &mut backoff).await {
         let cap = admin
             .shared
             .routes
@@ -146,6 +123,40 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
             }
         };
         tokio::spawn(connection(Arc::clone(&admin), conn, acceptor, stream, peer));
+    }
+}
+
+/// The next accepted connection, backing off after failed accepts (out of
+/// descriptors, say); `None` once `stop` is cancelled.
+async fn accept(
+    listener: &TcpListener,
+    admin: &Admin,
+    stop: &CancellationToken,
+    backoff: &mut Duration,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return None,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok(a) => {
+                *backoff = ACCEPT_BACKOFF_MIN;
+                return Some(a);
+            }
+            Err(e) => {
+                if let Some(suppressed) = admin.logs.accept.ready() {
+                    tracing::warn!(
+                        "admin accept failed: {e}; retrying in {backoff:?} ({suppressed} more failures not logged)"
+                    );
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(*backoff) => {}
+                }
+                *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
     }
 }
 

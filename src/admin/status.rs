@@ -5,83 +5,16 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::shared::Shared;
-use crate::vocabulary::Lag;
+use super::shared::{ListenerView, PoolView, Shared};
+use crate::cluster::{Member, Pool};
+use crate::proxy::listener::Rejected;
+use crate::vocabulary::{Health, Lag, PoolRole, Role, Tier};
 
 /// The status document.
 pub(super) fn status(shared: &Shared) -> Value {
     let snapshot = shared.routes.load();
-    let listeners: Vec<Value> = shared
-        .listeners()
-        .iter()
-        .map(|l| {
-            let s = &l.stats;
-            json!({
-                "name": l.name,
-                "address": l.addr.to_string(),
-                "active": s.active(),
-                "accepted": s.accepted.load(Ordering::Relaxed),
-                "rejected": {
-                    "limit": s.rejected_limit.load(Ordering::Relaxed),
-                    "access": s.rejected_access.load(Ordering::Relaxed),
-                    "no_backend": s.rejected_no_backend.load(Ordering::Relaxed),
-                },
-            })
-        })
-        .collect();
-    let pools: Vec<Value> = snapshot
-        .pools()
-        .map(|pool| {
-            let decided = shared.pool(&pool.config.name);
-            let backends: Vec<Value> = pool
-                .members
-                .iter()
-                .map(|m| {
-                    let s = &m.state;
-                    let (lag, lag_known) = match s.lag() {
-                        Some(Lag::Seconds(l)) => (json!(l), true),
-                        Some(Lag::NotReplica) => (json!(0), true),
-                        _ => (Value::Null, false),
-                    };
-                    json!({
-                        "name": m.name,
-                        "address": s.address,
-                        "tier": m.tier.as_str(),
-                        "weight": m.weight,
-                        "health": s.health().as_str(),
-                        "eligible": m.is_eligible(),
-                        "reason": s.reason().to_string(),
-                        "role": s.role().as_str(),
-                        "lag_seconds": lag,
-                        "lag_known": lag_known,
-                        "active_sessions": s.active(),
-                        "total_sessions": s.total(),
-                        "connect_failures": s.connect_failures(),
-                        "admin": s.admin_override(Instant::now()).map(|o| json!({
-                            "state": o.mode.as_str(),
-                            "origin": o.origin,
-                            "since_unix": o.since_unix,
-                            "expires_in_seconds": o.until.map(|u| u.saturating_duration_since(Instant::now()).as_secs()),
-                        })),
-                    })
-                })
-                .collect();
-            let writer = decided
-                .writer
-                .as_ref()
-                .and_then(|w| pool.members.iter().find(|m| &m.state.address == w))
-                .map(|m| m.name.clone());
-            json!({
-                "name": pool.config.name,
-                "role": format!("{:?}", pool.config.routing.role).to_lowercase(),
-                "balance": pool.config.balance.as_str(),
-                "tier": decided.tier.map(|t| t.as_str()),
-                "writer": writer,
-                "fallback": decided.fallback,
-                "backends": backends,
-            })
-        })
-        .collect();
+    let listeners: Vec<Value> = shared.listeners().iter().map(listener).collect();
+    let pools: Vec<Value> = snapshot.pools().map(|p| pool(shared, p)).collect();
     json!({
         "generation": snapshot.generation,
         "ready": shared.is_ready(),
@@ -92,6 +25,70 @@ pub(super) fn status(shared: &Shared) -> Value {
         },
         "listeners": listeners,
         "pools": pools,
+    })
+}
+
+fn listener(l: &ListenerView) -> Value {
+    let s = &l.stats;
+    json!({
+        "name": l.name,
+        "address": l.addr.to_string(),
+        "active": s.active(),
+        "accepted": s.accepted.load(Ordering::Relaxed),
+        "rejected": Rejected::ALL
+            .iter()
+            .map(|&cause| (cause.as_str().to_owned(), json!(s.rejected(cause))))
+            .collect::<serde_json::Map<String, Value>>(),
+    })
+}
+
+fn pool(shared: &Shared, pool: &Pool) -> Value {
+    let decided = shared.pool(&pool.config.name);
+    let backends: Vec<Value> = pool.members.iter().map(backend).collect();
+    let writer = decided
+        .writer
+        .as_ref()
+        .and_then(|w| pool.members.iter().find(|m| &m.state.address == w))
+        .map(|m| m.name.clone());
+    json!({
+        "name": pool.config.name,
+        "role": format!("{:?}", pool.config.routing.role).to_lowercase(),
+        "balance": pool.config.balance.as_str(),
+        "tier": decided.tier.map(|t| t.as_str()),
+        "writer": writer,
+        "fallback": decided.fallback,
+        "backends": backends,
+    })
+}
+
+fn backend(m: &Member) -> Value {
+    let s = &m.state;
+    let (lag, lag_known) = match s.lag() {
+        Some(Lag::Seconds(l)) => (json!(l), true),
+        Some(Lag::NotReplica) => (json!(0), true),
+        _ => (Value::Null, false),
+    };
+    let now = Instant::now();
+    json!({
+        "name": m.name,
+        "address": s.address,
+        "tier": m.tier.as_str(),
+        "weight": m.weight,
+        "health": s.health().as_str(),
+        "eligible": m.is_eligible(),
+        "reason": s.reason().to_string(),
+        "role": s.role().as_str(),
+        "lag_seconds": lag,
+        "lag_known": lag_known,
+        "active_sessions": s.active(),
+        "total_sessions": s.total(),
+        "connect_failures": s.connect_failures(),
+        "admin": s.admin_override(now).map(|o| json!({
+            "state": o.mode.as_str(),
+            "origin": o.origin,
+            "since_unix": o.since_unix,
+            "expires_in_seconds": o.until.map(|u| u.saturating_duration_since(now).as_secs()),
+        })),
     })
 }
 
@@ -109,15 +106,8 @@ pub(super) fn why(shared: &Shared, name: &str) -> Option<Value> {
     (!answers.is_empty()).then(|| json!({ "backend": name, "pools": answers }))
 }
 
-fn explain(
-    pool: &crate::cluster::Pool,
-    decided: &super::shared::PoolView,
-    m: &crate::cluster::Member,
-) -> String {
-    use crate::vocabulary::{Health, Role};
-    use crate::vocabulary::{PoolRole, Tier};
+fn explain(pool: &Pool, decided: &PoolView, m: &Member) -> String {
     let s = &m.state;
-    let routing = &pool.config.routing;
     if let Some(o) = s.admin_override(Instant::now()) {
         return format!("an operator set it to {} ({})", o.mode.as_str(), o.origin);
     }
@@ -127,18 +117,7 @@ fn explain(
         Health::Up => {}
     }
     if m.is_eligible() {
-        let tier = if m.tier == Tier::Standby {
-            " as a standby, because no primary is eligible"
-        } else {
-            ""
-        };
-        return match routing.role {
-            PoolRole::Writer => format!("it is the pool's writer{tier}"),
-            PoolRole::Reader if decided.fallback => {
-                "no replica is eligible, so reads fall back to it (a writer)".to_owned()
-            }
-            _ => format!("it is healthy and takes new sessions{tier}"),
-        };
+        return why_in(pool, decided, m);
     }
     if decided.lagged_out.contains(&s.address) {
         return format!(
@@ -146,27 +125,51 @@ fn explain(
             s.lag()
         );
     }
-    match (routing.role, s.role()) {
-        (PoolRole::Writer, Role::Writable)
-            if decided.writer.as_ref().is_some_and(|w| w != &s.address) =>
-        {
-            return "another writable backend is the pool's writer (one writer at a time)"
-                .to_owned();
-        }
-        (PoolRole::Writer, Role::Writable) => {
-            return "several servers are writable and on_multiple_writers = \"refuse\"".to_owned();
-        }
-        (PoolRole::Writer, _) => return "it is not writable (read_only is on)".to_owned(),
-        (PoolRole::Reader, Role::Writable) => {
-            return "it is writable, and a reader pool uses read-only replicas".to_owned()
-        }
-        (PoolRole::Reader, _) if s.lag().is_none() && routing.max_lag.is_some() => {
-            return "its replication lag is unknown and lag_unknown = \"exclude\"".to_owned();
-        }
-        _ => {}
+    if let Some(why) = why_not_by_role(pool, decided, m) {
+        return why.to_owned();
     }
     if m.tier == Tier::Standby && decided.tier == Some(Tier::Primary) {
         return "it is a standby and a primary is eligible".to_owned();
     }
     "it is held back after returning from down (fail-back) or for flapping".to_owned()
+}
+
+/// Why an eligible, healthy member takes sessions.
+fn why_in(pool: &Pool, decided: &PoolView, m: &Member) -> String {
+    let tier = if m.tier == Tier::Standby {
+        " as a standby, because no primary is eligible"
+    } else {
+        ""
+    };
+    match pool.config.routing.role {
+        PoolRole::Writer => format!("it is the pool's writer{tier}"),
+        PoolRole::Reader if decided.fallback => {
+            "no replica is eligible, so reads fall back to it (a writer)".to_owned()
+        }
+        _ => format!("it is healthy and takes new sessions{tier}"),
+    }
+}
+
+/// Why a healthy member's role keeps it out of the pool, if it does.
+fn why_not_by_role(pool: &Pool, decided: &PoolView, m: &Member) -> Option<&'static str> {
+    let s = &m.state;
+    let routing = &pool.config.routing;
+    match (routing.role, s.role()) {
+        (PoolRole::Writer, Role::Writable)
+            if decided.writer.as_ref().is_some_and(|w| w != &s.address) =>
+        {
+            Some("another writable backend is the pool's writer (one writer at a time)")
+        }
+        (PoolRole::Writer, Role::Writable) => {
+            Some("several servers are writable and on_multiple_writers = \"refuse\"")
+        }
+        (PoolRole::Writer, _) => Some("it is not writable (read_only is on)"),
+        (PoolRole::Reader, Role::Writable) => {
+            Some("it is writable, and a reader pool uses read-only replicas")
+        }
+        (PoolRole::Reader, _) if s.lag().is_none() && routing.max_lag.is_some() => {
+            Some("its replication lag is unknown and lag_unknown = \"exclude\"")
+        }
+        _ => None,
+    }
 }

@@ -23,49 +23,8 @@ pub(super) fn routing(
     problems: &mut Problems,
 ) -> Routing {
     let role = raw.role.unwrap_or(PoolRole::Any);
-    if role != PoolRole::Any && check.kind != CheckKind::Mysql {
-        problems.add(
-            format!("{key}.role"),
-            "a writer or reader pool needs to know each server's role: use the \"mysql\" check (kind = \"mysql\")",
-        );
-    }
-    if role != PoolRole::Reader {
-        for (field, set) in [
-            ("max_lag", raw.max_lag.is_some()),
-            ("readmit_lag", raw.readmit_lag.is_some()),
-            ("lag_unknown", raw.lag_unknown.is_some()),
-            ("fallback", raw.fallback.is_some()),
-        ] {
-            if set {
-                problems.add(
-                    format!("{key}.{field}"),
-                    "only a reader pool uses this; remove it or set role = \"reader\"",
-                );
-            }
-        }
-    }
-    if role != PoolRole::Writer && raw.on_multiple_writers.is_some() {
-        problems.add(
-            format!("{key}.on_multiple_writers"),
-            "only a writer pool uses this; remove it or set role = \"writer\"",
-        );
-    }
-    let max_lag = raw.max_lag.map(|d| d.0);
-    let readmit_lag = raw.readmit_lag.map(|d| d.0).or(max_lag);
-    if raw.readmit_lag.is_some() && max_lag.is_none() {
-        problems.add(
-            format!("{key}.readmit_lag"),
-            "readmit_lag needs max_lag; add max_lag = \"10s\" (readmit_lag at or below it)",
-        );
-    }
-    if let (Some(max), Some(readmit)) = (max_lag, readmit_lag) {
-        if readmit > max {
-            problems.add(
-                format!("{key}.readmit_lag"),
-                "readmit_lag must not exceed max_lag, or a replica would flap; write it lower, e.g. half of max_lag",
-            );
-        }
-    }
+    check_role_settings(key, raw, role, check, problems);
+    let (max_lag, readmit_lag) = lag_limits(key, raw, problems);
     // A reader pool with a lag limit must learn lag: the check asks for it.
     if max_lag.is_some() {
         if let Some(mysql) = check.mysql.as_mut() {
@@ -102,6 +61,68 @@ pub(super) fn routing(
         send_proxy: raw.send_proxy,
         hold: hold_policy(key, raw, problems),
     }
+}
+
+/// Settings that only some roles use, and the check a role needs.
+fn check_role_settings(
+    key: &str,
+    raw: &RawPool,
+    role: PoolRole,
+    check: &CheckConfig,
+    problems: &mut Problems,
+) {
+    if role != PoolRole::Any && check.kind != CheckKind::Mysql {
+        problems.add(
+            format!("{key}.role"),
+            "a writer or reader pool needs to know each server's role: use the \"mysql\" check (kind = \"mysql\")",
+        );
+    }
+    if role != PoolRole::Reader {
+        for (field, set) in [
+            ("max_lag", raw.max_lag.is_some()),
+            ("readmit_lag", raw.readmit_lag.is_some()),
+            ("lag_unknown", raw.lag_unknown.is_some()),
+            ("fallback", raw.fallback.is_some()),
+        ] {
+            if set {
+                problems.add(
+                    format!("{key}.{field}"),
+                    "only a reader pool uses this; remove it or set role = \"reader\"",
+                );
+            }
+        }
+    }
+    if role != PoolRole::Writer && raw.on_multiple_writers.is_some() {
+        problems.add(
+            format!("{key}.on_multiple_writers"),
+            "only a writer pool uses this; remove it or set role = \"writer\"",
+        );
+    }
+}
+
+/// `max_lag` and `readmit_lag` (which defaults to `max_lag`, never above it).
+fn lag_limits(
+    key: &str,
+    raw: &RawPool,
+    problems: &mut Problems,
+) -> (Option<Duration>, Option<Duration>) {
+    let max_lag = raw.max_lag.map(|d| d.0);
+    let readmit_lag = raw.readmit_lag.map(|d| d.0).or(max_lag);
+    if raw.readmit_lag.is_some() && max_lag.is_none() {
+        problems.add(
+            format!("{key}.readmit_lag"),
+            "readmit_lag needs max_lag; add max_lag = \"10s\" (readmit_lag at or below it)",
+        );
+    }
+    if let (Some(max), Some(readmit)) = (max_lag, readmit_lag) {
+        if readmit > max {
+            problems.add(
+                format!("{key}.readmit_lag"),
+                "readmit_lag must not exceed max_lag, or a replica would flap; write it lower, e.g. half of max_lag",
+            );
+        }
+    }
+    (max_lag, readmit_lag)
 }
 
 fn hold_policy(key: &str, raw: &RawPool, problems: &mut Problems) -> HoldPolicy {

@@ -121,24 +121,7 @@ fn listener_configs(
                 ),
             );
         }
-        if l.max_connections == Some(0) {
-            problems.add(
-                format!("{key}.max_connections"),
-                "0 would refuse every client; write a number of 1 or more",
-            );
-        }
-        if l.idle_timeout.is_some_and(|d| d.0.is_zero()) {
-            problems.add(
-                format!("{key}.idle_timeout"),
-                "0s would close every session; remove the key to keep idle sessions open",
-            );
-        }
-        if l.half_close_timeout.is_some_and(|d| d.0.is_zero()) {
-            problems.add(
-                format!("{key}.half_close_timeout"),
-                "0s would cut off the answer to a client's last request; write for example \"30s\"",
-            );
-        }
+        check_listener_limits(&key, &l, problems);
         let Some(addr) = problems.resolve(format!("{key}.listen"), &l.listen, resolve) else {
             continue;
         };
@@ -165,6 +148,28 @@ fn listener_configs(
         });
     }
     out
+}
+
+/// A listener's limits and deadlines: zero is never meant.
+fn check_listener_limits(key: &str, l: &RawListener, problems: &mut Problems) {
+    if l.max_connections == Some(0) {
+        problems.add(
+            format!("{key}.max_connections"),
+            "0 would refuse every client; write a number of 1 or more",
+        );
+    }
+    if l.idle_timeout.is_some_and(|d| d.0.is_zero()) {
+        problems.add(
+            format!("{key}.idle_timeout"),
+            "0s would close every session; remove the key to keep idle sessions open",
+        );
+    }
+    if l.half_close_timeout.is_some_and(|d| d.0.is_zero()) {
+        problems.add(
+            format!("{key}.half_close_timeout"),
+            "0s would cut off the answer to a client's last request; write for example \"30s\"",
+        );
+    }
 }
 
 fn pool_config(

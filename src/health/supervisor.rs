@@ -54,30 +54,7 @@ impl Supervisor {
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) {
-        let mut wanted: HashMap<&str, (Settings, &BackendConfig)> = HashMap::new();
-        for pool in config.pools.values() {
-            for b in &pool.backends {
-                let Some(state) = registry.get(&b.address.text) else {
-                    continue;
-                };
-                let settings = Settings {
-                    check: pool.check.clone(),
-                    proxy: pool.routing.send_proxy,
-                    state: Arc::clone(state),
-                };
-                // Pools that share a server agree on its check (the config
-                // says so), but for lag: asked when any of them asks.
-                wanted
-                    .entry(b.address.text.as_str())
-                    .and_modify(|(first, _)| {
-                        if let (Some(m), Some(n)) = (first.check.mysql.as_mut(), &pool.check.mysql)
-                        {
-                            m.lag |= n.lag;
-                        }
-                    })
-                    .or_insert((settings, b));
-            }
-        }
+        let wanted = wanted(config, registry);
         self.checkers.retain(|address, (running, stop)| {
             let keep = wanted
                 .get(address.as_str())
@@ -92,28 +69,72 @@ impl Supervisor {
                 continue;
             }
             let stop = parent.child_token();
-            let state = &settings.state;
-            match Prober::new(&settings.check, &backend.address.host, settings.proxy) {
-                Ok(prober) => {
-                    let checker = Checker {
-                        state: Arc::clone(state),
-                        check: settings.check.clone(),
-                        prober,
-                        slots: Arc::clone(&self.slots),
-                        inbox: self.inbox.clone(),
-                        histograms: Arc::clone(&self.histograms),
-                    };
-                    tasks.spawn(checker.run(stop.clone()));
-                }
-                Err(reason) => {
-                    tracing::error!(backend = %address, "health check misconfigured: {reason}");
-                    state.set_health(Health::Down, &format!("check misconfigured: {reason}"));
-                    self.inbox.health_changed(address);
-                }
-            }
+            self.spawn(address, &settings, backend, tasks, &stop);
             self.checkers.insert(address.to_owned(), (settings, stop));
         }
     }
+
+    /// Starts the checker for `address`, or marks it down when its check
+    /// cannot be built.
+    fn spawn(
+        &self,
+        address: &str,
+        settings: &Settings,
+        backend: &BackendConfig,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
+        let state = &settings.state;
+        match Prober::new(&settings.check, &backend.address.host, settings.proxy) {
+            Ok(prober) => {
+                let checker = Checker {
+                    state: Arc::clone(state),
+                    check: settings.check.clone(),
+                    prober,
+                    slots: Arc::clone(&self.slots),
+                    inbox: self.inbox.clone(),
+                    histograms: Arc::clone(&self.histograms),
+                };
+                tasks.spawn(checker.run(stop.clone()));
+            }
+            Err(reason) => {
+                tracing::error!(backend = %address, "health check misconfigured: {reason}");
+                state.set_health(Health::Down, &format!("check misconfigured: {reason}"));
+                self.inbox.health_changed(address);
+            }
+        }
+    }
+}
+
+/// The checker each configured address needs. Pools that share a server
+/// agree on its check (the config says so), but for lag: asked when any of
+/// them asks.
+fn wanted<'a>(
+    config: &'a Config,
+    registry: &Registry,
+) -> HashMap<&'a str, (Settings, &'a BackendConfig)> {
+    let mut wanted: HashMap<&str, (Settings, &BackendConfig)> = HashMap::new();
+    for pool in config.pools.values() {
+        for b in &pool.backends {
+            let Some(state) = registry.get(&b.address.text) else {
+                continue;
+            };
+            let settings = Settings {
+                check: pool.check.clone(),
+                proxy: pool.routing.send_proxy,
+                state: Arc::clone(state),
+            };
+            wanted
+                .entry(b.address.text.as_str())
+                .and_modify(|(first, _)| {
+                    if let (Some(m), Some(n)) = (first.check.mysql.as_mut(), &pool.check.mysql) {
+                        m.lag |= n.lag;
+                    }
+                })
+                .or_insert((settings, b));
+        }
+    }
+    wanted
 }
 
 /// What a checker was started with; any difference restarts it.

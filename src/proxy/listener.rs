@@ -2,18 +2,19 @@
 //! pool in the current snapshot and hand each client to a session task.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::cap::{SessionCap, Slot};
-use super::session;
+use super::session::{self, Cause};
 use crate::cluster::Snapshot;
 use crate::logging::RateLimit;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
@@ -34,6 +35,9 @@ pub struct ListenerStats {
     pub rejected_no_backend: AtomicU64,
     /// Clients closed because their address is not in the `allow` list.
     pub rejected_access: AtomicU64,
+    /// Clients refused because dbsplice itself was short of descriptors,
+    /// buffers or memory when it connected to a backend.
+    pub rejected_local_shortage: AtomicU64,
     denied_log: RateLimit,
     cap_log: RateLimit,
     refused_log: RateLimit,
@@ -45,14 +49,81 @@ pub struct ListenerStats {
     active: AtomicU64,
 }
 
+/// Why a listener refused a client, as its metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The listener was at `max_connections`.
+    Limit,
+    /// The client's address is not in the `allow` list.
+    Access,
+    /// No backend of the pool could take the client.
+    NoBackend,
+    /// dbsplice was short of its own resources.
+    LocalShortage,
+}
+
+impl Rejected {
+    /// Every cause, in the order metrics and status list them.
+    pub const ALL: [Rejected; 4] = [
+        Rejected::Limit,
+        Rejected::Access,
+        Rejected::NoBackend,
+        Rejected::LocalShortage,
+    ];
+
+    /// The `reason` label and the status key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Limit => "limit",
+            Rejected::Access => "access",
+            Rejected::NoBackend => "no_backend",
+            Rejected::LocalShortage => "local_shortage",
+        }
+    }
+}
+
 impl ListenerStats {
     /// Sessions open now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
+
+    fn counter(&self, cause: Rejected) -> &AtomicU64 {
+        match cause {
+            Rejected::Limit => &self.rejected_limit,
+            Rejected::Access => &self.rejected_access,
+            Rejected::NoBackend => &self.rejected_no_backend,
+            Rejected::LocalShortage => &self.rejected_local_shortage,
+        }
+    }
+
+    /// Counts one refused client.
+    pub fn reject(&self, cause: Rejected) {
+        self.counter(cause).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clients refused for `cause` so far.
+    pub fn rejected(&self, cause: Rejected) -> u64 {
+        self.counter(cause).load(Ordering::Relaxed)
+    }
 }
 
+/// A place under a listener's `max_connections`, given back on drop.
 struct ActiveGuard(Arc<ListenerStats>);
+
+impl ActiveGuard {
+    /// Takes a place if fewer than `max` are taken: the check and the count
+    /// are one step, whichever worker's accept loop asks.
+    fn take(stats: &Arc<ListenerStats>, max: u32) -> Option<ActiveGuard> {
+        stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < u64::from(max)).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ActiveGuard(Arc::clone(stats)))
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -135,25 +206,59 @@ impl AcceptLoop {
         }
     }
 
-    fn admit(&self, client: tokio::net::TcpStream, peer: std::net::SocketAddr, slot: Slot) {
+    /// One accepted client: admitted by the listener's rules, then placed on
+    /// a worker.
+    fn admit(&self, client: TcpStream, peer: SocketAddr, slot: Slot) {
+        let Some((pool, listener)) = self.admission(&client, peer) else {
+            return;
+        };
+        let timeouts = super::splice::Timeouts {
+            idle: listener.idle_timeout,
+            half_close: listener.half_close_timeout,
+        };
+        let kill = self.kill.clone();
+        let serve = move |client, on_worker: Option<WorkerSession>| async move {
+            if let Err(refusal) = session::serve(client, peer, pool, timeouts, kill).await {
+                let stats = &listener.guard.0;
+                stats.reject(match refusal.cause() {
+                    Cause::NoBackend => Rejected::NoBackend,
+                    Cause::LocalShortage => Rejected::LocalShortage,
+                });
+                // At most a line a second: a dead pool under load would
+                // otherwise write one per client.
+                if let Some(suppressed) = stats.refused_log.ready() {
+                    tracing::warn!(client = %peer, suppressed, "refusing client: {refusal}");
+                }
+            }
+            drop((listener.guard, on_worker, slot));
+        };
+        let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
+        self.place(client, peer, span, serve);
+    }
+
+    /// The listener's own rules, before any backend is touched: it and its
+    /// pool still exist, the client's address is allowed, and a place under
+    /// `max_connections` is taken (in one atomic step, so that accept loops
+    /// on several workers never overshoot it).
+    fn admission(
+        &self,
+        client: &TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Arc<crate::cluster::Pool>, Admitted)> {
         let snapshot = self.routes.load();
         // A listener removed from the config, or its pool: the socket closes on drop.
-        let Some(listener) = snapshot.listener(&self.name) else {
-            return;
-        };
-        let Some(pool) = snapshot.pool(&listener.pool) else {
-            return;
-        };
+        let listener = snapshot.listener(&self.name)?;
+        let pool = snapshot.pool(&listener.pool)?;
         if !listener.allows(peer.ip()) {
             // Closed before any backend is touched; logged at most once a second.
-            self.stats.rejected_access.fetch_add(1, Ordering::Relaxed);
+            self.stats.reject(Rejected::Access);
             if let Some(suppressed) = self.stats.denied_log.ready() {
                 tracing::warn!(listener = %self.name, client = %peer, suppressed, "client not in the listener's allow list, closed");
             }
-            return;
+            return None;
         }
-        if self.stats.active.load(Ordering::Relaxed) >= u64::from(listener.max_connections) {
-            self.stats.rejected_limit.fetch_add(1, Ordering::Relaxed);
+        let Some(guard) = ActiveGuard::take(&self.stats, listener.max_connections) else {
+            self.stats.reject(Rejected::Limit);
             tracing::debug!(listener = %self.name, client = %peer, "max_connections reached, closing client");
             // Best effort and never waiting: the limit exists to shed load.
             let message = format!(
@@ -161,31 +266,26 @@ impl AcceptLoop {
                 self.name, listener.max_connections
             );
             let _ = client.try_write(&err_packet(ER_CON_COUNT_ERROR, &message));
-            return;
-        }
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(Arc::clone(&self.stats));
-        let pool = Arc::clone(pool);
-        let timeouts = super::splice::Timeouts {
-            idle: listener.idle_timeout,
-            half_close: listener.half_close_timeout,
-        };
-        let kill = self.kill.clone();
-        let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
-        let serve = move |client, on_worker: Option<WorkerSession>| async move {
-            if let Err(refusal) = session::serve(client, peer, pool, timeouts, kill).await {
-                let message = refusal.detail;
-                let stats = &guard.0;
-                stats.rejected_no_backend.fetch_add(1, Ordering::Relaxed);
-                // At most a line a second: a dead pool under load would
-                // otherwise write one per client.
-                if let Some(suppressed) = stats.refused_log.ready() {
-                    tracing::warn!(client = %peer, suppressed, "refusing client: {message}");
-                }
-            }
-            drop((guard, on_worker, slot));
-        };
+        Some((
+            Arc::clone(pool),
+            Admitted {
+                guard,
+                idle_timeout: listener.idle_timeout,
+                half_close_timeout: listener.half_close_timeout,
+            },
+        ))
+    }
+
+    /// Runs `serve` for the client on the least busy worker (or on this
+    /// loop's runtime without workers).
+    fn place<F, Fut>(&self, client: TcpStream, peer: SocketAddr, span: tracing::Span, serve: F)
+    where
+        F: FnOnce(TcpStream, Option<WorkerSession>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let Some((here, workers)) = &self.worker else {
             self.sessions.spawn(serve(client, None).instrument(span));
             return;
@@ -208,13 +308,21 @@ impl AcceptLoop {
         };
         let on_worker = workers.session(there);
         let moved = async move {
-            match tokio::net::TcpStream::from_std(client) {
+            match TcpStream::from_std(client) {
                 Ok(client) => serve(client, Some(on_worker)).await,
                 Err(e) => tracing::warn!(client = %peer, "cannot register a moved client: {e}"),
             }
         };
         self.sessions.spawn_on(moved.instrument(span), handle);
     }
+}
+
+/// What admission hands the session: its place under `max_connections` and
+/// the listener's deadlines.
+struct Admitted {
+    guard: ActiveGuard,
+    idle_timeout: Option<Duration>,
+    half_close_timeout: Duration,
 }
 
 fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
@@ -225,5 +333,35 @@ fn log_accept_error(listener: &str, e: &io::Error, backoff: Duration) {
         );
     } else {
         tracing::warn!(listener, "accept failed: {e}; retrying in {backoff:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_is_never_overshot_by_racing_accept_loops() {
+        let stats = Arc::new(ListenerStats::default());
+        let max = 5;
+        let taken: Vec<Vec<ActiveGuard>> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| {
+                    let stats = Arc::clone(&stats);
+                    scope.spawn(move || {
+                        (0..1000)
+                            .filter_map(|_| ActiveGuard::take(&stats, max))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let held: usize = taken.iter().map(Vec::len).sum();
+        assert_eq!(held, 5, "exactly max_connections places");
+        assert_eq!(stats.active(), 5);
+        drop(taken);
+        assert_eq!(stats.active(), 0, "every place given back");
+        assert!(ActiveGuard::take(&stats, max).is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! One client session: pick a backend, connect (retrying other backends while
 //! the client has seen nothing), then splice until either side is done.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::splice::CloseReason;
 use super::{greeting, sockopt, splice};
 use crate::cluster::backend::ConnectFailure;
-use crate::cluster::{Pool, SessionGuard};
+use crate::cluster::{Member, Pool, SessionGuard};
 use crate::config::format_duration;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 use crate::net::proxy_header;
@@ -32,22 +33,114 @@ struct Connected {
     greeting: Vec<u8>,
 }
 
-/// Why a client was refused before any backend took it: a short message for
-/// the client, who has not authenticated and must learn nothing about the
-/// backends, and the details for dbsplice's log.
-#[derive(Debug)]
-pub struct Refusal {
-    /// Sent to the client in an ERR packet: the pool and the cause.
-    pub to_client: String,
-    /// Logged: every backend tried and what each said.
-    pub detail: String,
+/// Why a client was refused before any backend took it. [`Refusal::to_client`]
+/// is what the client, who has not authenticated and must learn nothing
+/// about the backends, is told; the `Display` text is for dbsplice's log.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No member of the pool was eligible.
+    #[error("dbsplice: no backend of pool '{pool}' is available")]
+    NoBackend {
+        /// The pool.
+        pool: String,
+    },
+    /// Every member tried failed to connect or to greet.
+    #[error("dbsplice: no backend of pool '{pool}' accepted a connection ({})", failures.join("; "))]
+    AllFailed {
+        /// The pool.
+        pool: String,
+        /// Each backend tried and what it said.
+        failures: Vec<String>,
+    },
+    /// dbsplice itself is out of descriptors, buffers or memory: no backend
+    /// is to blame, and another would fare no better.
+    #[error(
+        "dbsplice: cannot open a connection to a backend of pool '{pool}': {}",
+        describe_connect_error(source)
+    )]
+    LocalShortage {
+        /// The pool.
+        pool: String,
+        /// The connect error.
+        source: io::Error,
+    },
+    /// The client's local address, which the PROXY header needs, cannot be
+    /// read: without the header the session would reach the server as
+    /// dbsplice's own address, past whatever the server grants by client.
+    #[error("the client's local address cannot be read for the PROXY header ({source}); refused")]
+    NoLocalAddress {
+        /// The pool.
+        pool: String,
+        /// Why the address cannot be read.
+        source: io::Error,
+    },
+}
+
+/// What a listener counts a refusal as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// No backend could take the client.
+    NoBackend,
+    /// dbsplice was short of its own resources.
+    LocalShortage,
 }
 
 impl Refusal {
-    fn same(message: String) -> Refusal {
-        Refusal {
-            to_client: message.clone(),
-            detail: message,
+    /// The ERR packet's text: the pool and the cause, nothing about backends.
+    pub fn to_client(&self) -> String {
+        match self {
+            Refusal::NoBackend { pool } => {
+                format!("dbsplice: no backend of pool '{pool}' is available")
+            }
+            Refusal::AllFailed { pool, failures } => format!(
+                "dbsplice: no backend of pool '{pool}' accepted a connection ({} tried)",
+                failures.len()
+            ),
+            Refusal::LocalShortage { pool, .. } => format!(
+                "dbsplice: pool '{pool}' cannot take this connection: dbsplice is short of resources"
+            ),
+            Refusal::NoLocalAddress { pool, .. } => {
+                format!("dbsplice: pool '{pool}' cannot take this connection now")
+            }
+        }
+    }
+
+    /// What the listener counts it as.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Refusal::NoBackend { .. } | Refusal::AllFailed { .. } => Cause::NoBackend,
+            Refusal::LocalShortage { .. } | Refusal::NoLocalAddress { .. } => Cause::LocalShortage,
+        }
+    }
+}
+
+/// Why one backend could not take the client; the next one is tried.
+#[derive(Debug, thiserror::Error)]
+enum Attempt {
+    /// The connect failed.
+    #[error("{}", describe_connect_error(.0))]
+    Connect(io::Error),
+    /// No answer within `connect_timeout`.
+    #[error("connect timed out after {}", format_duration(*.0))]
+    Timeout(Duration),
+    /// The PROXY header could not be sent.
+    #[error("sending the PROXY header failed: {0}")]
+    ProxyHeader(io::Error),
+    /// The greeting gate saw an error greeting, or none.
+    #[error("{0}")]
+    Greeting(String),
+}
+
+impl Attempt {
+    /// The counter it adds to.
+    fn kind(&self) -> ConnectFailure {
+        match self {
+            Attempt::Connect(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                ConnectFailure::Refused
+            }
+            Attempt::Connect(_) => ConnectFailure::Other,
+            Attempt::Timeout(_) => ConnectFailure::Timeout,
+            Attempt::ProxyHeader(_) | Attempt::Greeting(_) => ConnectFailure::Greeting,
         }
     }
 }
@@ -62,35 +155,50 @@ pub async fn serve(
     kill: CancellationToken,
 ) -> Result<(), Refusal> {
     // The client socket inherited TCP_NODELAY and keepalive from its listener.
-    let header = match pool.config.routing.send_proxy {
-        None => None,
-        // Without the local address the header cannot be written, and a
-        // session without it would reach the server as dbsplice's own
-        // address, past whatever the server grants by client address.
-        Some(version) => match client.local_addr() {
-            Ok(local) => Some(proxy_header::header(version, peer, local)),
-            Err(e) => {
-                let refusal = Refusal {
-                    to_client: format!(
-                        "dbsplice: pool '{}' cannot take this connection now",
-                        pool.config.name
-                    ),
-                    detail: format!(
-                        "the client's local address cannot be read for the PROXY header ({e}); refused"
-                    ),
-                };
-                refuse(&mut client, &refusal.to_client).await;
-                return Err(refusal);
-            }
-        },
+    let opened = match proxy_header_for(&client, peer, &pool) {
+        Ok(header) => connect(&pool, header.as_deref()).await,
+        Err(refusal) => Err(refusal),
     };
-    let mut backend = match connect(&pool, header.as_deref()).await {
-        Ok(connected) => connected,
-        Err(refusal) => {
-            refuse(&mut client, &refusal.to_client).await;
-            return Err(refusal);
+    match opened {
+        Ok(backend) => {
+            relay(client, peer, &pool, backend, timeouts, kill).await;
+            Ok(())
         }
+        Err(refusal) => {
+            refuse(&mut client, &refusal.to_client()).await;
+            Err(refusal)
+        }
+    }
+}
+
+/// The PROXY header the pool sends first, if it sends one.
+fn proxy_header_for(
+    client: &TcpStream,
+    peer: SocketAddr,
+    pool: &Pool,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let Some(version) = pool.config.routing.send_proxy else {
+        return Ok(None);
     };
+    match client.local_addr() {
+        Ok(local) => Ok(Some(proxy_header::header(version, peer, local))),
+        Err(source) => Err(Refusal::NoLocalAddress {
+            pool: pool.config.name.clone(),
+            source,
+        }),
+    }
+}
+
+/// Forwards the greeting already read, splices until either side is done,
+/// and accounts for the session.
+async fn relay(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    pool: &Pool,
+    mut backend: Connected,
+    timeouts: splice::Timeouts,
+    kill: CancellationToken,
+) {
     let address = &backend.guard.backend().address;
     tracing::Span::current().record("backend", tracing::field::display(address));
     sockopt::tune(&backend.stream);
@@ -106,30 +214,25 @@ pub async fn serve(
             () = evict.cancelled() => CloseReason::Evicted,
         }
     };
-    let outcome =
-        if backend.greeting.is_empty() || client.write_all(&backend.greeting).await.is_ok() {
-            Some(splice::splice(&mut client, &mut backend.stream, timeouts, stop).await)
-        } else {
-            None
-        };
-    if let Some(outcome) = outcome {
-        let to_client = outcome.to_client + backend.greeting.len() as u64;
-        backend
-            .guard
-            .backend()
-            .counters
-            .session_bytes(outcome.to_backend, to_client);
-        tracing::debug!(
-            client = %peer,
-            backend = %address,
-            to_backend = outcome.to_backend,
-            to_client,
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            reason = %outcome.reason,
-            "session closed"
-        );
+    if !backend.greeting.is_empty() && client.write_all(&backend.greeting).await.is_err() {
+        return;
     }
-    Ok(())
+    let outcome = splice::splice(&mut client, &mut backend.stream, timeouts, stop).await;
+    let to_client = outcome.to_client + backend.greeting.len() as u64;
+    backend
+        .guard
+        .backend()
+        .counters
+        .session_bytes(outcome.to_backend, to_client);
+    tracing::debug!(
+        client = %peer,
+        backend = %address,
+        to_backend = outcome.to_backend,
+        to_client,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        reason = %outcome.reason,
+        "session closed"
+    );
 }
 
 /// Connects to an eligible backend, trying up to `connect_attempts` distinct
@@ -139,7 +242,6 @@ pub async fn serve(
 async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, Refusal> {
     let mut excluded = Vec::new();
     let mut failures = Vec::new();
-    let routing = &pool.config.routing;
     for _ in 0..pool.config.connect_attempts {
         let Some(index) = pool.pick(&excluded) else {
             break;
@@ -149,75 +251,55 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
         };
         // Counted before the connect so least-connections sees pending ones.
         let guard = member.state.session();
-        let connect = tokio::time::timeout(
-            pool.config.connect_timeout,
-            TcpStream::connect(member.state.addr),
-        );
-        let (kind, error) = match connect.await {
-            Ok(Ok(stream)) => match prepare(stream, routing, proxy_header).await {
-                Ok((stream, greeting)) => {
-                    return Ok(Connected {
-                        stream,
-                        guard,
-                        index,
-                        greeting,
-                    })
-                }
-                Err(e) => (ConnectFailure::Greeting, e),
-            },
-            Ok(Err(e)) if is_local_shortage(&e) => {
-                // dbsplice's own shortage: no backend is to blame, none is
-                // asked for an early probe, and another would fare no better.
-                return Err(Refusal {
-                    to_client: format!(
-                        "dbsplice: pool '{}' cannot take this connection: dbsplice is short of resources",
-                        pool.config.name
-                    ),
-                    detail: format!(
-                        "dbsplice: cannot open a connection to a backend of pool '{}': {}",
-                        pool.config.name,
-                        describe_connect_error(&e)
-                    ),
+        let failed = match attempt(pool, member, proxy_header).await {
+            Ok((stream, greeting)) => {
+                return Ok(Connected {
+                    stream,
+                    guard,
+                    index,
+                    greeting,
+                })
+            }
+            // dbsplice's own shortage: no backend is to blame, none is
+            // asked for an early probe, and another would fare no better.
+            Err(Attempt::Connect(source)) if is_local_shortage(&source) => {
+                return Err(Refusal::LocalShortage {
+                    pool: pool.config.name.clone(),
+                    source,
                 });
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                (ConnectFailure::Refused, describe_connect_error(&e))
-            }
-            Ok(Err(e)) => (ConnectFailure::Other, describe_connect_error(&e)),
-            Err(_) => (
-                ConnectFailure::Timeout,
-                format!(
-                    "connect timed out after {}",
-                    format_duration(pool.config.connect_timeout)
-                ),
-            ),
+            Err(failed) => failed,
         };
-        tracing::info!(backend = %member.state.address, pool = %pool.config.name, "connect failed, trying another backend: {error}");
-        member.state.connect_failed(kind);
+        tracing::info!(backend = %member.state.address, pool = %pool.config.name, "connect failed, trying another backend: {failed}");
+        member.state.connect_failed(failed.kind());
         // Only failed backends are remembered: the usual first-try success
         // allocates nothing here.
         excluded.push(index);
-        failures.push(format!("{}: {error}", member.name));
+        failures.push(format!("{}: {failed}", member.name));
     }
+    let pool = pool.config.name.clone();
     Err(if failures.is_empty() {
-        Refusal::same(format!(
-            "dbsplice: no backend of pool '{}' is available",
-            pool.config.name
-        ))
+        Refusal::NoBackend { pool }
     } else {
-        Refusal {
-            to_client: format!(
-                "dbsplice: no backend of pool '{}' accepted a connection ({} tried)",
-                pool.config.name,
-                failures.len()
-            ),
-            detail: format!(
-                "dbsplice: no backend of pool '{}' accepted a connection ({})",
-                pool.config.name,
-                failures.join("; ")
-            ),
-        }
+        Refusal::AllFailed { pool, failures }
     })
+}
+
+/// One backend: connect within `connect_timeout`, then ready the connection.
+async fn attempt(
+    pool: &Pool,
+    member: &Member,
+    proxy_header: Option<&[u8]>,
+) -> Result<(TcpStream, Vec<u8>), Attempt> {
+    let connect = tokio::time::timeout(
+        pool.config.connect_timeout,
+        TcpStream::connect(member.state.addr),
+    );
+    match connect.await {
+        Ok(Ok(stream)) => prepare(stream, &pool.config.routing, proxy_header).await,
+        Ok(Err(e)) => Err(Attempt::Connect(e)),
+        Err(_) => Err(Attempt::Timeout(pool.config.connect_timeout)),
+    }
 }
 
 /// Readies a fresh backend connection: the PROXY header first, then, with
@@ -226,15 +308,17 @@ async fn prepare(
     mut stream: TcpStream,
     routing: &crate::config::Routing,
     proxy_header: Option<&[u8]>,
-) -> Result<(TcpStream, Vec<u8>), String> {
+) -> Result<(TcpStream, Vec<u8>), Attempt> {
     if let Some(header) = proxy_header {
         stream
             .write_all(header)
             .await
-            .map_err(|e| format!("sending the PROXY header failed: {e}"))?;
+            .map_err(Attempt::ProxyHeader)?;
     }
     let greeting = if routing.greeting_gate {
-        greeting::read(&mut stream, routing.greeting_timeout).await?
+        greeting::read(&mut stream, routing.greeting_timeout)
+            .await
+            .map_err(Attempt::Greeting)?
     } else {
         Vec::new()
     };

@@ -250,40 +250,8 @@ async fn pump(
                     break;
                 }
                 Some(Ok(0)) => {
-                    let code = if from == Side::Client { 1 } else { 2 };
-                    let other_ended_first = tally
-                        .first_eof
-                        .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_err();
-                    if !other_ended_first {
-                        tally.half_closed.notify_one();
-                    }
                     drop(buf);
-                    // Once both directions have ended the session closes
-                    // both sockets, and the close sends the FIN: a shutdown
-                    // call is needed only to pass on a half-close.
-                    if from == Side::Client {
-                        // A permit stored by a backend EOF that came first
-                        // ends the wait at once.
-                        let server_closed = other_ended_first
-                            || tokio::time::timeout(
-                                SERVER_CLOSES_FIRST,
-                                tally.backend_done.notified(),
-                            )
-                            .await
-                            .is_ok();
-                        if server_closed {
-                            return Ok(());
-                        }
-                        return dst.shutdown().await.map_err(|e| (to, e));
-                    }
-                    let shut = if other_ended_first {
-                        Ok(())
-                    } else {
-                        dst.shutdown().await.map_err(|e| (to, e))
-                    };
-                    tally.backend_done.notify_one();
-                    return shut;
+                    return ended(from, dst, tally).await;
                 }
                 Some(Ok(n)) => {
                     let data = buf.0.get(..n).unwrap_or_default();
@@ -299,6 +267,49 @@ async fn pump(
             }
         }
     }
+}
+
+/// `from` reached EOF: passes the half-close on to `dst` unless the other
+/// direction ended first (closing both sockets sends the FIN then).
+async fn ended(
+    from: Side,
+    dst: &mut WriteHalf<'_>,
+    tally: &Tally,
+) -> Result<(), (Side, io::Error)> {
+    let to = match from {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    };
+    let code = if from == Side::Client { 1 } else { 2 };
+    let other_ended_first = tally
+        .first_eof
+        .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err();
+    if !other_ended_first {
+        tally.half_closed.notify_one();
+    }
+    // Once both directions have ended the session closes both sockets, and
+    // the close sends the FIN: a shutdown call is needed only to pass on a
+    // half-close.
+    if from == Side::Client {
+        // A permit stored by a backend EOF that came first ends the wait at
+        // once.
+        let server_closed = other_ended_first
+            || tokio::time::timeout(SERVER_CLOSES_FIRST, tally.backend_done.notified())
+                .await
+                .is_ok();
+        if server_closed {
+            return Ok(());
+        }
+        return dst.shutdown().await.map_err(|e| (to, e));
+    }
+    let shut = if other_ended_first {
+        Ok(())
+    } else {
+        dst.shutdown().await.map_err(|e| (to, e))
+    };
+    tally.backend_done.notify_one();
+    shut
 }
 
 /// One read of what the socket holds now: `None` when it holds nothing (the
