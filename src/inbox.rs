@@ -51,6 +51,12 @@ pub enum Event {
         /// The backend's address as written in the config.
         address: String,
     },
+    /// Answer at once: the watchdog's proof that the control module still
+    /// handles events.
+    Ping {
+        /// Answered when handled.
+        reply: oneshot::Sender<()>,
+    },
     /// Stop the checkers and the control module; replied once they stopped.
     Shutdown {
         /// Answered when stopped.
@@ -193,8 +199,54 @@ impl Inbox {
         });
     }
 
+    /// Whether the control module handles an event within `within`.
+    pub async fn alive(&self, within: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(within, self.ask(|reply| Event::Ping { reply })).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Stops the control module and its checkers; returns once they stopped.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Event::Shutdown { reply }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn alive_only_while_someone_answers() {
+        let within = std::time::Duration::from_secs(1);
+        let (inbox, mut events) = Inbox::new();
+        // A control module that never gets to its inbox.
+        assert!(!inbox.alive(within).await, "a wedged receiver is not alive");
+        let _ = events.try_recv();
+        let answering = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let Event::Ping { reply } = event {
+                    let _ = reply.send(());
+                }
+            }
+        });
+        assert!(inbox.alive(within).await);
+        answering.abort();
+        let _ = answering.await;
+        assert!(!inbox.alive(within).await, "a stopped one is not");
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_drops_health_events_without_waiting() {
+        let (inbox, mut events) = Inbox::new();
+        for _ in 0..INBOX_CAPACITY + 10 {
+            inbox.health_changed("db:3306");
+        }
+        let mut queued = 0;
+        while events.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, INBOX_CAPACITY);
     }
 }

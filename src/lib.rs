@@ -1,16 +1,22 @@
 //! dbsplice: a layer-4 load balancer for MySQL-compatible clusters.
 //!
-//! Layers, each using only its own level or lower ones:
+//! Layers, each using only its own level or lower ones (the map is in
+//! `tests/layering.rs`, the walks through the code in `docs/architecture.md`):
 //!
-//! - pure (no IO): [`config`] (TOML to a validated [`config::Config`]),
-//!   [`balance`] (least-connections, smooth weighted round robin, standby
-//!   tiers), [`health::state`] (rise/fall), [`mysql`] (the packets dbsplice
-//!   sends itself);
+//! - pure (no IO): [`vocabulary`] (the words every level decides with),
+//!   [`config`] (TOML to a validated [`config::Config`]), [`balance`]
+//!   (picks, tiers, eligibility, hold-down), [`health::state`] (rise/fall),
+//!   [`mysql`] (the packets dbsplice sends itself), [`metrics`] (names),
+//!   [`net`] (PROXY header, IO-error classes);
 //! - shared state: [`cluster`], one immutable [`cluster::Snapshot`] behind an
-//!   `ArcSwap` plus per-backend atomics that outlive snapshots;
-//! - tasks: [`proxy`] (accept loops, sessions, splicing) and
-//!   [`health`] checkers;
-//! - wiring: [`app`], which `main.rs` drives with bound sockets and signals.
+//!   `ArcSwap` plus per-backend and per-member atomics that outlive
+//!   snapshots; [`inbox`], the typed events the control module acts on;
+//! - tasks: [`proxy`] (accept loops, sessions, splicing), [`health`]
+//!   checkers, [`admin`] (HTTP API, metrics, status page);
+//! - wiring: [`control`], the one owner of the running state and the only
+//!   writer of the snapshot, of overrides and of controller memory; [`app`],
+//!   which starts it and which `main.rs` and the tests hold; [`service`],
+//!   the process under a service manager.
 //!
 //! Client bytes are never parsed: a session is a pick, a connect (retried on
 //! another backend while the client has seen nothing) and a splice.

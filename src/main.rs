@@ -235,7 +235,7 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     // Read before any thread starts: the environment is cleared of them.
     let notifier = Notifier::from_env();
     let inherited = dbsplice::systemd::inherited_listeners();
-    // Sessions run on the worker threads; checks, the control loop and
+    // Sessions run on the worker threads; checks, the control module and
     // reloads on this one.
     let count = config.workers.unwrap_or_else(Workers::default_count);
     let workers = Workers::start(count).context("starting the worker threads")?;

@@ -72,7 +72,7 @@ pub async fn run(
             _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = signals.hup.recv() => reload(&app, Trigger::Forced, &notifier).await,
             () = watch.changed() => reload(&app, Trigger::File, &notifier).await,
-            () = tick => notifier.notify("WATCHDOG=1"),
+            () = tick => keep_alive(&app, &notifier).await,
         }
     }
     notifier.stopping("draining sessions");
@@ -98,6 +98,21 @@ fn status_line(app: &App) -> String {
         "serving config generation {}: {up} of {all} backends eligible",
         snapshot.generation
     )
+}
+
+/// WATCHDOG=1, but only while the control module answers: a wedged one is
+/// restarted by the service manager.
+async fn keep_alive(app: &App, notifier: &Notifier) {
+    let within = notifier
+        .watchdog_interval()
+        .unwrap_or(std::time::Duration::from_secs(1));
+    if app.inbox().alive(within).await {
+        notifier.notify("WATCHDOG=1");
+    } else {
+        tracing::error!(
+            "the control module did not answer within {within:?}: no watchdog keep-alive"
+        );
+    }
 }
 
 /// One reload, bracketed by RELOADING=1 and READY=1 with the outcome as STATUS.

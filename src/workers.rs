@@ -7,7 +7,7 @@
 //! stealing, no cross-thread notifications on the hot path. The kernel hands
 //! each new connection to whichever worker is waiting in `accept`; a worker
 //! that is two sessions ahead of the least busy one passes the new session
-//! on ([`WorkerSet::place`]). Health checks, the control loop and the admin
+//! on ([`WorkerSet::place`]). Health checks, the control module and the admin
 //! server run on the main runtime.
 
 use std::io;

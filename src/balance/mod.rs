@@ -12,7 +12,7 @@ pub mod least_conn;
 pub mod tier;
 pub mod wrr;
 
-pub use crate::vocabulary::{Balance, Tier};
+use crate::vocabulary::{Balance, Tier};
 pub use wrr::SmoothWrr;
 
 /// What the balancer needs to know about one backend at the moment of a pick.
@@ -84,7 +84,8 @@ pub fn pick<C: Candidate>(
 #[cfg(test)]
 pub(crate) mod testing {
     //! A plain candidate for table tests.
-    use super::{Candidate, Tier};
+    use super::Candidate;
+    use crate::vocabulary::Tier;
 
     #[derive(Debug, Clone, Copy)]
     pub(crate) struct Member {

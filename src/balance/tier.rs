@@ -1,7 +1,7 @@
 //! Standby tiers: standbys carry traffic only while no primary is eligible,
 //! and primaries take new sessions again as soon as one is.
 
-use super::Tier;
+use crate::vocabulary::Tier;
 
 /// The tier that new sessions go to, given the tiers of the usable backends;
 /// `None` when there are none.

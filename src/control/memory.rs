@@ -102,3 +102,38 @@ impl Memory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_member_takes_its_history_and_its_writer_role_along() {
+        let mut memory = Memory::default();
+        memory.member("w", "db1:3306").lagged_out = true;
+        memory.member("w", "db2:3306");
+        memory.member("r", "db1:3306").lagged_out = true;
+        memory.pool("w").writer = Some("db1:3306".to_owned());
+        memory.pool("w").failovers = 3;
+        // db1 leaves pool w only.
+        memory.retain(|pool, address| !(pool == "w" && address == "db1:3306"));
+        assert_eq!(
+            memory.pool("w").writer,
+            None,
+            "a removed writer is no writer"
+        );
+        assert_eq!(memory.pool("w").failovers, 3, "counts stay with the pool");
+        assert!(
+            !memory.member("w", "db1:3306").lagged_out,
+            "history starts over"
+        );
+        assert_eq!(
+            memory.view("r").lagged_out,
+            ["db1:3306"],
+            "other pools keep theirs"
+        );
+        // A pool with no members left is forgotten.
+        memory.retain(|pool, _| pool != "r");
+        assert_eq!(memory.view("r"), PoolView::default());
+    }
+}

@@ -7,6 +7,7 @@
 //! - a reload ([`reload`]): file text, a `Config` loaded off-thread, one swap;
 //! - an operator's override or fail-back;
 //! - a checker's health transition: every pool decided again ([`decide`]);
+//! - the watchdog's ping, answered at once;
 //! - shutdown: the checkers stop, then the module.
 //!
 //! After every event, and whenever a hold-down or fail-back timer ends, each
@@ -234,6 +235,9 @@ impl Control {
             }
             // The decision that follows every event reads the new facts.
             Event::Health { .. } => {}
+            Event::Ping { reply } => {
+                let _ = reply.send(());
+            }
             Event::Reload { .. } | Event::Shutdown { .. } => {
                 debug_assert!(false, "handled by the loop");
             }
