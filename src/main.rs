@@ -26,7 +26,7 @@ const DEFAULT_CONFIG: &str = "/etc/dbsplice/dbsplice.toml";
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DBSPLICE_COMMIT"), ")"),
     about = "A layer-4 load balancer for MySQL-compatible clusters"
 )]
 struct Cli {

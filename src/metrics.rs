@@ -138,6 +138,41 @@ pub const PROCESS_MAX_FDS: Metric = (
     "Soft limit on open file descriptors",
 );
 
+/// CPU time, the name every Prometheus exporter uses.
+pub const PROCESS_CPU_SECONDS: Metric = (
+    "process_cpu_seconds_total",
+    "Total user and system CPU time spent in seconds.",
+);
+/// Resident memory.
+pub const PROCESS_RESIDENT_MEMORY: Metric = (
+    "process_resident_memory_bytes",
+    "Resident memory size in bytes.",
+);
+/// Virtual memory.
+pub const PROCESS_VIRTUAL_MEMORY: Metric = (
+    "process_virtual_memory_bytes",
+    "Virtual memory size in bytes.",
+);
+/// Threads.
+pub const PROCESS_THREADS: Metric = ("process_threads", "Number of OS threads in the process.");
+/// Start time.
+pub const PROCESS_START_TIME: Metric = (
+    "process_start_time_seconds",
+    "Start time of the process since unix epoch in seconds.",
+);
+/// Open descriptors, the standard name.
+pub const PROCESS_OPEN_FDS_STD: Metric = ("process_open_fds", "Number of open file descriptors.");
+/// Descriptor limit, the standard name.
+pub const PROCESS_MAX_FDS_STD: Metric = (
+    "process_max_fds",
+    "Maximum number of open file descriptors.",
+);
+/// Build.
+pub const BUILD_INFO: Metric = (
+    "dbsplice_build_info",
+    "Always 1: the running binary's version and commit as labels",
+);
+
 /// Probe durations.
 pub const BACKEND_PROBE_DURATION: Metric = (
     "dbsplice_backend_probe_duration_seconds",

@@ -26,6 +26,7 @@ pub fn render(shared: &Shared) -> String {
     });
     let mut text = handle.render();
     text.push_str(&shared.probe_histograms.render());
+    text.push_str(&super::process::render());
     text
 }
 
@@ -62,6 +63,7 @@ fn describe() {
         PROCESS_MAX_FDS,
         PROCESS_MAX_SESSIONS,
         PROCESS_SESSIONS,
+        BUILD_INFO,
     ] {
         describe_gauge!(name, help);
     }
@@ -181,6 +183,12 @@ fn config(shared: &Shared) {
 
 #[allow(clippy::cast_precision_loss)]
 fn process(shared: &Shared) {
+    gauge!(
+        BUILD_INFO.0,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("DBSPLICE_COMMIT")
+    )
+    .set(1.0);
     gauge!(PROCESS_MAX_SESSIONS.0).set(shared.session_cap.limit() as f64);
     gauge!(PROCESS_SESSIONS.0).set(shared.session_cap.open() as f64);
     if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {

@@ -10,6 +10,7 @@ pub mod conns;
 pub mod gate;
 mod headers;
 pub mod metrics;
+mod process;
 pub mod shared;
 mod status;
 mod tls;

@@ -138,16 +138,33 @@ pub(crate) fn greeting_error(error: ServerError) -> ProbeError {
     }
 }
 
+/// What to check after an access denied: the usual causes, including the
+/// one that survives a correct password (an anonymous user for the host
+/// dbsplice connects from ranks above the check user's `'%'`).
+const ACCESS_DENIED_HINT: &str = "check user and password, and the host part: the server \
+    matches the most specific host first, so an anonymous user such as ''@'localhost' or \
+    ''@'127.0.0.1' outranks the check user's '%' for connections from that host; create the \
+    check user for that host too, or drop the anonymous users";
+
+/// The same, when the login went without TLS.
+const ACCESS_DENIED_WITHOUT_TLS_HINT: &str = "check user and password, and the host part: the \
+    server matches the most specific host first, so an anonymous user such as ''@'localhost' or \
+    ''@'127.0.0.1' outranks the check user's '%' for connections from that host; create the \
+    check user for that host too, or drop the anonymous users. A server with \
+    require_secure_transport=ON also refuses logins without TLS with this error: then set \
+    tls = \"required\"";
+
 /// The classification of an ERR answer to the login.
 pub(crate) fn login_error(error: ServerError, over_tls: bool) -> ProbeError {
     match error.code {
         // Access denied (1045, 1698), unknown database (1049), no matching
         // plugin (1251): the check's settings, not the server's health.
         1045 | 1698 => ProbeError::AuthFailed {
-            hint: (!over_tls).then_some(
-                "check user and password; a server with require_secure_transport=ON also refuses \
-                 logins without TLS with this error: then set tls = \"required\"",
-            ),
+            hint: Some(if over_tls {
+                ACCESS_DENIED_HINT
+            } else {
+                ACCESS_DENIED_WITHOUT_TLS_HINT
+            }),
             error,
         },
         1251 => ProbeError::AuthFailed { error, hint: None },

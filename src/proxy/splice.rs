@@ -255,7 +255,13 @@ async fn pump(
                 }
                 Some(Ok(n)) => {
                     let data = buf.0.get(..n).unwrap_or_default();
-                    dst.write_all(data).await.map_err(|e| (to, e))?;
+                    if let Err(e) = dst.write_all(data).await {
+                        return if peer_gone(&e, to, tally) {
+                            Ok(())
+                        } else {
+                            Err((to, e))
+                        };
+                    }
                     moved.fetch_add(n as u64, Ordering::Relaxed);
                     tally.touch();
                     if n < buf.0.len() {
@@ -267,6 +273,18 @@ async fn pump(
             }
         }
     }
+}
+
+/// Whether a failed write to `to` is the normal end of a session: `to` had
+/// already ended its own direction and has now closed its socket (a TLS
+/// client's close alert sent after the server closed on COM_QUIT, say).
+/// Nothing more can reach it; this direction ends as if at EOF.
+fn peer_gone(e: &io::Error, to: Side, tally: &Tally) -> bool {
+    let code = if to == Side::Client { 1 } else { 2 };
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    ) && tally.first_eof.load(Ordering::Relaxed) == code
 }
 
 /// `from` reached EOF: passes the half-close on to `dst` unless the other
@@ -358,6 +376,56 @@ async fn idle_watch(timeout: Option<Duration>, tally: &Tally) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (outer, inner) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (outer.unwrap(), inner.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn writing_to_a_backend_that_ended_and_closed_is_a_normal_end() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut client_inner) = pair().await;
+        let (mut backend_inner, backend) = pair().await;
+        // The server answers COM_QUIT by closing.
+        let splicing = tokio::spawn(async move {
+            let timeouts = Timeouts {
+                idle: None,
+                half_close: Duration::from_secs(30),
+            };
+            splice(
+                &mut client_inner,
+                &mut backend_inner,
+                timeouts,
+                std::future::pending(),
+            )
+            .await
+        });
+        let mut backend = backend;
+        backend.write_all(b"bye").await.unwrap();
+        drop(backend);
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        assert_eq!(seen, b"bye", "the server's last bytes, then its EOF");
+        // The client's late close alert: writes until the session ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !splicing.is_finished() && Instant::now() < deadline {
+            let _ = client.write_all(b"alert").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let outcome = tokio::time::timeout(Duration::from_secs(1), splicing)
+            .await
+            .expect("the session ended")
+            .unwrap();
+        assert!(
+            matches!(outcome.reason, CloseReason::Closed(Side::Backend)),
+            "{}",
+            outcome.reason
+        );
+    }
 
     fn tally_with_idle_timeout() -> Tally {
         Tally {

@@ -74,6 +74,30 @@ async fn a_wrong_check_password_is_auth_failed_not_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_user_outranking_the_check_user_is_named() {
+    let db = MariaDb::start().await;
+    let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    // What a test suite run against the server can leave behind: MariaDB
+    // matches the most specific host first, so this user takes every login
+    // from 127.0.0.1, the check user's included.
+    let mut admin = db.admin().await;
+    admin
+        .query_drop("CREATE USER ''@'127.0.0.1'")
+        .await
+        .unwrap();
+    proxy.wait_health(db.addr(), Health::Down).await;
+    let reason = proxy.backend(db.addr()).reason();
+    assert!(
+        reason.contains("1045") && reason.contains("anonymous user"),
+        "{reason}"
+    );
+    admin.query_drop("DROP USER ''@'127.0.0.1'").await.unwrap();
+    proxy.wait_health(db.addr(), Health::Up).await;
+    admin.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_flips_are_learned_within_an_interval() {
     let db = MariaDb::start().await;
     let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));

@@ -511,6 +511,30 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
         &format!("{} ", dbsplice::metrics::PROCESS_SESSIONS.0)
     )
     .is_some());
+    // The series every Prometheus exporter has, and the build.
+    use dbsplice::metrics as m;
+    assert!(sample(&scrape, m::PROCESS_RESIDENT_MEMORY.0).is_some_and(|b| b > 1e6));
+    assert!(sample(&scrape, m::PROCESS_CPU_SECONDS.0).is_some_and(|s| s >= 0.0));
+    assert!(sample(&scrape, m::PROCESS_OPEN_FDS_STD.0).is_some_and(|n| n > 3.0));
+    assert!(sample(&scrape, m::PROCESS_MAX_FDS_STD.0).is_some_and(|n| n >= 16.0));
+    let started = sample(&scrape, m::PROCESS_START_TIME.0).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now && started > now - 600.0,
+        "started {started}, now {now}"
+    );
+    assert!(
+        scrape.contains(&format!(
+            "{}{{version=\"{}\",commit=\"",
+            m::BUILD_INFO.0,
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{scrape}"
+    );
+    assert_grouped(&scrape);
 
     // Refusals.
     assert_eq!(
@@ -772,7 +796,7 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
             let expr = target["expr"].as_str().unwrap();
             for name in expr
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("dbsplice_"))
+                .filter(|w| w.starts_with("dbsplice_") || w.starts_with("process_"))
             {
                 assert!(
                     source.contains(&format!("\"{name}\"")),
@@ -1185,4 +1209,28 @@ async fn the_cli_sends_the_token_only_with_actions() {
         "{}",
         seen[1]
     );
+}
+
+/// Each metric's samples stand together after its one `# TYPE` line, as
+/// the text format asks.
+fn assert_grouped(scrape: &str) {
+    let mut seen = std::collections::HashSet::new();
+    let mut current = String::new();
+    for line in scrape.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap().to_owned();
+            assert!(seen.insert(name.clone()), "{name} typed twice:\n{scrape}");
+            current = name;
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| *f == current))
+            .unwrap_or(name);
+        assert_eq!(family, current, "{line} stands apart from its family");
+    }
 }

@@ -227,6 +227,10 @@ fn access_denied_is_auth_failed_with_a_tls_hint() {
         text.starts_with("auth failed") && text.contains("require_secure_transport"),
         "{text}"
     );
+    assert!(
+        text.contains("anonymous user such as ''@'localhost'"),
+        "{text}"
+    );
 }
 
 #[test]
