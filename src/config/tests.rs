@@ -133,6 +133,19 @@ fn defaults_fill_what_is_left_out() {
         (p.backends[0].weight, p.backends[0].tier),
         (1, Tier::Primary)
     );
+    assert!(
+        p.routing.greeting_gate,
+        "with the MySQL check no client waits on a server that never greets"
+    );
+    let tcp = load(
+        "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[pool.p.check]\nkind = \"tcp\"\n\
+         [[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n",
+    )
+    .unwrap();
+    assert!(
+        !tcp.pools["p"].routing.greeting_gate,
+        "a TCP check may front something that is not MySQL"
+    );
 }
 
 #[test]
