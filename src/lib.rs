@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod args;
 pub mod balance;
 pub mod cluster;
 pub mod config;

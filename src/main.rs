@@ -1,4 +1,5 @@
-//! The dbsplice command: `run` (the default) and `check`.
+//! The dbsplice command ([`dbsplice::args`]): `run` (the default), `check`,
+//! and the operator commands that talk to a running instance.
 //!
 //! A lifecycle script: parse the config without binding (exit 64 when it is
 //! wrong), raise the open-files limit, bind, start, wait for SIGTERM or
@@ -6,15 +7,16 @@
 //! `shutdown_grace`; a second signal exits at once.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 use dbsplice::admin::cli::{Action, Target};
 use dbsplice::app;
+use dbsplice::args::{AdminArgs, Cli, Command, LogFormat, RunArgs};
 use dbsplice::config::{Config, ConfigDiff};
 use dbsplice::service::{self, Signals};
 use dbsplice::systemd::Notifier;
@@ -22,113 +24,6 @@ use dbsplice::workers::Workers;
 
 /// Exit code for a config that cannot be used (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
-const DEFAULT_CONFIG: &str = "/etc/dbsplice/dbsplice.toml";
-
-#[derive(Parser)]
-#[command(
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DBSPLICE_COMMIT"), ")"),
-    about = "A layer-4 load balancer for MySQL-compatible clusters"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve clients (the default).
-    Run(RunArgs),
-    /// Validate a config file, print a summary, exit 0; or print the errors and exit 64.
-    Check {
-        /// The config file.
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Also print what a reload from this (running) config would change.
-        #[arg(long)]
-        diff: Option<PathBuf>,
-    },
-    /// Show pools and backends of the running instance.
-    Status(AdminArgs),
-    /// Stop new sessions to a backend; open ones continue.
-    Drain {
-        /// The backend's name.
-        name: String,
-        /// Only for this long, such as "10m".
-        #[arg(long = "for")]
-        duration: Option<String>,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Stop new sessions to a backend and close its open ones.
-    Disable {
-        /// The backend's name.
-        name: String,
-        /// Only for this long, such as "10m".
-        #[arg(long = "for")]
-        duration: Option<String>,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Clear a drain or disable.
-    Enable {
-        /// The backend's name.
-        name: String,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Reload the running instance's config file now.
-    Reload(AdminArgs),
-    /// Let backends held by `failback = "manual"` take traffic in a pool.
-    Failback {
-        /// The pool's name.
-        pool: String,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-}
-
-/// How to reach a running instance's admin server.
-#[derive(clap::Args)]
-struct AdminArgs {
-    /// The config file, read for [admin] listen and token_file.
-    #[arg(long, short, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// The admin server's address, overriding the config.
-    #[arg(long)]
-    admin: Option<std::net::SocketAddr>,
-    /// A file holding the bearer token, overriding the config.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Trust these CA certificates (PEM) for the admin server's HTTPS,
-    /// instead of the config's [admin] cert_file.
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Speak HTTPS without checking the admin server's certificate.
-    #[arg(long)]
-    insecure: bool,
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// The config file.
-    #[arg(long, short, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log filter, such as "info" or "dbsplice=debug" (default: RUST_LOG, else info).
-    #[arg(long)]
-    log_level: Option<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

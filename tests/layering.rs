@@ -23,6 +23,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("mysql", 0),
     ("metrics", 0),
     ("net", 0),
+    ("args", 0),
     // 1: shared state: atomics, one ArcSwap, channels.
     ("cluster", 1),
     ("inbox", 1),

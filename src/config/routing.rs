@@ -54,9 +54,7 @@ pub(super) fn routing(
         // A MySQL server speaks first: with a MySQL check, a server that
         // freezes or greets with an error is skipped before the client sees a
         // byte. A TCP check may front something that is not MySQL at all.
-        greeting_gate: raw
-            .greeting_gate
-            .unwrap_or(check.kind == CheckKind::Mysql),
+        greeting_gate: raw.greeting_gate.unwrap_or(check.kind == CheckKind::Mysql),
         greeting_timeout: raw
             .greeting_timeout
             .map_or(DEFAULT_GREETING_TIMEOUT, |d| d.0),

@@ -1053,6 +1053,27 @@ fn the_install_script_never_overwrites_the_config_and_keeps_secrets_private() {
     );
     assert!(stage.0.join("usr/bin/dbsplice").exists());
     assert!(stage.0.join("lib/systemd/system/dbsplice.service").exists());
+    // The manual and completions come from the binary's own definition.
+    let man = std::fs::read(stage.0.join("usr/share/man/man1/dbsplice-drain.1.gz")).unwrap();
+    assert_eq!(
+        &man[..2],
+        b"\x1f\x8b",
+        "gzipped, as Debian puts manual pages"
+    );
+    let bash = std::fs::read_to_string(
+        stage
+            .0
+            .join("usr/share/bash-completion/completions/dbsplice"),
+    )
+    .unwrap();
+    assert!(
+        bash.contains("failback") && bash.contains("--token-file"),
+        "{bash}"
+    );
+    assert!(
+        !bash.contains("assets"),
+        "the packaging helper is not offered"
+    );
     std::fs::write(etc.join("dbsplice.toml"), "# edited by the operator\n").unwrap();
     std::fs::write(etc.join("check.password"), "s3cret\n").unwrap();
     assert!(install().status.success());
