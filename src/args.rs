@@ -2,6 +2,10 @@
 //! and shell completions are generated from it by `examples/assets.rs`, which
 //! `scripts/package` and `scripts/install` run.
 
+// The `///` comments below are clap's help texts, written for a terminal:
+// "[admin]" names a config table there, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::backend::Override;
 use crate::config::{ConfigDiff, ConfigError};
+use crate::health::state::Transition;
 
 /// Events waiting for the control module at most; a sender beyond that waits
 /// (operator actions) or relies on the events already queued (health, see
@@ -50,6 +51,8 @@ pub enum Event {
     Health {
         /// The backend's address as written in the config.
         address: String,
+        /// The change of health, when there was one.
+        transition: Option<Transition>,
     },
     /// Answer at once: the watchdog's proof that the control module still
     /// handles events.
@@ -193,9 +196,10 @@ impl Inbox {
     /// queued are handled after the facts were written, and every event
     /// makes the control module decide again from the facts as they are
     /// then, so nothing is lost by dropping this one.
-    pub fn health_changed(&self, address: &str) {
+    pub fn health_changed(&self, address: &str, transition: Option<Transition>) {
         let _ = self.tx.try_send(Event::Health {
             address: address.to_owned(),
+            transition,
         });
     }
 
@@ -241,7 +245,7 @@ mod tests {
     async fn a_full_inbox_drops_health_events_without_waiting() {
         let (inbox, mut events) = Inbox::new();
         for _ in 0..INBOX_CAPACITY + 10 {
-            inbox.health_changed("db:3306");
+            inbox.health_changed("db:3306", None);
         }
         let mut queued = 0;
         while events.try_recv().is_ok() {

@@ -3,6 +3,18 @@ const tokenBox = document.getElementById("token");
 tokenBox.value = sessionStorage.getItem("dbsplice-token") || "";
 tokenBox.addEventListener("change", () => { sessionStorage.setItem("dbsplice-token", tokenBox.value); refresh(); });
 
+// The colour of each state label; the legend in page.html lists them all.
+const STATE_CLASS = {
+  "writer": "in", "in rotation": "in", "standby, serving": "in", "writer, taking reads": "in",
+  "not writer": "out", "writer, not a replica": "out", "lagging": "out", "lag unknown": "out",
+  "standby": "out", "out": "out",
+  "held down: flapping": "held", "held: fail-back": "held",
+  "drained": "admin", "disabled": "admin", "down": "down", "not probed": "unknown",
+};
+
+// The previous refresh's counters, per pool and backend, for the rates.
+let previous = { at: 0, counts: new Map() };
+
 function cell(row, text, cls) {
   const td = row.insertCell();
   if (cls) { const span = document.createElement("span"); span.className = cls; span.textContent = text; td.appendChild(span); }
@@ -17,10 +29,52 @@ async function act(name, action) {
   refresh();
 }
 
-function render(status) {
-  document.getElementById("generation").textContent = status.generation;
-  document.getElementById("ready").textContent = status.ready ? "ready" : "not ready";
-  document.getElementById("refreshed").textContent = new Date().toLocaleTimeString();
+function rate(now, key, value, seconds) {
+  const before = previous.counts.get(key);
+  if (before === undefined || seconds <= 0 || value < before) { return "-"; }
+  return ((value - before) / seconds).toFixed(1);
+}
+
+function backendRow(body, pool, b, now, seconds, counts) {
+  const row = body.insertRow();
+  row.dataset.backend = b.name;
+  row.dataset.health = b.health;
+  row.dataset.state = b.state;
+  const key = pool.name + "/" + b.name;
+  counts.set(key + "/sessions", b.total_sessions);
+  counts.set(key + "/bytes", b.bytes_to_backend + b.bytes_to_client);
+  cell(row, b.name); cell(row, b.address); cell(row, b.tier);
+  const state = cell(row, b.state, "state " + (STATE_CLASS[b.state] || "out"));
+  state.title = b.why;
+  state.classList.add("why");
+  cell(row, b.role); cell(row, b.lag_seconds === null ? "-" : b.lag_seconds + "s");
+  cell(row, String(b.active_sessions));
+  cell(row, rate(now, key + "/sessions", b.total_sessions, seconds));
+  const bytes = rate(now, key + "/bytes", b.bytes_to_backend + b.bytes_to_client, seconds);
+  cell(row, bytes === "-" ? "-" : (Number(bytes) / 1024).toFixed(1));
+  cell(row, b.last_probe_ms ? b.last_probe_ms.toFixed(1) + " ms" : "-");
+  cell(row, b.reason);
+  const actions = row.insertCell();
+  if (tokenBox.value) {
+    for (const a of (b.admin ? ["enable"] : ["drain"])) {
+      const button = document.createElement("button");
+      button.textContent = a; button.onclick = () => act(b.name, a);
+      actions.appendChild(button);
+    }
+  }
+  // Click the state for why, in words, under the row.
+  state.onclick = () => {
+    const next = row.nextElementSibling;
+    if (next && next.classList.contains("explain")) { next.remove(); return; }
+    const line = body.insertRow(row.sectionRowIndex + 1);
+    line.className = "explain";
+    const td = line.insertCell();
+    td.colSpan = 13;
+    td.textContent = b.name + ": " + b.why;
+  };
+}
+
+function renderPools(status, now, seconds, counts) {
   const pools = document.getElementById("pools");
   pools.replaceChildren();
   for (const pool of status.pools) {
@@ -29,29 +83,36 @@ function render(status) {
     pools.appendChild(h);
     const table = document.createElement("table");
     const head = table.createTHead().insertRow();
-    for (const t of ["backend", "address", "tier", "state", "role", "lag", "sessions", "reason", ""]) { cell(head, t); }
+    for (const t of ["backend", "address", "tier", "state", "role", "lag", "open", "new/s", "KiB/s", "probe", "reason", ""]) { cell(head, t); }
     const body = table.createTBody();
-    for (const b of pool.backends) {
-      const row = body.insertRow();
-      row.dataset.backend = b.name;
-      row.dataset.health = b.health;
-      const state = b.admin ? b.admin.state : (b.health === "up" && !b.eligible ? "held" : b.health);
-      const cls = b.admin ? "admin" : (b.health === "up" && !b.eligible ? "held" : b.health);
-      cell(row, b.name); cell(row, b.address); cell(row, b.tier);
-      cell(row, state, "state " + cls);
-      cell(row, b.role); cell(row, b.lag_seconds === null ? "-" : b.lag_seconds + "s");
-      cell(row, b.active_sessions + " / " + b.total_sessions); cell(row, b.reason);
-      const actions = row.insertCell();
-      if (tokenBox.value) {
-        for (const a of (b.admin ? ["enable"] : ["drain"])) {
-          const button = document.createElement("button");
-          button.textContent = a; button.onclick = () => act(b.name, a);
-          actions.appendChild(button);
-        }
-      }
-    }
+    for (const b of pool.backends) { backendRow(body, pool, b, now, seconds, counts); }
     pools.appendChild(table);
   }
+}
+
+function renderTimeline(timeline) {
+  const body = document.querySelector("#timeline tbody");
+  body.replaceChildren();
+  for (const note of timeline) {
+    const row = body.insertRow();
+    row.dataset.kind = note.kind;
+    cell(row, new Date(note.unix_ms).toLocaleTimeString());
+    cell(row, note.kind, "kind " + note.kind);
+    cell(row, note.text);
+  }
+  if (timeline.length === 0) { cell(body.insertRow(), "nothing yet"); }
+}
+
+function render(status) {
+  document.getElementById("generation").textContent = status.generation;
+  document.getElementById("ready").textContent = status.ready ? "ready" : "not ready";
+  const now = Date.now();
+  document.getElementById("refreshed").textContent = new Date(now).toLocaleTimeString();
+  const seconds = previous.at ? (now - previous.at) / 1000 : 0;
+  const counts = new Map();
+  renderPools(status, now, seconds, counts);
+  renderTimeline(status.timeline || []);
+  previous = { at: now, counts };
 }
 
 async function refresh() {

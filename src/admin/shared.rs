@@ -3,7 +3,7 @@
 //! counters. The control module writes all of it; the admin server and the
 //! metrics renderer only read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +29,8 @@ pub struct Shared {
     pub pools: Mutex<BTreeMap<String, PoolView>>,
     /// Reload counters.
     pub reload_stats: ReloadStats,
+    /// What happened lately, for the status page.
+    pub timeline: Timeline,
     /// Set once shutdown begins: not ready any more.
     pub draining: AtomicBool,
     /// Probe-duration histograms, recorded by the checkers.
@@ -60,10 +62,57 @@ pub struct PoolView {
     pub fallback: bool,
     /// Members out of a reader pool for lag.
     pub lagged_out: Vec<String>,
+    /// Healthy members held out, and why ("flapping", "fail-back").
+    pub held: BTreeMap<String, &'static str>,
     /// Times new sessions moved to standbys (kept across reloads).
     pub failovers: u64,
     /// Times a writer pool's writer changed (kept across reloads).
     pub writer_changes: u64,
+}
+
+/// Entries the timeline keeps: the oldest go first.
+pub const TIMELINE_ENTRIES: usize = 200;
+
+/// One thing that happened: a backend up or down, a writer change, a
+/// failover, a reload, an operator's action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// What kind: "backend", "pool", "reload" or "admin".
+    pub kind: &'static str,
+    /// In words.
+    pub text: String,
+}
+
+/// The last [`TIMELINE_ENTRIES`] notes, written by the control module.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    notes: Mutex<VecDeque<Note>>,
+}
+
+impl Timeline {
+    /// Adds a note stamped now.
+    pub fn push(&self, kind: &'static str, text: String) {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
+        if notes.len() == TIMELINE_ENTRIES {
+            notes.pop_front();
+        }
+        notes.push_back(Note {
+            unix_ms,
+            kind,
+            text,
+        });
+    }
+
+    /// Every note kept, newest first.
+    pub fn recent(&self) -> Vec<Note> {
+        let notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
+        notes.iter().rev().cloned().collect()
+    }
 }
 
 /// Reload counters, for metrics and status.
@@ -109,6 +158,7 @@ impl Shared {
             listeners: Mutex::new(Vec::new()),
             pools: Mutex::new(BTreeMap::new()),
             reload_stats: ReloadStats::default(),
+            timeline: Timeline::default(),
             draining: AtomicBool::new(false),
             probe_histograms,
             session_cap,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::shared::{ListenerView, PoolView, Shared};
 use crate::cluster::{Member, Pool};
 use crate::proxy::listener::Rejected;
-use crate::vocabulary::{Health, Lag, PoolRole, Role, Tier};
+use crate::vocabulary::{Health, Lag, OverrideMode, PoolRole, Role, Tier};
 
 /// The status document.
 pub(super) fn status(shared: &Shared) -> Value {
@@ -25,6 +25,11 @@ pub(super) fn status(shared: &Shared) -> Value {
         },
         "listeners": listeners,
         "pools": pools,
+        "timeline": shared.timeline.recent().iter().map(|n| json!({
+            "unix_ms": n.unix_ms,
+            "kind": n.kind,
+            "text": n.text,
+        })).collect::<Vec<Value>>(),
     })
 }
 
@@ -44,7 +49,11 @@ fn listener(l: &ListenerView) -> Value {
 
 fn pool(shared: &Shared, pool: &Pool) -> Value {
     let decided = shared.pool(&pool.config.name);
-    let backends: Vec<Value> = pool.members.iter().map(backend).collect();
+    let backends: Vec<Value> = pool
+        .members
+        .iter()
+        .map(|m| backend(pool, &decided, m))
+        .collect();
     let writer = decided
         .writer
         .as_ref()
@@ -61,7 +70,7 @@ fn pool(shared: &Shared, pool: &Pool) -> Value {
     })
 }
 
-fn backend(m: &Member) -> Value {
+fn backend(pool: &Pool, decided: &PoolView, m: &Member) -> Value {
     let s = &m.state;
     let (lag, lag_known) = match s.lag() {
         Some(Lag::Seconds(l)) => (json!(l), true),
@@ -83,6 +92,11 @@ fn backend(m: &Member) -> Value {
         "active_sessions": s.active(),
         "total_sessions": s.total(),
         "connect_failures": s.connect_failures(),
+        "bytes_to_backend": s.counters.bytes_to_backend.load(Ordering::Relaxed),
+        "bytes_to_client": s.counters.bytes_to_client.load(Ordering::Relaxed),
+        "last_probe_ms": s.counters.last_probe_micros.load(Ordering::Relaxed) as f64 / 1000.0,
+        "state": label(pool, decided, m),
+        "why": explain(pool, decided, m),
         "admin": s.admin_override(now).map(|o| json!({
             "state": o.mode.as_str(),
             "origin": o.origin,
@@ -104,6 +118,47 @@ pub(super) fn why(shared: &Shared, name: &str) -> Option<Value> {
         }
     }
     (!answers.is_empty()).then(|| json!({ "backend": name, "pools": answers }))
+}
+
+/// The status page's word for where a member stands, one of a few fixed
+/// labels (the page's legend lists them); [`explain`] says why in a sentence.
+fn label(pool: &Pool, decided: &PoolView, m: &Member) -> &'static str {
+    let s = &m.state;
+    if let Some(o) = s.admin_override(Instant::now()) {
+        return match o.mode {
+            OverrideMode::Drain => "drained",
+            OverrideMode::Disable => "disabled",
+        };
+    }
+    match s.health() {
+        Health::Unknown => return "not probed",
+        Health::Down => return "down",
+        Health::Up => {}
+    }
+    let role = pool.config.routing.role;
+    if m.is_eligible() {
+        return match (role, m.tier) {
+            (PoolRole::Writer, _) => "writer",
+            (PoolRole::Reader, _) if decided.fallback => "writer, taking reads",
+            (_, Tier::Standby) => "standby, serving",
+            _ => "in rotation",
+        };
+    }
+    if decided.lagged_out.contains(&s.address) {
+        return "lagging";
+    }
+    match decided.held.get(&s.address).copied() {
+        Some("flapping") => return "held down: flapping",
+        Some(_) => return "held: fail-back",
+        None => {}
+    }
+    match (role, s.role()) {
+        (PoolRole::Writer, _) => "not writer",
+        (PoolRole::Reader, Role::Writable) => "writer, not a replica",
+        (PoolRole::Reader, _) if s.lag().is_none() => "lag unknown",
+        _ if m.tier == Tier::Standby => "standby",
+        _ => "out",
+    }
 }
 
 fn explain(pool: &Pool, decided: &PoolView, m: &Member) -> String {
@@ -131,7 +186,14 @@ fn explain(pool: &Pool, decided: &PoolView, m: &Member) -> String {
     if m.tier == Tier::Standby && decided.tier == Some(Tier::Primary) {
         return "it is a standby and a primary is eligible".to_owned();
     }
-    "it is held back after returning from down (fail-back) or for flapping".to_owned()
+    match decided.held.get(&m.state.address).copied() {
+        Some("flapping") => {
+            "it changed state too often: held down until its hold-down ends (flap_threshold)"
+                .to_owned()
+        }
+        Some(_) => "it is back from down and waits for the fail-back rule (failback)".to_owned(),
+        None => "it is held back after returning from down (fail-back) or for flapping".to_owned(),
+    }
 }
 
 /// Why an eligible, healthy member takes sessions.

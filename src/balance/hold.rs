@@ -17,6 +17,16 @@ pub enum Held {
     Failback,
 }
 
+impl Held {
+    /// Lower-case words for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Held::Flapping => "flapping",
+            Held::Failback => "fail-back",
+        }
+    }
+}
+
 /// What the controller remembers about one member between decisions.
 #[derive(Debug, Default, Clone)]
 pub struct Memory {

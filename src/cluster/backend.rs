@@ -66,6 +66,8 @@ pub struct Counters {
     pub probes_failed: AtomicU64,
     /// Sum of probe durations, in microseconds.
     pub probe_micros: AtomicU64,
+    /// The last probe's duration, in microseconds.
+    pub last_probe_micros: AtomicU64,
 }
 
 impl Counters {
@@ -77,10 +79,9 @@ impl Counters {
             &self.probes_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.probe_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.probe_micros.fetch_add(micros, Ordering::Relaxed);
+        self.last_probe_micros.store(micros, Ordering::Relaxed);
     }
 
     /// Records a finished session's bytes.

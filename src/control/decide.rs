@@ -25,6 +25,7 @@ pub fn evaluate(pool: &Pool, memory: &mut Memory, now: Instant) -> Option<Instan
             wake = wake.into_iter().chain(member_wake).min();
             if view.held && m.is_eligible() && m.state.admin_override(now).is_none() {
                 tracing::info!(pool = %name, backend = %m.name, "backend held out: flapping (hold-down)");
+                memory.note("pool", format!("{name}: {} held out, flapping (hold-down)", m.name));
             }
             view
         })
@@ -43,14 +44,16 @@ pub fn evaluate(pool: &Pool, memory: &mut Memory, now: Instant) -> Option<Instan
     {
         let remembered = &mut memory.member(name, &member.state.address).lagged_out;
         if std::mem::replace(remembered, lagged_out) != lagged_out {
-            log_lag(pool, member, lagged_out);
+            memory.note("pool", log_lag(pool, member, lagged_out));
         }
         if member.decision.set_eligible(eligible) && !eligible {
             left_rotation(pool, member, view);
         }
     }
     let next = pool_memory(pool, &decision, &before);
-    log_pool_changes(pool, &before, &next);
+    for note in log_pool_changes(pool, &before, &next) {
+        memory.note("pool", note);
+    }
     if before.tier == Some(Tier::Standby) && next.tier == Some(Tier::Primary) {
         for standby in pool.members.iter().filter(|m| m.tier == Tier::Standby) {
             evict(
@@ -65,15 +68,23 @@ pub fn evaluate(pool: &Pool, memory: &mut Memory, now: Instant) -> Option<Instan
     wake
 }
 
-fn log_lag(pool: &Pool, member: &Member, lagged_out: bool) {
+/// Logs a replica leaving or rejoining a reader pool for lag; returns the
+/// words for the timeline.
+fn log_lag(pool: &Pool, member: &Member, lagged_out: bool) -> String {
     let lag = member
         .state
         .lag()
         .map_or_else(|| "unknown".to_owned(), |l| format!("{l:?}"));
+    let name = &pool.config.name;
     if lagged_out {
-        tracing::warn!(pool = %pool.config.name, backend = %member.name, "replica out of rotation: lag {lag} above max_lag");
+        tracing::warn!(pool = %name, backend = %member.name, "replica out of rotation: lag {lag} above max_lag");
+        format!(
+            "{name}: {} out of rotation, lag {lag} above max_lag",
+            member.name
+        )
     } else {
-        tracing::info!(pool = %pool.config.name, backend = %member.name, "replica back in rotation: lag {lag}");
+        tracing::info!(pool = %name, backend = %member.name, "replica back in rotation: lag {lag}");
+        format!("{name}: {} back in rotation, lag {lag}", member.name)
     }
 }
 
@@ -87,6 +98,7 @@ fn view(
     let health = member.state.health();
     let remembered = memory.member(pool, &member.state.address);
     let (held, mut wake) = remembered.hold.update(health, now, hold);
+    remembered.held = held;
     let admin = member.state.admin_override(now);
     if let Some(until) = admin.as_ref().and_then(|o| o.until) {
         wake = Some(wake.map_or(until, |w| w.min(until)));
@@ -152,15 +164,57 @@ fn pool_memory(pool: &Pool, decision: &Decision, before: &PoolMemory) -> PoolMem
     }
 }
 
-fn log_pool_changes(pool: &Pool, before: &PoolMemory, after: &PoolMemory) {
+/// Logs each pool-wide change once; returns the words for the timeline.
+fn log_pool_changes(pool: &Pool, before: &PoolMemory, after: &PoolMemory) -> Vec<String> {
+    let name = &pool.config.name;
+    let mut notes = log_writer_changes(pool, before, after);
+    if before.tier != after.tier {
+        let note = match after.tier {
+            Some(Tier::Standby) => {
+                tracing::warn!(pool = %name, "no primary eligible: failing over to standbys");
+                Some("no primary eligible: failing over to standbys")
+            }
+            Some(Tier::Primary) if before.tier == Some(Tier::Standby) => {
+                tracing::info!(pool = %name, "a primary is eligible again: new sessions go back to primaries");
+                Some("a primary is eligible again: new sessions go back to primaries")
+            }
+            None => {
+                tracing::warn!(pool = %name, "no backend eligible: clients get an error");
+                Some("no backend eligible: clients get an error")
+            }
+            Some(Tier::Primary) => None,
+        };
+        notes.extend(note.map(|n| format!("{name}: {n}")));
+    }
+    if before.fallback != after.fallback {
+        let note = if after.fallback {
+            tracing::warn!(pool = %name, "no replica eligible: reads fall back to the writer");
+            "no replica eligible: reads fall back to the writer"
+        } else {
+            tracing::info!(pool = %name, "replicas eligible again: reads leave the writer");
+            "replicas eligible again: reads leave the writer"
+        };
+        notes.push(format!("{name}: {note}"));
+    }
+    notes
+}
+
+/// A writer pool's writer changing, and several servers turning writable.
+fn log_writer_changes(pool: &Pool, before: &PoolMemory, after: &PoolMemory) -> Vec<String> {
     let name = &pool.config.name;
     let member = |address: Option<&String>| {
         address
             .and_then(|a| pool.members.iter().find(|m| &m.state.address == a))
             .map_or("none", |m| m.name.as_str())
     };
+    let mut notes = Vec::new();
     if before.writer != after.writer {
-        tracing::warn!(pool = %name, from = member(before.writer.as_ref()), to = member(after.writer.as_ref()), "writer changed");
+        let (from, to) = (
+            member(before.writer.as_ref()),
+            member(after.writer.as_ref()),
+        );
+        tracing::warn!(pool = %name, from, to, "writer changed");
+        notes.push(format!("{name}: writer {from} -> {to}"));
     }
     if before.multiple_writers != after.multiple_writers && !after.multiple_writers.is_empty() {
         let names: Vec<&str> = after
@@ -173,24 +227,10 @@ fn log_pool_changes(pool: &Pool, before: &PoolMemory, after: &PoolMemory) {
             None => "refusing writes (on_multiple_writers = \"refuse\")".to_owned(),
         };
         tracing::error!(pool = %name, writable = ?names, "several writable servers; {action}");
+        notes.push(format!(
+            "{name}: several writable servers ({}); {action}",
+            names.join(", ")
+        ));
     }
-    if before.tier != after.tier {
-        match after.tier {
-            Some(Tier::Standby) => {
-                tracing::warn!(pool = %name, "no primary eligible: failing over to standbys")
-            }
-            Some(Tier::Primary) if before.tier == Some(Tier::Standby) => {
-                tracing::info!(pool = %name, "a primary is eligible again: new sessions go back to primaries");
-            }
-            None => tracing::warn!(pool = %name, "no backend eligible: clients get an error"),
-            Some(Tier::Primary) => {}
-        }
-    }
-    if before.fallback != after.fallback {
-        if after.fallback {
-            tracing::warn!(pool = %name, "no replica eligible: reads fall back to the writer");
-        } else {
-            tracing::info!(pool = %name, "replicas eligible again: reads leave the writer");
-        }
-    }
+    notes
 }

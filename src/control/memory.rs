@@ -17,6 +17,8 @@ pub struct Memory {
     members: HashMap<(String, String), MemberMemory>,
     /// By pool name.
     pools: HashMap<String, PoolMemory>,
+    /// What the last decisions changed, in words, for the timeline.
+    notes: Vec<(&'static str, String)>,
 }
 
 /// What is remembered of one backend in one pool.
@@ -26,6 +28,8 @@ pub struct MemberMemory {
     pub hold: hold::Memory,
     /// Out of a reader pool for lag at the last decision (hysteresis).
     pub lagged_out: bool,
+    /// Held out although healthy at the last decision, and why.
+    pub held: Option<hold::Held>,
 }
 
 /// What is remembered of one pool.
@@ -56,6 +60,16 @@ impl Memory {
     /// The memory of `pool`, new if never decided.
     pub fn pool(&mut self, pool: &str) -> &mut PoolMemory {
         self.pools.entry(pool.to_owned()).or_default()
+    }
+
+    /// Records a change for the timeline.
+    pub fn note(&mut self, kind: &'static str, text: String) {
+        self.notes.push((kind, text));
+    }
+
+    /// The changes recorded since the last call.
+    pub fn take_notes(&mut self) -> Vec<(&'static str, String)> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Lets every held returning member of `pool` back in (manual fail-back).
@@ -92,7 +106,14 @@ impl Memory {
             .map(|((_, address), _)| address.clone())
             .collect();
         lagged_out.sort();
+        let held = self
+            .members
+            .iter()
+            .filter(|((p, _), _)| p == pool)
+            .filter_map(|((_, address), m)| Some((address.clone(), m.held?.as_str())))
+            .collect();
         PoolView {
+            held,
             writer: memory.writer,
             tier: memory.tier,
             fallback: memory.fallback,

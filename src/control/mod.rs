@@ -2,7 +2,7 @@
 //! writer of the routing snapshot, of every member's decision, of operators'
 //! overrides and of the controller's [`Memory`]. Everything that changes that
 //! state arrives through one inbox ([`crate::inbox`]) and is handled here, one
-//! event at a time, in [`Control::run`]:
+//! event at a time, in `Control::run`:
 //!
 //! - a reload ([`reload`]): file text, a `Config` loaded off-thread, one swap;
 //! - an operator's override or fail-back;
@@ -37,6 +37,7 @@ use crate::cluster::backend::Override;
 use crate::cluster::{Registry, Snapshot};
 use crate::config::Config;
 use crate::health::histograms::ProbeHistograms;
+use crate::health::state::Transition;
 use crate::health::Supervisor;
 use crate::inbox::{Event, Inbox, ReloadError, ReloadOutcome, Trigger};
 use crate::proxy::bind::BoundListener;
@@ -211,8 +212,7 @@ impl Control {
             match reloader.read(trigger) {
                 Ok(text) => return Some((Box::pin(reloader.load(text)), reply)),
                 Err(outcome) => {
-                    self.shared.reload_stats.count(&outcome);
-                    reloader.report(&outcome);
+                    self.record_reload(&outcome);
                     let _ = reply.send(outcome);
                 }
             }
@@ -234,6 +234,10 @@ impl Control {
                 let _ = reply.send(self.failback(&pool));
             }
             // The decision that follows every event reads the new facts.
+            Event::Health {
+                address,
+                transition: Some(t),
+            } => self.note_transition(&address, t),
             Event::Health { .. } => {}
             Event::Ping { reply } => {
                 let _ = reply.send(());
@@ -254,6 +258,9 @@ impl Control {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
+        for (kind, text) in self.memory.take_notes() {
+            self.shared.timeline.push(kind, text);
+        }
         let views = snapshot
             .pools()
             .map(|p| (p.config.name.clone(), self.memory.view(&p.config.name)))
@@ -264,6 +271,32 @@ impl Control {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = views;
         wake
+    }
+
+    /// Puts a backend's change of health on the timeline, by its names in
+    /// the pools and its address.
+    fn note_transition(&self, address: &str, t: Transition) {
+        let snapshot = self.routes.load();
+        let mut names: Vec<&str> = snapshot
+            .pools()
+            .flat_map(|p| p.members.iter())
+            .filter(|m| m.state.address == address)
+            .map(|m| m.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let reason = snapshot
+            .backend(address)
+            .map(|s| s.reason().to_string())
+            .unwrap_or_default();
+        let who = match names.as_slice() {
+            [name] if *name == address => address.to_owned(),
+            _ => format!("{} ({address})", names.join(", ")),
+        };
+        self.shared.timeline.push(
+            "backend",
+            format!("{who} {} (was {}): {reason}", t.to, t.from),
+        );
     }
 
     /// Sets (or, with `None`, clears) an operator's override on every backend
@@ -285,11 +318,15 @@ impl Control {
             }
         }
         if matched > 0 {
-            tracing::info!(
-                backend = name,
-                state = value.as_ref().map_or("enabled", |o| o.mode.as_str()),
-                "admin override"
-            );
+            let state = value.as_ref().map_or("enabled", |o| o.mode.as_str());
+            tracing::info!(backend = name, state, "admin override");
+            let by = value
+                .as_ref()
+                .map(|o| format!(" by {}", o.origin))
+                .unwrap_or_default();
+            self.shared
+                .timeline
+                .push("admin", format!("{name}: {state}{by}"));
         }
         matched
     }
@@ -307,6 +344,10 @@ impl Control {
             .filter(|m| m.state.health() == Health::Up && !m.is_eligible())
             .count();
         tracing::info!(pool = name, held, "manual fail-back");
+        self.shared.timeline.push(
+            "admin",
+            format!("{name}: manual fail-back, {held} backends released"),
+        );
         Some(held)
     }
 }

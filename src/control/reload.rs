@@ -110,11 +110,27 @@ impl Control {
             },
             Err(e) => ReloadOutcome::Rejected(e),
         };
-        self.shared.reload_stats.count(&outcome);
-        if let Some(reloader) = &self.reloader {
-            reloader.report(&outcome);
-        }
+        self.record_reload(&outcome);
         outcome
+    }
+
+    /// Counts, logs and notes one reload's outcome.
+    pub(super) fn record_reload(&self, outcome: &ReloadOutcome) {
+        self.shared.reload_stats.count(outcome);
+        if let Some(reloader) = &self.reloader {
+            reloader.report(outcome);
+        }
+        match outcome {
+            ReloadOutcome::Applied { generation, diff } => self
+                .shared
+                .timeline
+                .push("reload", format!("config generation {generation}: {diff}")),
+            ReloadOutcome::Rejected(e) => self.shared.timeline.push(
+                "reload",
+                format!("reload rejected, the running config stays: {e}"),
+            ),
+            ReloadOutcome::Unchanged => {}
+        }
     }
 
     /// Applies `config` in one swap of the routing snapshot. Listeners that

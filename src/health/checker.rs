@@ -130,7 +130,7 @@ impl Checker {
             None => {}
         }
         if transition.is_some() || role_changed || state.lag() != lag_before {
-            self.inbox.health_changed(&state.address);
+            self.inbox.health_changed(&state.address, transition);
         }
     }
 }

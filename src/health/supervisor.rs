@@ -100,7 +100,13 @@ impl Supervisor {
             Err(reason) => {
                 tracing::error!(backend = %address, "health check misconfigured: {reason}");
                 state.set_health(Health::Down, &format!("check misconfigured: {reason}"));
-                self.inbox.health_changed(address);
+                self.inbox.health_changed(
+                    address,
+                    Some(super::state::Transition {
+                        from: Health::Unknown,
+                        to: Health::Down,
+                    }),
+                );
             }
         }
     }

@@ -882,9 +882,40 @@ async fn the_status_page_renders_backend_states_in_a_browser() {
         dom.contains("connection refused"),
         "reasons are shown: {dom}"
     );
+    // Labels that say what they mean, the why on hover, and a legend.
+    assert!(
+        dom.contains("data-state=\"in rotation\"") && dom.contains("data-state=\"down\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("title=\"its health check fails: connection refused"),
+        "the why text on hover: {dom}"
+    );
+    for label in [
+        "held down: flapping",
+        "not writer",
+        "lagging",
+        "drained",
+        "disabled",
+    ] {
+        assert!(dom.contains(label), "the legend explains {label}: {dom}");
+    }
+    // The timeline has the backend going down, with its reason and a time.
+    let timeline = dom
+        .split("id=\"timeline\"")
+        .nth(1)
+        .expect("a timeline table");
+    assert!(
+        timeline.contains("data-kind=\"backend\"")
+            && timeline.contains(&format!(
+                "{} down (was unknown): connection refused",
+                down.addr()
+            )),
+        "{timeline}"
+    );
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let out = chromium(&profile)
-        .args(["--virtual-time-budget=5000", "--window-size=1200,500"])
+        .args(["--virtual-time-budget=5000", "--window-size=1300,1100"])
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&url)
         .output()
