@@ -2,6 +2,13 @@
 //! `$NOTIFY_SOCKET`: READY, RELOADING, STATUS, STOPPING, WATCHDOG) and socket
 //! activation (`$LISTEN_FDS`, matched to listeners by `$LISTEN_FDNAMES` or
 //! address). Outside systemd every call here does nothing.
+//!
+//! Not the `sd-notify` crate: the protocol is one datagram and three
+//! environment variables, and dbsplice needs exactly its own cut of it
+//! (`MONOTONIC_USEC` with `RELOADING=1` for `Type=notify-reload`, passed
+//! sockets matched to listeners by name, the variables cleared before any
+//! thread starts), which the suite checks on a notify socket of its own and
+//! through `systemd-socket-activate`.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;

@@ -1,5 +1,10 @@
 //! Client address ranges for a listener's `allow` list: `"10.0.0.0/8"`,
 //! `"2001:db8::/32"`, or a bare address for one host.
+//!
+//! Not the `ipnet` crate: it wants every range written with its prefix (no
+//! bare host), matches an IPv4-mapped client (`::ffff:10.0.0.1`, what a
+//! dual-stack listener sees) against no IPv4 range, and its errors name no
+//! fix; this module does all three.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -2,6 +2,10 @@
 //!
 //! A bare number is refused on purpose: `timeout = 2` could mean seconds or
 //! milliseconds, and guessing wrong by a factor of 1000 is an outage.
+//!
+//! Not the `humantime` crate: it accepts more than a config should (months
+//! and years of fractional days, several parts in one value) and its errors
+//! give a byte offset where dbsplice's give the fix.
 
 use std::fmt;
 use std::time::Duration;

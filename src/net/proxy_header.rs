@@ -1,6 +1,10 @@
 //! PROXY protocol headers (v1 text, v2 binary) sent to backends first, so a
 //! server configured with `proxy_protocol_networks` sees the real client
 //! address instead of dbsplice's.
+//!
+//! Not the `ppp` crate: dbsplice only writes these headers, never parses
+//! one, and writing them is a few lines per version with no allocation
+//! beyond the header itself; a parser on the data path would buy nothing.
 
 use std::net::SocketAddr;
 
