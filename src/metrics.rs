@@ -95,6 +95,21 @@ pub const POOL_WRITER_CHANGES: Metric = (
     "dbsplice_pool_writer_changes_total",
     "Times a writer pool's writer changed",
 );
+/// Held clients.
+pub const POOL_HELD: Metric = (
+    "dbsplice_pool_held_clients",
+    "Clients waiting now for a backend of the pool to take them (hold_timeout)",
+);
+/// Hold timeouts.
+pub const POOL_HOLD_TIMEOUTS: Metric = (
+    "dbsplice_pool_hold_timeouts_total",
+    "Clients refused after waiting the pool's whole hold_timeout for a backend",
+);
+/// Held, then served.
+pub const POOL_HELD_SERVED: Metric = (
+    "dbsplice_pool_held_served_total",
+    "Clients that waited for a backend and were then connected",
+);
 /// Writer pools' writer.
 pub const POOL_WRITER: Metric = (
     "dbsplice_pool_writer",

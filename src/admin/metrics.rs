@@ -44,6 +44,8 @@ fn describe() {
         RELOADS,
         POOL_FAILOVERS,
         POOL_WRITER_CHANGES,
+        POOL_HOLD_TIMEOUTS,
+        POOL_HELD_SERVED,
     ] {
         describe_counter!(name, help);
     }
@@ -57,6 +59,7 @@ fn describe() {
         LISTENER_ACTIVE,
         POOL_STANDBY_ACTIVE,
         POOL_WRITER,
+        POOL_HELD,
         CONFIG_GENERATION,
         CONFIG_LAST_RELOAD,
         PROCESS_OPEN_FDS,
@@ -87,6 +90,11 @@ fn backends(shared: &Shared) {
         counter!(POOL_FAILOVERS.0, "pool" => pool.config.name.clone()).absolute(decided.failovers);
         counter!(POOL_WRITER_CHANGES.0, "pool" => pool.config.name.clone())
             .absolute(decided.writer_changes);
+        gauge!(POOL_HELD.0, "pool" => pool.config.name.clone()).set(pool.waiting.held() as f64);
+        counter!(POOL_HOLD_TIMEOUTS.0, "pool" => pool.config.name.clone())
+            .absolute(pool.waiting.timeouts());
+        counter!(POOL_HELD_SERVED.0, "pool" => pool.config.name.clone())
+            .absolute(pool.waiting.served());
         for m in &pool.members {
             let labels = [
                 ("pool", pool.config.name.clone()),

@@ -79,7 +79,8 @@ function renderPools(status, now, seconds, counts) {
   pools.replaceChildren();
   for (const pool of status.pools) {
     const h = document.createElement("h2");
-    h.textContent = "pool " + pool.name + " (" + pool.role + ", " + pool.balance + ")" + (pool.writer ? " · writer " + pool.writer : "");
+    h.textContent = "pool " + pool.name + " (" + pool.role + ", " + pool.balance + ")" + (pool.writer ? " · writer " + pool.writer : "")
+      + (pool.held_clients ? " · holding " + pool.held_clients + " new clients until a backend can take them" : "");
     pools.appendChild(h);
     const table = document.createElement("table");
     const head = table.createTHead().insertRow();

@@ -66,6 +66,8 @@ fn pool(shared: &Shared, pool: &Pool) -> Value {
         "tier": decided.tier.map(|t| t.as_str()),
         "writer": writer,
         "fallback": decided.fallback,
+        "held_clients": pool.waiting.held(),
+        "hold_timeouts": pool.waiting.timeouts(),
         "backends": backends,
     })
 }

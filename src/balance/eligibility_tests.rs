@@ -16,6 +16,8 @@ fn routing(role: PoolRole) -> Routing {
         on_down: OnDown::Keep,
         greeting_gate: false,
         greeting_timeout: Duration::from_secs(1),
+        hold_timeout: Duration::from_secs(5),
+        hold_max: 1000,
         slow_start: None,
         on_primary_return: OnDown::Keep,
         on_remove: OnDown::Keep,

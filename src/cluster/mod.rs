@@ -7,8 +7,10 @@ pub mod backend;
 pub mod member;
 pub mod registry;
 pub mod snapshot;
+pub mod waiting;
 
 pub use backend::{BackendState, SessionGuard};
 pub use member::MemberState;
 pub use registry::Registry;
 pub use snapshot::{Member, Pool, Snapshot};
+pub use waiting::Waiting;

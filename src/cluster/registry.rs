@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::backend::BackendState;
 use super::member::MemberState;
+use super::waiting::Waiting;
 
 /// Every backend address the running config knows.
 #[derive(Debug, Default)]
@@ -17,6 +18,8 @@ pub struct Registry {
     states: HashMap<String, Arc<BackendState>>,
     /// By pool name, then address.
     members: HashMap<(String, String), Arc<MemberState>>,
+    /// Held clients, by pool name.
+    waiting: HashMap<String, Arc<Waiting>>,
 }
 
 impl Registry {
@@ -53,6 +56,15 @@ impl Registry {
         Arc::clone(self.members.entry(key).or_default())
     }
 
+    /// The held clients of `pool`, created (none) if new.
+    pub fn waiting(&mut self, pool: &str) -> Arc<Waiting> {
+        Arc::clone(
+            self.waiting
+                .entry(pool.to_owned())
+                .or_insert_with(|| Arc::new(Waiting::new(pool))),
+        )
+    }
+
     /// Forgets what `keep(pool, address)` rejects: members first, then the
     /// addresses no pool has any more (open sessions hold their own
     /// reference, so nothing they use goes away).
@@ -63,6 +75,9 @@ impl Registry {
             self.members.keys().map(|(_, a)| a.as_str()).collect();
         self.states
             .retain(|address, _| wanted.contains(address.as_str()));
+        let pools: std::collections::HashSet<&str> =
+            self.members.keys().map(|(p, _)| p.as_str()).collect();
+        self.waiting.retain(|pool, _| pools.contains(pool.as_str()));
     }
 
     /// Every known state.

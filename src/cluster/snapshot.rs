@@ -17,6 +17,7 @@ use crate::vocabulary::Tier;
 use super::backend::BackendState;
 use super::member::MemberState;
 use super::registry::Registry;
+use super::waiting::Waiting;
 
 /// One generation of the routing structure.
 #[derive(Debug)]
@@ -36,6 +37,9 @@ pub struct Pool {
     /// Backends in config order.
     pub members: Vec<Member>,
     pick_state: Mutex<PickState>,
+    /// Its held clients, shared with the pool of the same name in every
+    /// snapshot.
+    pub waiting: Arc<Waiting>,
 }
 
 /// One backend as a member of a pool.
@@ -150,6 +154,7 @@ impl Pool {
             config: config.clone(),
             members,
             pick_state: Mutex::new(PickState::default()),
+            waiting: registry.waiting(&config.name),
         }
     }
 

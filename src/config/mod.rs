@@ -149,6 +149,11 @@ pub struct Routing {
     pub greeting_gate: bool,
     /// How long the gate waits for a greeting.
     pub greeting_timeout: Duration,
+    /// How long a new client waits for a backend when none can take it
+    /// (zero: refused at once).
+    pub hold_timeout: Duration,
+    /// Clients held at once at most; past it, refused at once.
+    pub hold_max: u32,
     /// Fail-back and flap damping.
     pub hold: HoldPolicy,
     /// Sessions on standbys once a primary is eligible again.

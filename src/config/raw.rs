@@ -72,6 +72,8 @@ pub struct RawPool {
     pub on_down: Option<OnDown>,
     pub greeting_gate: Option<bool>,
     pub greeting_timeout: Option<ConfigDuration>,
+    pub hold_timeout: Option<ConfigDuration>,
+    pub hold_max: Option<u32>,
     pub failback: Option<FailbackSetting>,
     pub flap_threshold: Option<u32>,
     pub flap_window: Option<ConfigDuration>,

@@ -11,6 +11,8 @@ use crate::vocabulary::{
 };
 
 const DEFAULT_GREETING_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_HOLD_MAX: u32 = 1000;
 const DEFAULT_FLAP_THRESHOLD: u32 = 6;
 const DEFAULT_FLAP_WINDOW: Duration = Duration::from_secs(60);
 const DEFAULT_FLAP_HOLD: Duration = Duration::from_secs(10);
@@ -30,6 +32,12 @@ pub(super) fn routing(
         if let Some(mysql) = check.mysql.as_mut() {
             mysql.lag = true;
         }
+    }
+    if raw.hold_max == Some(0) {
+        problems.add(
+            format!("{key}.hold_max"),
+            "0 would hold no client; to refuse clients at once when no backend can take them, write hold_timeout = \"0s\"",
+        );
     }
     if raw.greeting_timeout.is_some_and(|d| d.0.is_zero()) {
         problems.add(
@@ -58,6 +66,8 @@ pub(super) fn routing(
         greeting_timeout: raw
             .greeting_timeout
             .map_or(DEFAULT_GREETING_TIMEOUT, |d| d.0),
+        hold_timeout: raw.hold_timeout.map_or(DEFAULT_HOLD_TIMEOUT, |d| d.0),
+        hold_max: raw.hold_max.unwrap_or(DEFAULT_HOLD_MAX),
         slow_start: raw.slow_start.map(|d| d.0).filter(|d| !d.is_zero()),
         on_primary_return: raw.on_primary_return.unwrap_or(OnDown::Keep),
         on_remove: raw.on_remove.unwrap_or(OnDown::Keep),

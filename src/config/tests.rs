@@ -137,6 +137,11 @@ fn defaults_fill_what_is_left_out() {
         p.routing.greeting_gate,
         "with the MySQL check no client waits on a server that never greets"
     );
+    assert_eq!(
+        (p.routing.hold_timeout, p.routing.hold_max),
+        (Duration::from_secs(5), 1000),
+        "a client waits through a failover rather than see an error"
+    );
     let tcp = load(
         "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\n[pool.p.check]\nkind = \"tcp\"\n\
          [[pool.p.backend]]\naddress = \"127.0.0.1:3306\"\n",
@@ -542,6 +547,8 @@ fallback = "writer"
 on_down = "drain:5s"
 greeting_gate = true
 greeting_timeout = "1s"
+hold_timeout = "5s"
+hold_max = 1000
 failback = "30s"
 flap_threshold = 6
 flap_window = "60s"

@@ -80,6 +80,7 @@ impl Listeners {
             stats: Arc::clone(&stats),
             sessions: self.life.sessions.clone(),
             stop: stop.clone(),
+            draining: self.life.stop_accepting.clone(),
             kill: self.life.kill_sessions.clone(),
             cap: Arc::clone(&self.cap),
             open: self.life.open.clone(),

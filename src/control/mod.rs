@@ -258,6 +258,10 @@ impl Control {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
+        // Held clients look again at whatever was just decided.
+        for pool in snapshot.pools() {
+            pool.waiting.wake();
+        }
         for (kind, text) in self.memory.take_notes() {
             self.shared.timeline.push(kind, text);
         }

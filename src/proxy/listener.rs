@@ -148,6 +148,8 @@ pub struct AcceptLoop {
     pub sessions: TaskTracker,
     /// Cancelled to stop accepting.
     pub stop: CancellationToken,
+    /// Cancelled when shutdown begins: held clients are refused.
+    pub draining: CancellationToken,
     /// Cancelled to close open sessions.
     pub kill: CancellationToken,
     /// The process-wide session cap the open-files limit allows.
@@ -217,8 +219,13 @@ impl AcceptLoop {
             half_close: listener.half_close_timeout,
         };
         let kill = self.kill.clone();
+        let holding = session::Holding {
+            routes: Arc::clone(&self.routes),
+            draining: self.draining.clone(),
+        };
         let serve = move |client, on_worker: Option<WorkerSession>| async move {
-            if let Err(refusal) = session::serve(client, peer, pool, timeouts, kill).await {
+            if let Err(refusal) = session::serve(client, peer, pool, timeouts, kill, &holding).await
+            {
                 let stats = &listener.guard.0;
                 stats.reject(match refusal.cause() {
                     Cause::NoBackend => Rejected::NoBackend,

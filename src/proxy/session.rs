@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -14,11 +15,15 @@ use tokio_util::sync::CancellationToken;
 use super::splice::CloseReason;
 use super::{greeting, sockopt, splice};
 use crate::cluster::backend::ConnectFailure;
-use crate::cluster::{Member, Pool, SessionGuard};
+use crate::cluster::waiting::Held;
+use crate::cluster::{Member, Pool, SessionGuard, Snapshot};
 use crate::config::format_duration;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 use crate::net::proxy_header;
 use crate::net::{describe_connect_error, is_local_shortage};
+
+/// How often a held client looks at its pool again without being woken.
+const HOLD_RECHECK: Duration = Duration::from_millis(50);
 
 /// How long dbsplice spends handing a refused client its error packet.
 const ERR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,6 +79,29 @@ pub enum Refusal {
         /// Why the address cannot be read.
         source: io::Error,
     },
+    /// No backend could take the client, and `hold_max` clients were already
+    /// waiting for one.
+    #[error("dbsplice: no backend of pool '{pool}' can take the client, and {max} clients are already held (hold_max)")]
+    HoldFull {
+        /// The pool.
+        pool: String,
+        /// Its `hold_max`.
+        max: u32,
+    },
+    /// Held for the pool's whole `hold_timeout`, and still no backend.
+    #[error("{last} (after holding the client {:.1}s)", waited.as_secs_f64())]
+    HeldTooLong {
+        /// How long the client waited.
+        waited: Duration,
+        /// Why the last try found no backend.
+        last: Box<Refusal>,
+    },
+    /// dbsplice began to stop while the client was held.
+    #[error("dbsplice: shutting down while the client waited for a backend of pool '{pool}'")]
+    ShuttingDown {
+        /// The pool.
+        pool: String,
+    },
 }
 
 /// What a listener counts a refusal as.
@@ -102,13 +130,26 @@ impl Refusal {
             Refusal::NoLocalAddress { pool, .. } => {
                 format!("dbsplice: pool '{pool}' cannot take this connection now")
             }
+            Refusal::HoldFull { pool, max } => format!(
+                "dbsplice: no backend of pool '{pool}' is available, and {max} clients already wait for one"
+            ),
+            Refusal::HeldTooLong { waited, last } => format!(
+                "{} (waited {:.1}s)",
+                last.to_client(),
+                waited.as_secs_f64()
+            ),
+            Refusal::ShuttingDown { .. } => "dbsplice: shutting down".to_owned(),
         }
     }
 
     /// What the listener counts it as.
     pub fn cause(&self) -> Cause {
         match self {
-            Refusal::NoBackend { .. } | Refusal::AllFailed { .. } => Cause::NoBackend,
+            Refusal::NoBackend { .. }
+            | Refusal::AllFailed { .. }
+            | Refusal::HoldFull { .. }
+            | Refusal::ShuttingDown { .. } => Cause::NoBackend,
+            Refusal::HeldTooLong { last, .. } => last.cause(),
             Refusal::LocalShortage { .. } | Refusal::NoLocalAddress { .. } => Cause::LocalShortage,
         }
     }
@@ -153,14 +194,15 @@ pub async fn serve(
     pool: Arc<Pool>,
     timeouts: splice::Timeouts,
     kill: CancellationToken,
+    holding: &Holding,
 ) -> Result<(), Refusal> {
     // The client socket inherited TCP_NODELAY and keepalive from its listener.
     let opened = match proxy_header_for(&client, peer, &pool) {
-        Ok(header) => connect(&pool, header.as_deref()).await,
+        Ok(header) => open(pool, header.as_deref(), holding).await,
         Err(refusal) => Err(refusal),
     };
     match opened {
-        Ok(backend) => {
+        Ok((pool, backend)) => {
             relay(client, peer, &pool, backend, timeouts, kill).await;
             Ok(())
         }
@@ -168,6 +210,88 @@ pub async fn serve(
             refuse(&mut client, &refusal.to_client()).await;
             Err(refusal)
         }
+    }
+}
+
+/// What a held client needs: where to find its pool again (a reload may have
+/// replaced it meanwhile), and the token cancelled when dbsplice stops
+/// accepting, which ends every wait.
+#[derive(Debug, Clone)]
+pub struct Holding {
+    /// The current routing snapshot.
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    /// Cancelled when shutdown begins.
+    pub draining: CancellationToken,
+}
+
+/// Connects the client to a backend of `pool`. While none can take it, the
+/// client (which has seen nothing: a MySQL server speaks first) waits for up
+/// to the pool's `hold_timeout`, looking again each time the control module
+/// has decided, in the pool as the newest config has it.
+async fn open(
+    mut pool: Arc<Pool>,
+    header: Option<&[u8]>,
+    holding: &Holding,
+) -> Result<(Arc<Pool>, Connected), Refusal> {
+    let mut held: Option<Held> = None;
+    loop {
+        let waiting = Arc::clone(&pool.waiting);
+        let changed = waiting.changed();
+        tokio::pin!(changed);
+        // Armed before looking: a decision made while connecting wakes it.
+        changed.as_mut().enable();
+        let refusal = match connect(&pool, header).await {
+            Ok(connected) => {
+                if let Some(h) = held {
+                    h.served();
+                }
+                return Ok((pool, connected));
+            }
+            Err(r @ (Refusal::NoBackend { .. } | Refusal::AllFailed { .. })) => r,
+            Err(r) => return Err(r),
+        };
+        let routing = &pool.config.routing;
+        if routing.hold_timeout.is_zero() {
+            return Err(refusal);
+        }
+        let h = match held.take() {
+            Some(h) => h,
+            None => waiting
+                .enter(routing.hold_max)
+                .ok_or_else(|| Refusal::HoldFull {
+                    pool: pool.config.name.clone(),
+                    max: routing.hold_max,
+                })?,
+        };
+        let left = routing.hold_timeout.saturating_sub(h.waited());
+        if left.is_zero() {
+            let waited = h.waited();
+            h.timed_out();
+            return Err(Refusal::HeldTooLong {
+                waited,
+                last: Box::new(refusal),
+            });
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            // Also look again now and then: a backend at its own
+            // max_connections gets room when a session ends, which no
+            // decision announces.
+            () = tokio::time::sleep(left.min(HOLD_RECHECK)) => {}
+            () = holding.draining.cancelled() => {
+                return Err(Refusal::ShuttingDown { pool: pool.config.name.clone() });
+            }
+        }
+        held = Some(h);
+        let Some(newest) = holding
+            .routes
+            .load()
+            .pool(&pool.config.name)
+            .map(Arc::clone)
+        else {
+            return Err(refusal);
+        };
+        pool = newest;
     }
 }
 

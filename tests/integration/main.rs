@@ -22,6 +22,7 @@ mod failover;
 mod fake_server;
 mod faults;
 mod galera;
+mod hold;
 mod load;
 mod reload;
 mod roles;

@@ -1,0 +1,157 @@
+//! The clients a pool holds while no backend can take them: a count bounded
+//! by `hold_max`, a wake-up the control module sends whenever it has decided
+//! again, and the figures the metrics and the log report. Kept by pool name in
+//! the [`super::Registry`], so held clients outlive a reload.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// One pool's held clients.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    /// The pool's name, for the log lines.
+    pool: String,
+    held: AtomicUsize,
+    changed: Notify,
+    /// Clients refused because `hold_timeout` passed.
+    timeouts: AtomicU64,
+    /// Clients that waited and were then connected.
+    served: AtomicU64,
+    /// Clients held since the pool last had none, and the longest wait among
+    /// them (milliseconds): the figures of the log line when it drains.
+    episode_count: AtomicU64,
+    episode_longest_ms: AtomicU64,
+}
+
+/// A held client's place in the count; given back on drop.
+#[derive(Debug)]
+pub struct Held {
+    waiting: Arc<Waiting>,
+    started: tokio::time::Instant,
+}
+
+impl Waiting {
+    /// No client held in pool `pool`.
+    pub fn new(pool: &str) -> Waiting {
+        Waiting {
+            pool: pool.to_owned(),
+            ..Waiting::default()
+        }
+    }
+
+    /// Takes a place if fewer than `max` clients are held.
+    pub fn enter(self: &Arc<Self>, max: u32) -> Option<Held> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        let before = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        if before == 0 {
+            tracing::warn!(pool = %self.pool, "no backend can take new clients: holding them");
+        }
+        self.episode_count.fetch_add(1, Ordering::Relaxed);
+        Some(Held {
+            waiting: Arc::clone(self),
+            started: tokio::time::Instant::now(),
+        })
+    }
+
+    /// The wake-up to wait on: created (and armed) before looking at the
+    /// pool, so that a decision made in between is not missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Wakes every held client to look at the pool again.
+    pub fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Clients held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Clients refused after waiting `hold_timeout`.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Clients connected after waiting.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Held {
+    /// How long this client has waited.
+    pub fn waited(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Ends the wait with the client connected.
+    pub fn served(self) {
+        self.waiting.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends the wait with the client refused for `hold_timeout`.
+    pub fn timed_out(self) {
+        self.waiting.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let w = &self.waiting;
+        let waited = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        w.episode_longest_ms.fetch_max(waited, Ordering::Relaxed);
+        if w.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let count = w.episode_count.swap(0, Ordering::Relaxed);
+            let longest = w.episode_longest_ms.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                pool = %w.pool,
+                clients = count,
+                longest_wait_ms = longest,
+                "no client held any more: {count} waited, the longest {longest} ms"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn places_are_bounded_and_given_back() {
+        let w = Arc::new(Waiting::new("p"));
+        let a = w.enter(2).unwrap();
+        let b = w.enter(2).unwrap();
+        assert!(w.enter(2).is_none(), "past hold_max");
+        assert_eq!(w.held(), 2);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(a.waited(), Duration::from_millis(1500));
+        a.served();
+        b.timed_out();
+        assert_eq!((w.held(), w.served(), w.timeouts()), (0, 1, 1));
+        assert!(w.enter(2).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_wake_between_looking_and_waiting_is_not_lost() {
+        let w = Arc::new(Waiting::new("p"));
+        let changed = w.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        // The decision lands after the client looked, before it waits.
+        w.wake();
+        tokio::time::timeout(Duration::from_secs(1), changed)
+            .await
+            .expect("the armed wait sees the wake");
+    }
+}

@@ -1,0 +1,320 @@
+//! Holding new clients while a pool has no backend that can take them: a
+//! failover between the primary's death and the promotion, a reload that
+//! replaces a pool's only backend, and the bounds (hold_timeout, hold_max,
+//! shutdown) that keep holding from becoming a hang.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbsplice::inbox::{ReloadOutcome, Trigger};
+use dbsplice::vocabulary::Health;
+use tokio::io::AsyncReadExt;
+
+use crate::support::cluster::Cluster;
+use crate::support::{
+    backend, config, mysql_check, port_of_new_session, wait_until, MariaDb, Proxy, Scratch,
+};
+
+const CHECK: &str = "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n";
+
+/// A loop of new connections, one query each, until stopped: how many
+/// connections failed (connect or login refused, as opposed to a query cut by
+/// the server's death) and how many succeeded on each server.
+struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    handle: tokio::task::JoinHandle<Vec<u16>>,
+}
+
+impl ClientLoop {
+    fn start(addr: std::net::SocketAddr) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let handle = {
+            let (stop, failed) = (stop.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut served = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match crate::support::connect(addr).await {
+                        Ok(mut conn) => {
+                            if let Ok(Some(port)) =
+                                mysql_async::prelude::Queryable::query_first::<u16, _>(
+                                    &mut conn,
+                                    "SELECT @@port",
+                                )
+                                .await
+                            {
+                                served.push(port);
+                            }
+                            let _ = conn.disconnect().await;
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                served
+            })
+        };
+        ClientLoop {
+            stop,
+            failed,
+            handle,
+        }
+    }
+
+    async fn stop(self) -> (u64, Vec<u16>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let served = self.handle.await.unwrap();
+        (self.failed.load(Ordering::SeqCst), served)
+    }
+}
+
+/// Kills the primary, promotes the first replica two seconds later, and
+/// returns how many new connections failed and which servers answered.
+async fn kill_and_promote(hold_timeout: &str) -> (u64, Vec<u16>, u16) {
+    let mut cluster = Cluster::start(2).await;
+    let servers: Vec<String> = cluster
+        .servers
+        .iter()
+        .map(|s| backend(s.addr(), 1, "primary"))
+        .collect();
+    let proxy = Proxy::start(&config(
+        &format!(
+            "role = \"writer\"\nhold_timeout = \"{hold_timeout}\"\n{}",
+            mysql_check(
+                crate::support::mariadb::CHECK_USER,
+                crate::support::mariadb::CHECK_PASSWORD,
+                ""
+            )
+        ),
+        &servers,
+    ));
+    let addr = proxy.addr("rw");
+    let (old, new) = (cluster.servers[0].port, cluster.servers[1].port);
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(old)).then_some(())
+    })
+    .await
+    .expect("the writer listener reaches the primary");
+    let clients = ClientLoop::start(addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.servers[0].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.promote(1, &[2]).await;
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(new)).then_some(())
+    })
+    .await
+    .expect("the writer listener follows the promotion");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (failed, served) = clients.stop().await;
+    (failed, served, new)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_and_promote_fails_no_new_connection_while_clients_are_held() {
+    let (failed, served, new) = kill_and_promote("5s").await;
+    assert_eq!(failed, 0, "every new connection waited for the new primary");
+    assert!(served.contains(&new), "{served:?}");
+
+    // Without holding, the same drill refuses clients until the promotion.
+    let (failed, _, _) = kill_and_promote("0s").await;
+    assert!(failed > 0, "hold_timeout = \"0s\" refuses at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_replaces_the_only_backend_fails_no_connection() {
+    let (a, b) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let dir = Scratch::new("hold-replace");
+    let path = dir.0.join("dbsplice.toml");
+    std::fs::write(&path, config(CHECK, &[backend(a.addr(), 1, "primary")])).unwrap();
+    let proxy = Proxy::start_file(&path);
+    proxy.wait_health(a.addr(), Health::Up).await;
+    let addr = proxy.addr("rw");
+    let clients = ClientLoop::start(addr);
+    for (from, to) in [(&a, &b), (&b, &a), (&a, &b)] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::fs::write(&path, config(CHECK, &[backend(to.addr(), 1, "primary")])).unwrap();
+        assert!(matches!(
+            proxy.reload(Trigger::File).await,
+            ReloadOutcome::Applied { .. }
+        ));
+        wait_until(Duration::from_secs(10), || async {
+            (port_of_new_session(addr).await == Some(to.port)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{} never replaced {}", to.port, from.port));
+    }
+    let (failed, served) = clients.stop().await;
+    assert_eq!(
+        failed, 0,
+        "the new backend's first probe is waited for, not refused"
+    );
+    assert!(served.contains(&a.port) && served.contains(&b.port));
+}
+
+/// A raw client: connects and reads what dbsplice sends until it closes,
+/// returning the bytes and how long that took.
+async fn raw_client(addr: std::net::SocketAddr) -> (Vec<u8>, Duration) {
+    let started = tokio::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await;
+    (bytes, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holding_is_bounded_by_hold_max_hold_timeout_and_shutdown() {
+    let mut db = MariaDb::start().await;
+    let settings = format!("hold_timeout = \"2s\"\nhold_max = 2\n{CHECK}");
+    let mut proxy = Proxy::start(&config(&settings, &[backend(db.addr(), 1, "primary")]));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    db.kill();
+    proxy.wait_health(db.addr(), Health::Down).await;
+    let addr = proxy.addr("rw");
+
+    // Two held, the third refused at once naming hold_max.
+    let first = tokio::spawn(raw_client(addr));
+    let second = tokio::spawn(raw_client(addr));
+    let snapshot = proxy.app.as_ref().unwrap().snapshot();
+    let waiting = Arc::clone(&snapshot.pool("main").unwrap().waiting);
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() == 2).then_some(())
+    })
+    .await
+    .expect("two clients held");
+    let (third, took) = raw_client(addr).await;
+    let third = String::from_utf8_lossy(&third);
+    assert!(took < Duration::from_secs(1), "refused at once: {took:?}");
+    assert!(third.contains("already wait"), "{third}");
+    for held in [first, second] {
+        let (bytes, took) = held.await.unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert!(
+            text.contains("no backend of pool 'main'") && text.contains("waited 2."),
+            "{text}"
+        );
+    }
+    assert_eq!((waiting.held(), waiting.timeouts()), (0, 2));
+
+    // A held client is refused as soon as shutdown begins.
+    let held = tokio::spawn(raw_client(addr));
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() == 1).then_some(())
+    })
+    .await
+    .expect("a client held");
+    let app = proxy.app.take().unwrap();
+    let stopping = tokio::spawn(app.shutdown(Duration::from_secs(5)));
+    let (bytes, took) = held.await.unwrap();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(String::from_utf8_lossy(&bytes).contains("shutting down"));
+    assert_eq!(stopping.await.unwrap(), 0, "no session was left to close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_client_is_released_by_a_reload_that_adds_a_backend() {
+    let (mut dead, alive) = tokio::join!(MariaDb::start(), MariaDb::start());
+    dead.kill();
+    let dir = Scratch::new("hold-reload");
+    let path = dir.0.join("dbsplice.toml");
+    let settings = format!("hold_timeout = \"10s\"\n{CHECK}");
+    std::fs::write(
+        &path,
+        config(&settings, &[backend(dead.addr(), 1, "primary")]),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&path);
+    proxy.wait_health(dead.addr(), Health::Down).await;
+    let addr = proxy.addr("rw");
+    let held = tokio::spawn(port_of_new_session(addr));
+    let waiting = Arc::clone(
+        &proxy
+            .app
+            .as_ref()
+            .unwrap()
+            .snapshot()
+            .pool("main")
+            .unwrap()
+            .waiting,
+    );
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() == 1).then_some(())
+    })
+    .await
+    .expect("the client is held");
+    std::fs::write(
+        &path,
+        config(
+            &settings,
+            &[
+                backend(dead.addr(), 1, "primary"),
+                backend(alive.addr(), 1, "primary"),
+            ],
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        proxy.reload(Trigger::File).await,
+        ReloadOutcome::Applied { .. }
+    ));
+    let port = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("released within a probe of the reload")
+        .unwrap();
+    assert_eq!(
+        port,
+        Some(alive.port),
+        "the held client reaches the new backend"
+    );
+    assert_eq!(waiting.served(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_a_backend_s_max_connections_waits_for_a_session_to_end() {
+    let db = MariaDb::start().await;
+    let capped = backend(db.addr(), 1, "primary") + "max_connections = 2\n";
+    let proxy = Proxy::start(&config(
+        &format!("hold_timeout = \"10s\"\n{CHECK}"),
+        &[capped],
+    ));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let addr = proxy.addr("rw");
+    let first = crate::support::connect(addr).await.unwrap();
+    let _second = crate::support::connect(addr).await.unwrap();
+    let third = tokio::spawn(port_of_new_session(addr));
+    let waiting = Arc::clone(
+        &proxy
+            .app
+            .as_ref()
+            .unwrap()
+            .snapshot()
+            .pool("main")
+            .unwrap()
+            .waiting,
+    );
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() == 1).then_some(())
+    })
+    .await
+    .expect("the third client waits instead of being refused");
+    let freed = tokio::time::Instant::now();
+    first.disconnect().await.unwrap();
+    let port = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a session ended")
+        .unwrap();
+    assert_eq!(port, Some(db.port));
+    assert!(
+        freed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        freed.elapsed()
+    );
+}
