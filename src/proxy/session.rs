@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::splice::CloseReason;
 use super::{greeting, sockopt, splice};
 use crate::cluster::backend::ConnectFailure;
-use crate::cluster::waiting::Held;
+use crate::cluster::waiting::{Held, Waiting};
 use crate::cluster::{Member, Pool, SessionGuard, Snapshot};
 use crate::config::format_duration;
 use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
@@ -250,28 +250,7 @@ async fn open(
             Err(r @ (Refusal::NoBackend { .. } | Refusal::AllFailed { .. })) => r,
             Err(r) => return Err(r),
         };
-        let routing = &pool.config.routing;
-        if routing.hold_timeout.is_zero() {
-            return Err(refusal);
-        }
-        let h = match held.take() {
-            Some(h) => h,
-            None => waiting
-                .enter(routing.hold_max)
-                .ok_or_else(|| Refusal::HoldFull {
-                    pool: pool.config.name.clone(),
-                    max: routing.hold_max,
-                })?,
-        };
-        let left = routing.hold_timeout.saturating_sub(h.waited());
-        if left.is_zero() {
-            let waited = h.waited();
-            h.timed_out();
-            return Err(Refusal::HeldTooLong {
-                waited,
-                last: Box::new(refusal),
-            });
-        }
+        let (h, left) = keep_holding(&pool, &waiting, held.take(), refusal)?;
         tokio::select! {
             () = &mut changed => {}
             // Also look again now and then: a backend at its own
@@ -283,16 +262,54 @@ async fn open(
             }
         }
         held = Some(h);
+        // The pool as the newest config has it; gone, nothing can take the
+        // client.
         let Some(newest) = holding
             .routes
             .load()
             .pool(&pool.config.name)
             .map(Arc::clone)
         else {
-            return Err(refusal);
+            return Err(Refusal::NoBackend {
+                pool: pool.config.name.clone(),
+            });
         };
         pool = newest;
     }
+}
+
+/// Whether a client that found no backend goes on waiting: its place among
+/// the held (taken now if it had none) and how much of `hold_timeout` is
+/// left; or the refusal it gets instead.
+fn keep_holding(
+    pool: &Pool,
+    waiting: &Arc<Waiting>,
+    held: Option<Held>,
+    refusal: Refusal,
+) -> Result<(Held, Duration), Refusal> {
+    let routing = &pool.config.routing;
+    if routing.hold_timeout.is_zero() {
+        return Err(refusal);
+    }
+    let h = match held {
+        Some(h) => h,
+        None => waiting
+            .enter(routing.hold_max)
+            .ok_or_else(|| Refusal::HoldFull {
+                pool: pool.config.name.clone(),
+                max: routing.hold_max,
+            })?,
+    };
+    let left = routing.hold_timeout.saturating_sub(h.waited());
+    if left.is_zero() {
+        let waited = h.waited();
+        h.timed_out();
+        return Err(Refusal::HeldTooLong {
+            waited,
+            last: Box::new(refusal),
+        });
+    }
+    Ok((h, left))
 }
 
 /// The PROXY header the pool sends first, if it sends one.
