@@ -96,6 +96,27 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Hold a pool's new clients (as if it had no backend, each for at most
+    /// its hold_timeout) while open sessions continue: for a promotion done
+    /// by hand or by an external failover tool.
+    Pause {
+        /// The pool's name.
+        pool: String,
+        /// At most this long, such as "30s" (the default).
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// How to reach the running instance.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// End a pool's pause: its held clients look for a backend at once.
+    Resume {
+        /// The pool's name.
+        pool: String,
+        /// How to reach the running instance.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// How to reach a running instance's admin server.

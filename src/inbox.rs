@@ -47,6 +47,28 @@ pub enum Event {
         /// How many were held.
         reply: oneshot::Sender<Option<usize>>,
     },
+    /// An operator pauses `pool` for `duration`: its new clients are held as
+    /// if it had no backend; the reply is whether the pool exists.
+    Pause {
+        /// The pool's name.
+        pool: String,
+        /// How long, at most.
+        duration: std::time::Duration,
+        /// Who asked, in words.
+        origin: String,
+        /// Whether there is such a pool.
+        reply: oneshot::Sender<bool>,
+    },
+    /// An operator ends a pause at once; the reply is how many clients were
+    /// held (`None`: no such pool).
+    Resume {
+        /// The pool's name.
+        pool: String,
+        /// Who asked, in words.
+        origin: String,
+        /// How many clients were held.
+        reply: oneshot::Sender<Option<usize>>,
+    },
     /// A checker saw the backend at `address` change health, role or lag.
     Health {
         /// The backend's address as written in the config.
@@ -189,6 +211,34 @@ impl Inbox {
     pub async fn failback(&self, pool: &str) -> Result<Option<usize>, Stopped> {
         let pool = pool.to_owned();
         self.ask(|reply| Event::Failback { pool, reply }).await
+    }
+
+    /// Pauses `pool` for `duration`; false when there is no such pool.
+    pub async fn pause(
+        &self,
+        pool: &str,
+        duration: std::time::Duration,
+        origin: String,
+    ) -> Result<bool, Stopped> {
+        let pool = pool.to_owned();
+        self.ask(|reply| Event::Pause {
+            pool,
+            duration,
+            origin,
+            reply,
+        })
+        .await
+    }
+
+    /// Resumes `pool`: how many clients were held (`None`: no such pool).
+    pub async fn resume(&self, pool: &str, origin: String) -> Result<Option<usize>, Stopped> {
+        let pool = pool.to_owned();
+        self.ask(|reply| Event::Resume {
+            pool,
+            origin,
+            reply,
+        })
+        .await
     }
 
     /// Tells the control module that a checker wrote new facts for

@@ -42,6 +42,12 @@ fn main() -> ExitCode {
         Some(Command::Enable { name, admin }) => remote(&admin, Action::Enable(name)),
         Some(Command::Reload(admin)) => remote(&admin, Action::Reload),
         Some(Command::Failback { pool, admin }) => remote(&admin, Action::Failback(pool)),
+        Some(Command::Pause {
+            pool,
+            duration,
+            admin,
+        }) => remote(&admin, Action::Pause(pool, duration)),
+        Some(Command::Resume { pool, admin }) => remote(&admin, Action::Resume(pool)),
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     }

@@ -27,6 +27,10 @@ pub enum Action {
     Reload,
     /// Manual fail-back in a pool.
     Failback(String),
+    /// Hold a pool's new clients (optionally for a while, default 30s).
+    Pause(String, Option<String>),
+    /// End a pool's pause.
+    Resume(String),
 }
 
 /// Where the admin server is and the token for actions.
@@ -158,6 +162,11 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
         Action::Enable(name) => ("POST", format!("/api/backends/{name}/enable")),
         Action::Reload => ("POST", "/api/reload".to_owned()),
         Action::Failback(pool) => ("POST", format!("/api/pools/{pool}/failback")),
+        Action::Pause(pool, until) => (
+            "POST",
+            with_for(&format!("/api/pools/{pool}/pause"), until.as_deref()),
+        ),
+        Action::Resume(pool) => ("POST", format!("/api/pools/{pool}/resume")),
     };
     // Reads need no token: it travels only with the actions that need it.
     let token = target.token.as_deref().filter(|_| method == "POST");

@@ -117,7 +117,7 @@ fn is_action(path: &[&str]) -> bool {
     matches!(
         path,
         ["api", "reload"]
-            | ["api", "pools", _, "failback"]
+            | ["api", "pools", _, "failback" | "pause" | "resume"]
             | ["api", "backends", _, "drain" | "disable" | "enable"]
     )
 }

@@ -316,6 +316,21 @@ async fn act(admin: &Admin, path: &[&str], query: &str, peer: SocketAddr) -> Rep
     match path {
         ["api", "backends", name, action] => set_override(admin, name, action, query, peer).await,
         ["api", "reload"] => reload(admin).await,
+        ["api", "pools", pool, "pause"] => pause(admin, pool, query, peer).await,
+        ["api", "pools", pool, "resume"] => {
+            match admin
+                .inbox
+                .resume(pool, format!("admin API from {peer}"))
+                .await
+            {
+                Ok(Some(held)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "pool": pool, "resumed": true, "released": held }),
+                ),
+                Ok(None) => error(StatusCode::NOT_FOUND, "no such pool"),
+                Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            }
+        }
         ["api", "pools", pool, "failback"] => match admin.inbox.failback(pool).await {
             Ok(Some(held)) => json(
                 StatusCode::OK,
@@ -363,6 +378,38 @@ async fn set_override(
             StatusCode::OK,
             &serde_json::json!({ "backend": name, "state": action, "backends": n }),
         ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// A pause lasts this long unless `?for=` says otherwise.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(30);
+
+/// `POST /api/pools/NAME/pause[?for=DURATION]`.
+async fn pause(admin: &Admin, pool: &str, query: &str, peer: SocketAddr) -> Reply {
+    let duration = match query.split('&').find_map(|kv| kv.strip_prefix("for=")) {
+        None => DEFAULT_PAUSE,
+        Some(d) => match crate::config::parse_duration(d) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "for: 0s pauses nothing; to end a pause, POST .../resume",
+                )
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("for: {e}")),
+        },
+    };
+    match admin
+        .inbox
+        .pause(pool, duration, format!("admin API from {peer}"))
+        .await
+    {
+        Ok(true) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "pool": pool, "paused_for_seconds": duration.as_secs_f64() }),
+        ),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such pool"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }

@@ -80,6 +80,7 @@ function renderPools(status, now, seconds, counts) {
   for (const pool of status.pools) {
     const h = document.createElement("h2");
     h.textContent = "pool " + pool.name + " (" + pool.role + ", " + pool.balance + ")" + (pool.writer ? " · writer " + pool.writer : "")
+      + (pool.paused_for_seconds ? " · paused, " + Math.ceil(pool.paused_for_seconds) + "s left" : "")
       + (pool.held_clients ? " · holding " + pool.held_clients + " new clients until a backend can take them" : "");
     pools.appendChild(h);
     const table = document.createElement("table");

@@ -67,6 +67,7 @@ fn pool(shared: &Shared, pool: &Pool) -> Value {
         "writer": writer,
         "fallback": decided.fallback,
         "held_clients": pool.waiting.held(),
+        "paused_for_seconds": pool.waiting.paused_for().map(|d| d.as_secs_f64()),
         "hold_timeouts": pool.waiting.timeouts(),
         "backends": backends,
     })

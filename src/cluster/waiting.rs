@@ -4,7 +4,7 @@
 //! the [`super::Registry`], so held clients outlive a reload.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -24,6 +24,9 @@ pub struct Waiting {
     /// them (milliseconds): the figures of the log line when it drains.
     episode_count: AtomicU64,
     episode_longest_ms: AtomicU64,
+    /// Until when an operator paused the pool: new clients are held as if it
+    /// had no backend. Written by the control module alone.
+    paused_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A held client's place in the count; given back on drop.
@@ -70,6 +73,36 @@ impl Waiting {
     /// Wakes every held client to look at the pool again.
     pub fn wake(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Holds every new client until `until` (or [`Waiting::resume`]).
+    pub fn pause(&self, until: tokio::time::Instant) {
+        *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    /// Ends a pause and wakes the held clients; whether one was in force.
+    pub fn resume(&self) -> bool {
+        let was = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some_and(|until| until > tokio::time::Instant::now());
+        self.wake();
+        was
+    }
+
+    /// How much of a pause is left, if the pool is paused.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self
+            .paused_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     /// Clients held now.
@@ -140,6 +173,21 @@ mod tests {
         b.timed_out();
         assert_eq!((w.held(), w.served(), w.timeouts()), (0, 1, 1));
         assert!(w.enter(2).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_lapses_by_itself_or_ends_on_resume() {
+        let w = Waiting::new("p");
+        assert_eq!(w.paused_for(), None);
+        w.pause(tokio::time::Instant::now() + Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(w.paused_for(), Some(Duration::from_secs(20)));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(w.paused_for(), None, "lapsed at its deadline");
+        assert!(!w.resume(), "nothing was in force");
+        w.pause(tokio::time::Instant::now() + Duration::from_secs(30));
+        assert!(w.resume());
+        assert_eq!(w.paused_for(), None);
     }
 
     #[tokio::test]

@@ -233,6 +233,21 @@ impl Control {
             Event::Failback { pool, reply } => {
                 let _ = reply.send(self.failback(&pool));
             }
+            Event::Pause {
+                pool,
+                duration,
+                origin,
+                reply,
+            } => {
+                let _ = reply.send(self.pause(&pool, duration, &origin));
+            }
+            Event::Resume {
+                pool,
+                origin,
+                reply,
+            } => {
+                let _ = reply.send(self.resume(&pool, &origin));
+            }
             // The decision that follows every event reads the new facts.
             Event::Health {
                 address,
@@ -333,6 +348,42 @@ impl Control {
                 .push("admin", format!("{name}: {state}{by}"));
         }
         matched
+    }
+
+    /// Holds every new client of pool `name` for up to `duration`, each for
+    /// at most its `hold_timeout`; open sessions continue.
+    fn pause(&mut self, name: &str, duration: std::time::Duration, origin: &str) -> bool {
+        let snapshot = self.routes.load();
+        let Some(pool) = snapshot.pool(name) else {
+            return false;
+        };
+        pool.waiting.pause(tokio::time::Instant::now() + duration);
+        let duration = crate::config::format_duration(duration);
+        tracing::warn!(
+            pool = name,
+            origin,
+            "pool paused for {duration}: new clients are held"
+        );
+        self.shared.timeline.push(
+            "admin",
+            format!("{name}: paused for {duration} by {origin}"),
+        );
+        true
+    }
+
+    /// Ends a pause of pool `name`: held clients look for a backend at once.
+    /// Returns how many were held, or `None` for an unknown pool.
+    fn resume(&mut self, name: &str, origin: &str) -> Option<usize> {
+        let snapshot = self.routes.load();
+        let pool = snapshot.pool(name)?;
+        let held = pool.waiting.held();
+        let was = pool.waiting.resume();
+        tracing::info!(pool = name, origin, held, was_paused = was, "pool resumed");
+        self.shared.timeline.push(
+            "admin",
+            format!("{name}: resumed by {origin}, {held} held clients released"),
+        );
+        Some(held)
     }
 
     /// Lets backends held after returning from down take traffic again in

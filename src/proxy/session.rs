@@ -240,7 +240,15 @@ async fn open(
         tokio::pin!(changed);
         // Armed before looking: a decision made while connecting wakes it.
         changed.as_mut().enable();
-        let refusal = match connect(&pool, header).await {
+        let tried = if waiting.paused_for().is_some() {
+            // Paused by an operator: held as if no backend could take it.
+            Err(Refusal::NoBackend {
+                pool: pool.config.name.clone(),
+            })
+        } else {
+            connect(&pool, header).await
+        };
+        let refusal = match tried {
             Ok(connected) => {
                 if let Some(h) = held {
                     h.served();

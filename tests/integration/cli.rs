@@ -631,6 +631,23 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
     let (code, out) = cli(&["drain", "nope"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("404"), "{out}");
+    // Pause and resume a pool.
+    let (code, out) = cli(&["pause", "main", "--for", "30s"]);
+    assert_eq!(code, Some(0), "{out}");
+    let status = http(admin, "GET", "/api/status", None).await.1;
+    assert!(status.contains("\"paused_for_seconds\":"), "{status}");
+    assert!(!status.contains("\"paused_for_seconds\":null"), "{status}");
+    let (code, out) = cli(&["resume", "main"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"released\""), "{out}");
+    let status = http(admin, "GET", "/api/status", None).await.1;
+    assert!(status.contains("\"paused_for_seconds\":null"), "{status}");
+    assert!(
+        status.contains("paused for 30s by admin API"),
+        "on the timeline: {status}"
+    );
+    let (code, out) = cli(&["pause", "nope"]);
+    assert!(code == Some(1) && out.contains("404"), "{out}");
     running.stop().await;
 }
 

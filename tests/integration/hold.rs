@@ -318,3 +318,71 @@ async fn a_client_past_a_backend_s_max_connections_waits_for_a_session_to_end() 
         freed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_promote_resume_fails_no_new_connection() {
+    use mysql_async::prelude::Queryable;
+    let cluster = Cluster::start(2).await;
+    let servers: Vec<String> = cluster
+        .servers
+        .iter()
+        .map(|s| backend(s.addr(), 1, "primary"))
+        .collect();
+    let proxy = Proxy::start(&config(
+        &format!(
+            "role = \"writer\"\n{}",
+            mysql_check(
+                crate::support::mariadb::CHECK_USER,
+                crate::support::mariadb::CHECK_PASSWORD,
+                ""
+            )
+        ),
+        &servers,
+    ));
+    let addr = proxy.addr("rw");
+    let (old, new) = (cluster.servers[0].port, cluster.servers[1].port);
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(old)).then_some(())
+    })
+    .await
+    .expect("the writer listener reaches the primary");
+    let app = proxy.app.as_ref().unwrap();
+    let waiting = Arc::clone(&app.snapshot().pool("main").unwrap().waiting);
+    let clients = ClientLoop::start(addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A planned switchover: pause, demote, promote, resume.
+    assert_eq!(
+        app.inbox()
+            .pause("main", Duration::from_secs(30), "the test".into())
+            .await,
+        Ok(true)
+    );
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() > 0).then_some(())
+    })
+    .await
+    .expect("new clients are held while paused");
+    let mut admin = cluster.servers[0].admin().await;
+    admin.query_drop("SET GLOBAL read_only = 1").await.unwrap();
+    admin.disconnect().await.unwrap();
+    cluster.promote(1, &[2]).await;
+    let promoted = proxy.backend(cluster.servers[1].addr());
+    wait_until(Duration::from_secs(10), || async {
+        (promoted.role() == dbsplice::vocabulary::Role::Writable).then_some(())
+    })
+    .await
+    .expect("the checker sees the promotion");
+    let held = app.inbox().resume("main", "the test".into()).await.unwrap();
+    assert!(held.is_some_and(|n| n > 0), "{held:?}");
+    wait_until(Duration::from_secs(10), || async {
+        (port_of_new_session(addr).await == Some(new)).then_some(())
+    })
+    .await
+    .expect("the writer listener follows the promotion");
+    let (failed, served) = clients.stop().await;
+    assert_eq!(failed, 0, "every new connection waited out the switchover");
+    assert!(served.contains(&old) && served.contains(&new), "{served:?}");
+    assert_eq!(waiting.held(), 0, "no held client left behind");
+    assert!(waiting.served() > 0);
+}
