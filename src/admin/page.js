@@ -8,7 +8,7 @@ const STATE_CLASS = {
   "writer": "in", "in rotation": "in", "standby, serving": "in", "writer, taking reads": "in",
   "not writer": "out", "writer, not a replica": "out", "lagging": "out", "lag unknown": "out",
   "standby": "out", "out": "out",
-  "held down: flapping": "held", "held: fail-back": "held",
+  "held down: flapping": "held", "held: fail-back": "held", "full": "held",
   "drained": "admin", "disabled": "admin", "down": "down", "not probed": "unknown",
 };
 

@@ -138,6 +138,9 @@ fn label(pool: &Pool, decided: &PoolView, m: &Member) -> &'static str {
         Health::Down => return "down",
         Health::Up => {}
     }
+    if s.is_full() {
+        return "full";
+    }
     let role = pool.config.routing.role;
     if m.is_eligible() {
         return match (role, m.tier) {
@@ -173,6 +176,11 @@ fn explain(pool: &Pool, decided: &PoolView, m: &Member) -> String {
         Health::Unknown => return "it has not been probed yet".to_owned(),
         Health::Down => return format!("its health check fails: {}", s.reason()),
         Health::Up => {}
+    }
+    if s.is_full() {
+        return "the server answered 1040 (too many connections): new sessions skip it until a \
+                session there ends or a probe finds room; it is not down"
+            .to_owned();
     }
     if m.is_eligible() {
         return why_in(pool, decided, m);

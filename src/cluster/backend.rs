@@ -2,7 +2,7 @@
 //! session, kept across reloads so an edit never resets health or counts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,9 @@ pub struct BackendState {
     total: AtomicU64,
     connect_failures: AtomicU64,
     reason: Mutex<Arc<str>>,
+    /// The server greeted with 1040 (too many connections) and no session
+    /// has ended here since: new sessions skip it.
+    full: AtomicBool,
     probe_now: Notify,
     admin: Mutex<Option<Override>>,
     /// Traffic and probe counters, for metrics.
@@ -119,6 +122,7 @@ impl BackendState {
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             reason: Mutex::new(Arc::from("not probed yet")),
+            full: AtomicBool::new(false),
             probe_now: Notify::new(),
             admin: Mutex::new(None),
             counters: Counters::default(),
@@ -164,6 +168,16 @@ impl BackendState {
         let before = self.role();
         self.role.store(code, Ordering::Release);
         (before != facts.role).then_some(before)
+    }
+
+    /// Whether the server last said it has no connection to spare.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+
+    /// Records whether the server is full; returns the previous value.
+    pub fn set_full(&self, full: bool) -> bool {
+        self.full.swap(full, Ordering::AcqRel)
     }
 
     /// The operator's override in force at `now` (a lapsed one is cleared).
@@ -238,6 +252,7 @@ impl BackendState {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         SessionGuard {
+            established: false,
             backend: Arc::clone(self),
         }
     }
@@ -269,9 +284,17 @@ fn epoch() -> Instant {
 #[derive(Debug)]
 pub struct SessionGuard {
     backend: Arc<BackendState>,
+    /// The connect succeeded and the session ran on the server.
+    established: bool,
 }
 
 impl SessionGuard {
+    /// Marks the connect as made: when this session ends, the server has a
+    /// connection to spare again.
+    pub fn established(&mut self) {
+        self.established = true;
+    }
+
     /// The backend this session belongs to.
     pub fn backend(&self) -> &Arc<BackendState> {
         &self.backend
@@ -281,6 +304,10 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        // A session that ran here has freed a connection on the server.
+        if self.established {
+            self.backend.full.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -88,6 +88,7 @@ impl Candidate for Member {
     }
     fn eligible(&self) -> bool {
         self.is_eligible()
+            && !self.state.is_full()
             && self
                 .max_connections
                 .is_none_or(|max| self.state.active() < u64::from(max))

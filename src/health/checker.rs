@@ -100,7 +100,17 @@ impl Checker {
                         tracing::info!(backend = %state.address, from = before.as_str(), to = facts.role.as_str(), "backend role changed");
                     }
                 }
+                if state.set_full(false) {
+                    tracing::info!(backend = %state.address, "backend has connections to spare again");
+                }
                 (true, detail, false)
+            }
+            // Alive, so up; but skipped by new sessions until a slot frees.
+            Outcome::Full { reason } => {
+                if !state.set_full(true) {
+                    tracing::warn!(backend = %state.address, "backend full, new sessions skip it: {reason}");
+                }
+                (true, reason, false)
             }
             Outcome::Fail {
                 reason,

@@ -33,6 +33,13 @@ pub enum Outcome {
         /// Which resource ran out.
         reason: String,
     },
+    /// The server is alive but has no connection to spare: it greeted with
+    /// error 1040 (too many connections). Not a failure: new sessions skip
+    /// it until a slot frees.
+    Full {
+        /// The server's words.
+        reason: String,
+    },
     /// It did not.
     Fail {
         /// Why, in words an operator can act on.
@@ -212,6 +219,11 @@ async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
             Outcome::Pass {
                 detail,
                 facts: Some(facts),
+            }
+        }
+        Err(ProbeError::Greeting(e)) if e.code == crate::mysql::ER_CON_COUNT_ERROR => {
+            Outcome::Full {
+                reason: format!("full: greeting error {}: {}", e.code, e.message),
             }
         }
         Err(e) => Outcome::Fail {

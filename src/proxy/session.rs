@@ -169,7 +169,7 @@ enum Attempt {
     ProxyHeader(io::Error),
     /// The greeting gate saw an error greeting, or none.
     #[error("{0}")]
-    Greeting(String),
+    Greeting(greeting::GateError),
 }
 
 impl Attempt {
@@ -402,12 +402,14 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
         let guard = member.state.session();
         let failed = match attempt(pool, member, proxy_header).await {
             Ok((stream, greeting)) => {
+                let mut guard = guard;
+                guard.established();
                 return Ok(Connected {
                     stream,
                     guard,
                     index,
                     greeting,
-                })
+                });
             }
             // dbsplice's own shortage: no backend is to blame, none is
             // asked for an early probe, and another would fare no better.
@@ -419,6 +421,11 @@ async fn connect(pool: &Pool, proxy_header: Option<&[u8]>) -> Result<Connected, 
             }
             Err(failed) => failed,
         };
+        if matches!(&failed, Attempt::Greeting(g) if g.is_full()) {
+            // Full, not down: skipped until a session here ends or a probe
+            // finds room.
+            member.state.set_full(true);
+        }
         tracing::info!(backend = %member.state.address, pool = %pool.config.name, "connect failed, trying another backend: {failed}");
         member.state.connect_failed(failed.kind());
         // Only failed backends are remembered: the usual first-try success

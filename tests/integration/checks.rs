@@ -143,7 +143,7 @@ async fn a_frozen_server_times_out_and_returns_after_sigcont() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_is_refused_and_a_full_one_names_1040() {
+async fn a_killed_server_is_refused_and_a_full_one_is_full_not_down() {
     let mut db = MariaDb::start_with(&["--max-connections=10".to_owned()]).await;
     let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));
     proxy.wait_health(db.addr(), Health::Up).await;
@@ -166,12 +166,27 @@ async fn a_killed_server_is_refused_and_a_full_one_names_1040() {
             "max_connections=10 (the lowest MariaDB takes) was not enforced"
         );
     }
-    proxy.wait_health(db.addr(), Health::Down).await;
-    let reason = proxy.backend(db.addr()).reason();
-    assert!(reason.contains("1040"), "{reason}");
+    // Full is not down: the backend stays up, skipped by new sessions.
+    let state = proxy.backend(db.addr());
+    wait_until(Duration::from_secs(5), || async {
+        state.is_full().then_some(())
+    })
+    .await
+    .expect("the probe sees the server full");
+    assert_eq!(state.health(), Health::Up, "a full server is not down");
+    let reason = state.reason();
+    assert!(
+        reason.contains("1040") && reason.starts_with("full"),
+        "{reason}"
+    );
     for hog in hogs {
         hog.disconnect().await.unwrap();
     }
+    wait_until(Duration::from_secs(5), || async {
+        (!state.is_full()).then_some(())
+    })
+    .await
+    .expect("a probe finds room again");
     proxy.wait_health(db.addr(), Health::Up).await;
     db.kill();
     proxy.wait_health(db.addr(), Health::Down).await;

@@ -386,3 +386,89 @@ async fn pause_promote_resume_fails_no_new_connection() {
     assert_eq!(waiting.held(), 0, "no held client left behind");
     assert!(waiting.served() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_only_backend_holds_clients_until_a_slot_frees_and_is_never_down() {
+    let db = MariaDb::start_with(&["--max-connections=10".to_owned()]).await;
+    let check = mysql_check(
+        crate::support::mariadb::CHECK_USER,
+        crate::support::mariadb::CHECK_PASSWORD,
+        "",
+    );
+    let proxy = Proxy::start(&config(
+        &format!("hold_timeout = \"10s\"\n{check}"),
+        &[backend(db.addr(), 1, "primary")],
+    ));
+    proxy.wait_health(db.addr(), Health::Up).await;
+    let state = proxy.backend(db.addr());
+    let down_seen = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (state, down_seen) = (Arc::clone(&state), down_seen.clone());
+        tokio::spawn(async move {
+            loop {
+                if state.health() == Health::Down {
+                    down_seen.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Fill the server directly, past dbsplice, as an ordinary user (one
+    // with SUPER would take the slot MariaDB keeps for administrators too).
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(db.port)
+        .user(Some(crate::support::mariadb::CHECK_USER))
+        .pass(Some(crate::support::mariadb::CHECK_PASSWORD))
+        .prefer_socket(false);
+    let mut hogs = Vec::new();
+    loop {
+        match mysql_async::Conn::new(opts.clone()).await {
+            Ok(conn) => hogs.push(conn),
+            Err(mysql_async::Error::Server(e)) if e.code == 1040 => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(hogs.len() < 20, "max_connections was not enforced");
+    }
+    wait_until(Duration::from_secs(5), || async {
+        state.is_full().then_some(())
+    })
+    .await
+    .expect("the probe sees the server full");
+    let client = tokio::spawn(port_of_new_session(proxy.addr("rw")));
+    let waiting = Arc::clone(
+        &proxy
+            .app
+            .as_ref()
+            .unwrap()
+            .snapshot()
+            .pool("main")
+            .unwrap()
+            .waiting,
+    );
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() == 1).then_some(())
+    })
+    .await
+    .expect("the client waits for room");
+    let freed = tokio::time::Instant::now();
+    hogs.pop().unwrap().disconnect().await.unwrap();
+    let port = tokio::time::timeout(Duration::from_secs(5), client)
+        .await
+        .expect("served once the server has room")
+        .unwrap();
+    assert_eq!(port, Some(db.port));
+    assert!(
+        freed.elapsed() < Duration::from_secs(2),
+        "within a probe interval or two: {:?}",
+        freed.elapsed()
+    );
+    watch.abort();
+    assert!(
+        !down_seen.load(Ordering::SeqCst),
+        "a full server is never down"
+    );
+    for hog in hogs {
+        hog.disconnect().await.unwrap();
+    }
+}
