@@ -94,13 +94,15 @@ impl Checker {
         let mut role_changed = false;
         let (passed, reason, misconfigured) = match outcome {
             Outcome::Pass { detail, facts } => {
+                let facts_learned = facts.is_some();
                 if let Some(facts) = facts {
                     if let Some(before) = state.set_facts(&facts) {
                         role_changed = true;
                         tracing::info!(backend = %state.address, from = before.as_str(), to = facts.role.as_str(), "backend role changed");
                     }
                 }
-                if state.set_full(false) {
+                // Only a login proves room; a TCP connect says nothing of it.
+                if facts_learned && state.set_full(false) {
                     tracing::info!(backend = %state.address, "backend has connections to spare again");
                 }
                 (true, detail, false)

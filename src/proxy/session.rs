@@ -234,21 +234,16 @@ async fn open(
     holding: &Holding,
 ) -> Result<(Arc<Pool>, Connected), Refusal> {
     let mut held: Option<Held> = None;
+    // The most telling refusal so far: backends that were tried and failed
+    // say more than finding none eligible a moment later.
+    let mut worst: Option<Refusal> = None;
     loop {
         let waiting = Arc::clone(&pool.waiting);
         let changed = waiting.changed();
         tokio::pin!(changed);
         // Armed before looking: a decision made while connecting wakes it.
         changed.as_mut().enable();
-        let tried = if waiting.paused_for().is_some() {
-            // Paused by an operator: held as if no backend could take it.
-            Err(Refusal::NoBackend {
-                pool: pool.config.name.clone(),
-            })
-        } else {
-            connect(&pool, header).await
-        };
-        let refusal = match tried {
+        let refusal = match look(&pool, &waiting, header).await {
             Ok(connected) => {
                 if let Some(h) = held {
                     h.served();
@@ -258,7 +253,12 @@ async fn open(
             Err(r @ (Refusal::NoBackend { .. } | Refusal::AllFailed { .. })) => r,
             Err(r) => return Err(r),
         };
-        let (h, left) = keep_holding(&pool, &waiting, held.take(), refusal)?;
+        let refusal = match (refusal, worst.take()) {
+            (r @ Refusal::AllFailed { .. }, _) | (r, None) => r,
+            (_, Some(earlier)) => earlier,
+        };
+        let (h, left, refusal) = keep_holding(&pool, &waiting, held.take(), refusal)?;
+        worst = Some(refusal);
         tokio::select! {
             () = &mut changed => {}
             // Also look again now and then: a backend at its own
@@ -286,15 +286,26 @@ async fn open(
     }
 }
 
+/// One look at the pool: a connected backend, or why none took the client.
+async fn look(pool: &Pool, waiting: &Waiting, header: Option<&[u8]>) -> Result<Connected, Refusal> {
+    if waiting.paused_for().is_some() {
+        // Paused by an operator: held as if no backend could take it.
+        return Err(Refusal::NoBackend {
+            pool: pool.config.name.clone(),
+        });
+    }
+    connect(pool, header).await
+}
+
 /// Whether a client that found no backend goes on waiting: its place among
-/// the held (taken now if it had none) and how much of `hold_timeout` is
-/// left; or the refusal it gets instead.
+/// the held (taken now if it had none), how much of `hold_timeout` is left,
+/// and the refusal kept for when it runs out; or the refusal it gets now.
 fn keep_holding(
     pool: &Pool,
     waiting: &Arc<Waiting>,
     held: Option<Held>,
     refusal: Refusal,
-) -> Result<(Held, Duration), Refusal> {
+) -> Result<(Held, Duration, Refusal), Refusal> {
     let routing = &pool.config.routing;
     if routing.hold_timeout.is_zero() {
         return Err(refusal);
@@ -317,7 +328,7 @@ fn keep_holding(
             last: Box::new(refusal),
         });
     }
-    Ok((h, left))
+    Ok((h, left, refusal))
 }
 
 /// The PROXY header the pool sends first, if it sends one.
