@@ -124,6 +124,11 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
             }
         };
         tokio::spawn(connection(Arc::clone(&admin), conn, acceptor, stream, peer));
+        // Let a connection this admission evicted close its socket before the
+        // next accept: under a flood the admin runtime would otherwise accept
+        // faster than evicted connections give their descriptors back, and
+        // run the whole process out of them.
+        tokio::task::yield_now().await;
     }
 }
 
