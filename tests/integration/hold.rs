@@ -506,3 +506,140 @@ async fn a_full_only_backend_holds_clients_until_a_slot_frees_and_is_never_down(
         hog.disconnect().await.unwrap();
     }
 }
+
+/// The `dbsplice pause` / `dbsplice resume` commands of one recipe in
+/// docs/failover.md, in order, as argument lists: the lines of the section
+/// under `heading` that run dbsplice (quoted in JSON or not).
+fn recipe(heading: &str) -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/failover.md"),
+    )
+    .unwrap();
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("docs/failover.md has no section {heading:?}"));
+    section
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim().trim_start_matches('"');
+            let command = l.split('"').next()?;
+            command.starts_with("dbsplice ").then(|| {
+                command
+                    .split_whitespace()
+                    .skip(1)
+                    .map(str::to_owned)
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_recipes_in_docs_fail_no_connection() {
+    use mysql_async::prelude::Queryable;
+    let cluster = Cluster::start(2).await;
+    let dir = Scratch::new("failover-doc");
+    std::fs::write(dir.0.join("admin.token"), "tok-failover").unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    let backends: String = cluster
+        .servers
+        .iter()
+        .map(|s| format!("[[pool.writer.backend]]\naddress = \"{}\"\n", s.addr()))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "shutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\
+             [[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:0\"\npool = \"writer\"\n\
+             [pool.writer]\nrole = \"writer\"\n[pool.writer.check]\nkind = \"mysql\"\nuser = \"{}\"\n\
+             password = \"{}\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n{backends}",
+            crate::support::mariadb::CHECK_USER,
+            crate::support::mariadb::CHECK_PASSWORD,
+        ),
+    )
+    .unwrap();
+    let running = crate::support::binary::Running::start(&path, None);
+    let admin = running.admin_addr().await;
+    let addr = running.addr;
+    let ports: Vec<u16> = cluster.servers.iter().map(|s| s.port).collect();
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(ports[0])).then_some(())
+    })
+    .await
+    .expect("the writer listener reaches the primary");
+    let run = |args: &[String]| {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a == "/etc/dbsplice/dbsplice.toml" {
+                    path.display().to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let out = std::process::Command::new(crate::support::binary::BIN)
+            .args(&args)
+            .args(["--admin", &admin.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dbsplice {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let clients = ClientLoop::start(addr);
+    // The recipe by hand moves the primary from 0 to 1, orchestrator's from
+    // 1 to 2.
+    for (heading, old, new, others) in [
+        ("A switchover by hand", 0, 1, vec![2]),
+        ("orchestrator", 1, 2, vec![]),
+    ] {
+        let steps = recipe(heading);
+        assert_eq!(steps.len(), 2, "{heading}: {steps:?}");
+        assert_eq!(
+            (steps[0][0].as_str(), steps[1][0].as_str()),
+            ("pause", "resume")
+        );
+        run(&steps[0]);
+        let mut demote = cluster.servers[old].admin().await;
+        demote.query_drop("SET GLOBAL read_only = 1").await.unwrap();
+        demote.disconnect().await.unwrap();
+        cluster.promote(new, &others).await;
+        // Resumed once the new primary is writable, as the page says.
+        let mut promoted = cluster.servers[new].admin().await;
+        let read_only: Option<u8> = promoted.query_first("SELECT @@read_only").await.unwrap();
+        assert_eq!(read_only, Some(0));
+        promoted.disconnect().await.unwrap();
+        run(&steps[1]);
+        wait_until(Duration::from_secs(10), || async {
+            (port_of_new_session(addr).await == Some(ports[new])).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{heading}: the writer listener did not follow"));
+    }
+    let seen = clients.stop().await;
+    assert_eq!(
+        (seen.refused, seen.lost),
+        (0, 0),
+        "no new connection failed through either recipe"
+    );
+    for port in &ports {
+        assert!(
+            seen.served.contains(port),
+            "{port} never served: {:?}",
+            seen.served
+        );
+    }
+    let timeline = crate::support::binary::http(admin, "GET", "/api/status", None)
+        .await
+        .1;
+    assert!(
+        timeline.contains("writer: paused for 30s by admin API")
+            && timeline.contains("writer: resumed by"),
+        "{timeline}"
+    );
+    running.stop().await;
+}
