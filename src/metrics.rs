@@ -110,6 +110,11 @@ pub const POOL_HELD_SERVED: Metric = (
     "dbsplice_pool_held_served_total",
     "Clients that waited for a backend and were then connected",
 );
+/// How long held clients waited.
+pub const POOL_HOLD_SECONDS: Metric = (
+    "dbsplice_pool_hold_seconds",
+    "How long clients waited for a backend of the pool, however the wait ended",
+);
 /// Writer pools' writer.
 pub const POOL_WRITER: Metric = (
     "dbsplice_pool_writer",

@@ -26,8 +26,29 @@ pub fn render(shared: &Shared) -> String {
     });
     let mut text = handle.render();
     text.push_str(&shared.probe_histograms.render());
+    text.push_str(&hold_seconds(shared));
     text.push_str(&super::process::render());
     text
+}
+
+/// `dbsplice_pool_hold_seconds`, written by hand: the waits are counted in
+/// the pools' own atomics, so a histogram costs the data path no recorder.
+fn hold_seconds(shared: &Shared) -> String {
+    use std::fmt::Write as _;
+    let (name, help) = POOL_HOLD_SECONDS;
+    let mut out = format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+    let snapshot = shared.routes.load();
+    for pool in snapshot.pools() {
+        let (buckets, count, sum) = pool.waiting.waits.cumulative();
+        let p = &pool.config.name;
+        for (bound, n) in buckets {
+            let _ = writeln!(out, "{name}_bucket{{pool=\"{p}\",le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{pool=\"{p}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{pool=\"{p}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{pool=\"{p}\"}} {count}");
+    }
+    out
 }
 
 fn describe() {

@@ -9,6 +9,53 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// Upper bounds, in seconds, of the buckets that count how long held clients
+/// waited.
+pub const HOLD_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// How long held clients waited, in [`HOLD_BUCKETS`] (each count is of the
+/// waits at or below its bound, not cumulative), with the total and count.
+#[derive(Debug, Default)]
+pub struct Waits {
+    buckets: [AtomicU64; 10],
+    /// Waits longer than the last bound.
+    above: AtomicU64,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Waits {
+    fn record(&self, waited: Duration) {
+        let seconds = waited.as_secs_f64();
+        let bucket = HOLD_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .and_then(|i| self.buckets.get(i))
+            .unwrap_or(&self.above);
+        bucket.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (Prometheus' `le`), then the count of all
+    /// waits and their sum in seconds.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut running = 0;
+        let buckets = HOLD_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (bound, running)
+            })
+            .collect();
+        #[allow(clippy::cast_precision_loss)] // microseconds far below 2^52
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, self.count.load(Ordering::Relaxed), sum)
+    }
+}
+
 /// One pool's held clients.
 #[derive(Debug, Default)]
 pub struct Waiting {
@@ -24,6 +71,8 @@ pub struct Waiting {
     /// them (milliseconds): the figures of the log line when it drains.
     episode_count: AtomicU64,
     episode_longest_ms: AtomicU64,
+    /// How long held clients waited, however their wait ended.
+    pub waits: Waits,
     /// Until when an operator paused the pool: new clients are held as if it
     /// had no backend. Written by the control module alone.
     paused_until: Mutex<Option<tokio::time::Instant>>,
@@ -141,6 +190,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         let w = &self.waiting;
+        w.waits.record(self.started.elapsed());
         let waited = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         w.episode_longest_ms.fetch_max(waited, Ordering::Relaxed);
         if w.held.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -172,6 +222,11 @@ mod tests {
         a.served();
         b.timed_out();
         assert_eq!((w.held(), w.served(), w.timeouts()), (0, 1, 1));
+        let (buckets, count, sum) = w.waits.cumulative();
+        assert_eq!(count, 2);
+        assert!((sum - 3.0).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets[4], (0.5, 0), "none waited half a second or less");
+        assert_eq!(buckets[6], (2.5, 2), "both within 2.5 s");
         assert!(w.enter(2).is_some());
     }
 

@@ -229,6 +229,19 @@ async fn holding_is_bounded_by_hold_max_hold_timeout_and_shutdown() {
         );
     }
     assert_eq!((waiting.held(), waiting.timeouts()), (0, 2));
+    let scrape = dbsplice::admin::metrics::render(proxy.app.as_ref().unwrap().shared());
+    let name = dbsplice::metrics::POOL_HOLD_SECONDS.0;
+    for line in [
+        format!("{name}_count{{pool=\"main\"}} 2"),
+        format!("{name}_bucket{{pool=\"main\",le=\"1\"}} 0"),
+        format!("{name}_bucket{{pool=\"main\",le=\"2.5\"}} 2"),
+        format!(
+            "{}{{pool=\"main\"}} 2",
+            dbsplice::metrics::POOL_HOLD_TIMEOUTS.0
+        ),
+    ] {
+        assert!(scrape.contains(&line), "{line} missing:\n{scrape}");
+    }
 
     // A held client is refused as soon as shutdown begins.
     let held = tokio::spawn(raw_client(addr));
