@@ -3,7 +3,7 @@
 //! again, and the figures the metrics and the log report. Kept by pool name in
 //! the [`super::Registry`], so held clients outlive a reload.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ pub struct Waiting {
     /// Until when an operator paused the pool: new clients are held as if it
     /// had no backend. Written by the control module alone.
     paused_until: Mutex<Option<tokio::time::Instant>>,
+    /// Whether `paused_until` is set: what every new session reads, without
+    /// the lock.
+    paused: AtomicBool,
 }
 
 /// A held client's place in the count; given back on drop.
@@ -130,6 +133,7 @@ impl Waiting {
             .paused_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(until);
+        self.paused.store(true, Ordering::Release);
     }
 
     /// Ends a pause and wakes the held clients; whether one was in force.
@@ -140,11 +144,19 @@ impl Waiting {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .is_some_and(|until| until > tokio::time::Instant::now());
+        self.paused.store(false, Ordering::Release);
         self.wake();
         was
     }
 
-    /// How much of a pause is left, if the pool is paused.
+    /// Whether new clients are held by a pause now; one atomic load unless a
+    /// pause was set.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire) && self.paused_for().is_some()
+    }
+
+    /// How much of a pause is left, if the pool is paused (a lapsed pause
+    /// reads as none).
     pub fn paused_for(&self) -> Option<Duration> {
         let until = (*self
             .paused_until
@@ -239,10 +251,13 @@ mod tests {
         assert_eq!(w.paused_for(), Some(Duration::from_secs(20)));
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(w.paused_for(), None, "lapsed at its deadline");
+        assert!(!w.is_paused());
         assert!(!w.resume(), "nothing was in force");
         w.pause(tokio::time::Instant::now() + Duration::from_secs(30));
+        assert!(w.is_paused());
         assert!(w.resume());
         assert_eq!(w.paused_for(), None);
+        assert!(!w.is_paused());
     }
 
     #[tokio::test]

@@ -288,7 +288,7 @@ async fn open(
 
 /// One look at the pool: a connected backend, or why none took the client.
 async fn look(pool: &Pool, waiting: &Waiting, header: Option<&[u8]>) -> Result<Connected, Refusal> {
-    if waiting.paused_for().is_some() {
+    if waiting.is_paused() {
         // Paused by an operator: held as if no backend could take it.
         return Err(Refusal::NoBackend {
             pool: pool.config.name.clone(),

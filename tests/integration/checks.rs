@@ -147,25 +147,7 @@ async fn a_killed_server_is_refused_and_a_full_one_is_full_not_down() {
     let mut db = MariaDb::start_with(&["--max-connections=10".to_owned()]).await;
     let proxy = proxy_for(&db, &mysql_check(CHECK_USER, CHECK_PASSWORD, ""));
     proxy.wait_health(db.addr(), Health::Up).await;
-    // Ordinary clients take every slot, until the server refuses one.
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(db.port)
-        .user(Some(CHECK_USER))
-        .pass(Some(CHECK_PASSWORD))
-        .prefer_socket(false);
-    let mut hogs = Vec::new();
-    loop {
-        match mysql_async::Conn::new(opts.clone()).await {
-            Ok(conn) => hogs.push(conn),
-            Err(mysql_async::Error::Server(e)) if e.code == 1040 => break,
-            Err(e) => panic!("{e}"),
-        }
-        assert!(
-            hogs.len() < 20,
-            "max_connections=10 (the lowest MariaDB takes) was not enforced"
-        );
-    }
+    let hogs = db.fill().await;
     // Full is not down: the backend stays up, skipped by new sessions.
     let state = proxy.backend(db.addr());
     wait_until(Duration::from_secs(5), || async {

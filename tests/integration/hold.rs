@@ -90,10 +90,10 @@ impl ClientLoop {
     }
 }
 
-/// Kills the primary, promotes the first replica two seconds later, and
-/// returns what the client loop saw and the new primary's port.
-async fn kill_and_promote(hold_timeout: &str) -> (Seen, u16) {
-    let mut cluster = Cluster::start(2).await;
+/// dbsplice with a writer pool (MySQL check every 100 ms, `settings` added)
+/// over every server of `cluster`, once its writer listener reaches the
+/// first primary.
+async fn writer_pool(cluster: &Cluster, settings: &str) -> Proxy {
     let servers: Vec<String> = cluster
         .servers
         .iter()
@@ -101,7 +101,7 @@ async fn kill_and_promote(hold_timeout: &str) -> (Seen, u16) {
         .collect();
     let proxy = Proxy::start(&config(
         &format!(
-            "role = \"writer\"\nhold_timeout = \"{hold_timeout}\"\n{}",
+            "role = \"writer\"\n{settings}\n{}",
             mysql_check(
                 crate::support::mariadb::CHECK_USER,
                 crate::support::mariadb::CHECK_PASSWORD,
@@ -110,13 +110,22 @@ async fn kill_and_promote(hold_timeout: &str) -> (Seen, u16) {
         ),
         &servers,
     ));
-    let addr = proxy.addr("rw");
-    let (old, new) = (cluster.servers[0].port, cluster.servers[1].port);
+    let (addr, primary) = (proxy.addr("rw"), cluster.servers[0].port);
     wait_until(Duration::from_secs(20), || async {
-        (port_of_new_session(addr).await == Some(old)).then_some(())
+        (port_of_new_session(addr).await == Some(primary)).then_some(())
     })
     .await
     .expect("the writer listener reaches the primary");
+    proxy
+}
+
+/// Kills the primary, promotes the first replica two seconds later, and
+/// returns what the client loop saw and the new primary's port.
+async fn kill_and_promote(hold_timeout: &str) -> (Seen, u16) {
+    let mut cluster = Cluster::start(2).await;
+    let proxy = writer_pool(&cluster, &format!("hold_timeout = \"{hold_timeout}\"")).await;
+    let addr = proxy.addr("rw");
+    let new = cluster.servers[1].port;
     let clients = ClientLoop::start(addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.servers[0].kill();
@@ -362,29 +371,9 @@ async fn a_client_past_a_backend_s_max_connections_waits_for_a_session_to_end() 
 async fn pause_promote_resume_fails_no_new_connection() {
     use mysql_async::prelude::Queryable;
     let cluster = Cluster::start(2).await;
-    let servers: Vec<String> = cluster
-        .servers
-        .iter()
-        .map(|s| backend(s.addr(), 1, "primary"))
-        .collect();
-    let proxy = Proxy::start(&config(
-        &format!(
-            "role = \"writer\"\n{}",
-            mysql_check(
-                crate::support::mariadb::CHECK_USER,
-                crate::support::mariadb::CHECK_PASSWORD,
-                ""
-            )
-        ),
-        &servers,
-    ));
+    let proxy = writer_pool(&cluster, "").await;
     let addr = proxy.addr("rw");
     let (old, new) = (cluster.servers[0].port, cluster.servers[1].port);
-    wait_until(Duration::from_secs(20), || async {
-        (port_of_new_session(addr).await == Some(old)).then_some(())
-    })
-    .await
-    .expect("the writer listener reaches the primary");
     let app = proxy.app.as_ref().unwrap();
     let waiting = Arc::clone(&app.snapshot().pool("main").unwrap().waiting);
     let clients = ClientLoop::start(addr);
@@ -460,23 +449,7 @@ async fn a_full_only_backend_holds_clients_until_a_slot_frees_and_is_never_down(
             }
         })
     };
-    // Fill the server directly, past dbsplice, as an ordinary user (one
-    // with SUPER would take the slot MariaDB keeps for administrators too).
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(db.port)
-        .user(Some(crate::support::mariadb::CHECK_USER))
-        .pass(Some(crate::support::mariadb::CHECK_PASSWORD))
-        .prefer_socket(false);
-    let mut hogs = Vec::new();
-    loop {
-        match mysql_async::Conn::new(opts.clone()).await {
-            Ok(conn) => hogs.push(conn),
-            Err(mysql_async::Error::Server(e)) if e.code == 1040 => break,
-            Err(e) => panic!("{e}"),
-        }
-        assert!(hogs.len() < 20, "max_connections was not enforced");
-    }
+    let mut hogs = db.fill().await;
     wait_until(Duration::from_secs(5), || async {
         state.is_full().then_some(())
     })
@@ -639,13 +612,14 @@ async fn the_failover_recipes_in_docs_fail_no_connection() {
         (0, 0),
         "no new connection failed through either recipe"
     );
-    for port in &ports {
-        assert!(
-            seen.served.contains(port),
-            "{port} never served: {:?}",
-            seen.served
-        );
-    }
+    // Which primaries a loop of short connections happens to catch between
+    // two quick switchovers is timing; where it ends is not.
+    assert_eq!(
+        seen.served.last(),
+        Some(&ports[2]),
+        "the loop ends on the last primary: {:?}",
+        seen.served
+    );
     let timeline = crate::support::binary::http(admin, "GET", "/api/status", None)
         .await
         .1;

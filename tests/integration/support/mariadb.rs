@@ -151,6 +151,30 @@ impl MariaDb {
             .unwrap()
     }
 
+    /// Connections as the check user (no SUPER, so not the slot kept for
+    /// administrators) until the server refuses one with 1040: the server
+    /// is full while they are held.
+    pub async fn fill(&self) -> Vec<mysql_async::Conn> {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.port)
+            .user(Some(CHECK_USER))
+            .pass(Some(CHECK_PASSWORD))
+            .prefer_socket(false);
+        let mut hogs = Vec::new();
+        loop {
+            match mysql_async::Conn::new(opts.clone()).await {
+                Ok(conn) => hogs.push(conn),
+                Err(mysql_async::Error::Server(e)) if e.code == 1040 => return hogs,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                hogs.len() < 20,
+                "max_connections=10 (the lowest MariaDB takes) was not enforced"
+            );
+        }
+    }
+
     /// A global status counter, read directly from the server.
     pub async fn status(&self, name: &str) -> u64 {
         use mysql_async::prelude::Queryable;
