@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use super::waiting::Waiting;
 use crate::mysql::Facts;
 use crate::vocabulary::{Health, Lag, OverrideMode, Role};
 
@@ -37,6 +39,10 @@ pub struct BackendState {
     full: AtomicBool,
     probe_now: Notify,
     admin: Mutex<Option<Override>>,
+    /// The held clients of every pool that has this backend: told when a
+    /// session here ends or the server has room again. Set with each
+    /// snapshot.
+    waiters: ArcSwap<Vec<Arc<Waiting>>>,
     /// Traffic and probe counters, for metrics.
     pub counters: Counters,
 }
@@ -123,6 +129,7 @@ impl BackendState {
             connect_failures: AtomicU64::new(0),
             reason: Mutex::new(Arc::from("not probed yet")),
             full: AtomicBool::new(false),
+            waiters: ArcSwap::default(),
             probe_now: Notify::new(),
             admin: Mutex::new(None),
             counters: Counters::default(),
@@ -175,9 +182,28 @@ impl BackendState {
         self.full.load(Ordering::Acquire)
     }
 
-    /// Records whether the server is full; returns the previous value.
+    /// Records whether the server is full; returns the previous value. Room
+    /// found again is a slot for a held client.
     pub fn set_full(&self, full: bool) -> bool {
-        self.full.swap(full, Ordering::AcqRel)
+        let was = self.full.swap(full, Ordering::AcqRel);
+        if was && !full {
+            self.slot_freed();
+        }
+        was
+    }
+
+    /// The held clients to tell of a free slot here: those of every pool
+    /// that has this backend.
+    pub fn set_waiters(&self, waiters: Vec<Arc<Waiting>>) {
+        self.waiters.store(Arc::new(waiters));
+    }
+
+    /// A slot here is free: the first held client in each pool with this
+    /// backend gets a turn.
+    fn slot_freed(&self) {
+        for waiting in self.waiters.load().iter() {
+            waiting.wake_next();
+        }
     }
 
     /// The operator's override in force at `now` (a lapsed one is cleared).
@@ -305,8 +331,12 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::Relaxed);
         // A session that ran here has freed a connection on the server.
+        // (Not a connect that failed: that frees no slot on the server, and
+        // a turn for it would have held clients try a failing backend in a
+        // tight chain.)
         if self.established {
             self.backend.full.store(false, Ordering::Release);
+            self.backend.slot_freed();
         }
     }
 }

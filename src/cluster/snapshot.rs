@@ -105,6 +105,7 @@ impl Snapshot {
             .values()
             .map(|p| (p.name.clone(), Arc::new(Pool::build(p, registry))))
             .collect();
+        tell_backends_their_waiters(&pools);
         Snapshot {
             generation,
             config,
@@ -133,6 +134,25 @@ impl Snapshot {
             .flat_map(|p| p.members.iter())
             .map(|m| &m.state)
             .find(|s| s.address == address)
+    }
+}
+
+/// Hands each backend the held clients of the pools that have it, so that a
+/// session ending there gives one of them a turn.
+fn tell_backends_their_waiters(pools: &HashMap<String, Arc<Pool>>) {
+    let mut waiters: HashMap<&str, (&Arc<BackendState>, Vec<Arc<Waiting>>)> = HashMap::new();
+    for pool in pools.values() {
+        for member in &pool.members {
+            let entry = waiters
+                .entry(member.state.address.as_str())
+                .or_insert_with(|| (&member.state, Vec::new()));
+            if !entry.1.iter().any(|w| Arc::ptr_eq(w, &pool.waiting)) {
+                entry.1.push(Arc::clone(&pool.waiting));
+            }
+        }
+    }
+    for (state, list) in waiters.into_values() {
+        state.set_waiters(list);
     }
 }
 

@@ -1,8 +1,17 @@
-//! The clients a pool holds while no backend can take them: a count bounded
-//! by `hold_max`, a wake-up the control module sends whenever it has decided
-//! again, and the figures the metrics and the log report. Kept by pool name in
+//! The clients a pool holds while no backend can take them: a line in
+//! arrival order bounded by `hold_max`, the wake-ups that give its clients a
+//! turn, and the figures the metrics and the log report. Kept by pool name in
 //! the [`super::Registry`], so held clients outlive a reload.
+//!
+//! Two kinds of news give turns. A decision of the control module (a backend
+//! up, a reload, a resume) may let every held client in, so all of them look
+//! again at once. A session ending on one of the pool's backends (or a full
+//! server found with room) frees one slot, so only the first client in line
+//! not already looking gets the turn; once connected it passes a turn on, in
+//! case there was room for more. A newcomer that finds clients held queues
+//! behind them instead of taking the slot they wait for.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -56,13 +65,31 @@ impl Waits {
     }
 }
 
+/// One held client's place in line.
+#[derive(Debug)]
+struct Place {
+    id: u64,
+    /// Its own wake-up: a turn given while it is not waiting is kept.
+    turn: Arc<Notify>,
+    /// Given a turn it has not used up yet (it is looking at the pool).
+    woken: bool,
+}
+
+/// The held clients in arrival order.
+#[derive(Debug, Default)]
+struct Line {
+    next_id: u64,
+    places: VecDeque<Place>,
+}
+
 /// One pool's held clients.
 #[derive(Debug, Default)]
 pub struct Waiting {
     /// The pool's name, for the log lines.
     pool: String,
+    /// How many are in `line`: read without the lock by every new session.
     held: AtomicUsize,
-    changed: Notify,
+    line: Mutex<Line>,
     /// Clients refused because `hold_timeout` passed.
     timeouts: AtomicU64,
     /// Clients that waited and were then connected.
@@ -81,11 +108,17 @@ pub struct Waiting {
     paused: AtomicBool,
 }
 
-/// A held client's place in the count; given back on drop.
+/// A held client's place in line; given back on drop.
 #[derive(Debug)]
 pub struct Held {
     waiting: Arc<Waiting>,
+    id: u64,
+    turn: Arc<Notify>,
+    /// Whether others were in line when it came.
+    behind: bool,
     started: tokio::time::Instant,
+    /// Connected: whoever is next may find room too.
+    connected: bool,
 }
 
 impl Waiting {
@@ -97,34 +130,66 @@ impl Waiting {
         }
     }
 
-    /// Takes a place if fewer than `max` clients are held.
+    /// Takes the last place in line if fewer than `max` clients are held.
     pub fn enter(self: &Arc<Self>, max: u32) -> Option<Held> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
+        let mut line = self.lock();
         let before = self
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
+        let id = line.next_id;
+        line.next_id += 1;
+        let turn = Arc::new(Notify::new());
+        let behind = !line.places.is_empty();
+        line.places.push_back(Place {
+            id,
+            turn: Arc::clone(&turn),
+            woken: false,
+        });
+        drop(line);
         if before == 0 {
             tracing::warn!(pool = %self.pool, "no backend can take new clients: holding them");
         }
         self.episode_count.fetch_add(1, Ordering::Relaxed);
         Some(Held {
             waiting: Arc::clone(self),
+            id,
+            turn,
+            behind,
             started: tokio::time::Instant::now(),
+            connected: false,
         })
     }
 
-    /// The wake-up to wait on: created (and armed) before looking at the
-    /// pool, so that a decision made in between is not missed.
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Line> {
+        self.line.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes every held client to look at the pool again.
+    /// Gives every held client a turn: something was decided that may let
+    /// them all in.
     pub fn wake(&self) {
-        self.changed.notify_waiters();
+        if self.held() == 0 {
+            return;
+        }
+        for place in &mut self.lock().places {
+            place.woken = true;
+            place.turn.notify_one();
+        }
+    }
+
+    /// Gives a turn to the first held client not already looking: a slot
+    /// freed on one of the pool's backends.
+    pub fn wake_next(&self) {
+        if self.held() == 0 {
+            return;
+        }
+        if let Some(place) = self.lock().places.iter_mut().find(|p| !p.woken) {
+            place.woken = true;
+            place.turn.notify_one();
+        }
     }
 
     /// Holds every new client until `until` (or [`Waiting::resume`]).
@@ -183,13 +248,39 @@ impl Waiting {
 }
 
 impl Held {
+    /// Whether others were held already when this client came: it waits
+    /// for its turn before looking.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
+    /// The next turn (one given since the last [`Held::again`] is kept).
+    pub async fn turn(&self) {
+        self.turn.notified().await;
+    }
+
+    /// The client looked and found no room: it waits for another turn,
+    /// keeping its place.
+    pub fn again(&self) {
+        if let Some(place) = self
+            .waiting
+            .lock()
+            .places
+            .iter_mut()
+            .find(|p| p.id == self.id)
+        {
+            place.woken = false;
+        }
+    }
+
     /// How long this client has waited.
     pub fn waited(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Ends the wait with the client connected.
-    pub fn served(self) {
+    pub fn served(mut self) {
+        self.connected = true;
         self.waiting.served.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -202,10 +293,24 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         let w = &self.waiting;
+        let mut line = w.lock();
+        let woken = line
+            .places
+            .iter()
+            .position(|p| p.id == self.id)
+            .and_then(|i| line.places.remove(i))
+            .is_some_and(|p| p.woken);
+        let last = w.held.fetch_sub(1, Ordering::AcqRel) == 1;
+        drop(line);
         w.waits.record(self.started.elapsed());
         let waited = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         w.episode_longest_ms.fetch_max(waited, Ordering::Relaxed);
-        if w.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // A turn this client was given and did not use, or room it found,
+        // goes to whoever is next.
+        if woken || self.connected {
+            w.wake_next();
+        }
+        if last {
             let count = w.episode_count.swap(0, Ordering::Relaxed);
             let longest = w.episode_longest_ms.swap(0, Ordering::Relaxed);
             tracing::info!(
@@ -260,16 +365,57 @@ mod tests {
         assert!(!w.is_paused());
     }
 
-    #[tokio::test]
-    async fn a_wake_between_looking_and_waiting_is_not_lost() {
-        let w = Arc::new(Waiting::new("p"));
-        let changed = w.changed();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        // The decision lands after the client looked, before it waits.
-        w.wake();
-        tokio::time::timeout(Duration::from_secs(1), changed)
+    /// Whether `held`'s turn has come, without waiting for it.
+    async fn has_turn(held: &Held) -> bool {
+        tokio::time::timeout(Duration::from_millis(1), held.turn())
             .await
-            .expect("the armed wait sees the wake");
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_goes_to_the_first_in_line_not_already_looking() {
+        let w = Arc::new(Waiting::new("p"));
+        let held: Vec<Held> = (0..3).map(|_| w.enter(10).unwrap()).collect();
+        assert!(!held[0].behind() && held[1].behind() && held[2].behind());
+        w.wake_next();
+        w.wake_next();
+        assert!(has_turn(&held[0]).await && has_turn(&held[1]).await);
+        assert!(!has_turn(&held[2]).await, "two slots, two turns");
+        // The first finds no room after all and waits again; the next slot
+        // is still its own.
+        held[0].again();
+        w.wake_next();
+        assert!(has_turn(&held[0]).await);
+        assert!(!has_turn(&held[2]).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_is_passed_on_when_connected_or_left_unused() {
+        let w = Arc::new(Waiting::new("p"));
+        let mut held: Vec<Held> = (0..3).map(|_| w.enter(10).unwrap()).collect();
+        let third = held.pop().unwrap();
+        let second = held.pop().unwrap();
+        let first = held.pop().unwrap();
+        w.wake_next();
+        assert!(has_turn(&first).await);
+        first.served();
+        assert!(has_turn(&second).await, "room for one may be room for more");
+        // Gone while its turn was pending: the turn goes on.
+        drop(second);
+        assert!(has_turn(&third).await);
+        assert_eq!(w.held(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_gives_everyone_a_turn_and_one_given_early_is_kept() {
+        let w = Arc::new(Waiting::new("p"));
+        let held: Vec<Held> = (0..3).map(|_| w.enter(10).unwrap()).collect();
+        // Given while the clients are still looking: kept for their wait.
+        w.wake();
+        for h in &held {
+            h.again();
+            assert!(has_turn(h).await);
+        }
+        assert!(!has_turn(&held[0]).await, "one turn each");
     }
 }

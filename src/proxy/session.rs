@@ -22,8 +22,9 @@ use crate::mysql::{err_packet, ER_CON_COUNT_ERROR};
 use crate::net::proxy_header;
 use crate::net::{describe_connect_error, is_local_shortage};
 
-/// How often a held client looks at its pool again without being woken.
-const HOLD_RECHECK: Duration = Duration::from_millis(50);
+/// How soon a held client whose backends all failed to connect tries again
+/// without a turn.
+const HOLD_RETRY: Duration = Duration::from_millis(250);
 
 /// How long dbsplice spends handing a refused client its error packet.
 const ERR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -225,46 +226,48 @@ pub struct Holding {
 }
 
 /// Connects the client to a backend of `pool`. While none can take it, the
-/// client (which has seen nothing: a MySQL server speaks first) waits for up
-/// to the pool's `hold_timeout`, looking again each time the control module
-/// has decided, in the pool as the newest config has it.
+/// client (which has seen nothing: a MySQL server speaks first) waits in the
+/// pool's line for up to its `hold_timeout`, looking again at each turn it is
+/// given, in the pool as the newest config has it. A client that finds others
+/// held queues behind them.
 async fn open(
     mut pool: Arc<Pool>,
     header: Option<&[u8]>,
     holding: &Holding,
 ) -> Result<(Arc<Pool>, Connected), Refusal> {
-    let mut held: Option<Held> = None;
+    let mut held = queue_behind(&pool)?;
+    let mut look_now = held.as_ref().is_none_or(|h| !h.behind());
     // The most telling refusal so far: backends that were tried and failed
     // say more than finding none eligible a moment later.
     let mut worst: Option<Refusal> = None;
     loop {
         let waiting = Arc::clone(&pool.waiting);
-        let changed = waiting.changed();
-        tokio::pin!(changed);
-        // Armed before looking: a decision made while connecting wakes it.
-        changed.as_mut().enable();
-        let refusal = match look(&pool, &waiting, header).await {
-            Ok(connected) => {
-                if let Some(h) = held {
-                    h.served();
+        let refusal = if look_now {
+            match look(&pool, &waiting, header).await {
+                Ok(connected) => {
+                    if let Some(h) = held {
+                        h.served();
+                    }
+                    return Ok((pool, connected));
                 }
-                return Ok((pool, connected));
+                Err(r @ (Refusal::NoBackend { .. } | Refusal::AllFailed { .. })) => r,
+                Err(r) => return Err(r),
             }
-            Err(r @ (Refusal::NoBackend { .. } | Refusal::AllFailed { .. })) => r,
-            Err(r) => return Err(r),
+        } else {
+            Refusal::NoBackend {
+                pool: pool.config.name.clone(),
+            }
         };
+        look_now = true;
         let refusal = match (refusal, worst.take()) {
             (r @ Refusal::AllFailed { .. }, _) | (r, None) => r,
             (_, Some(earlier)) => earlier,
         };
-        let (h, left, refusal) = keep_holding(&pool, &waiting, held.take(), refusal)?;
+        let (h, wait, refusal) = keep_holding(&pool, &waiting, held.take(), refusal)?;
         worst = Some(refusal);
         tokio::select! {
-            () = &mut changed => {}
-            // Also look again now and then: a backend at its own
-            // max_connections gets room when a session ends, which no
-            // decision announces.
-            () = tokio::time::sleep(left.min(HOLD_RECHECK)) => {}
+            () = h.turn() => {}
+            () = tokio::time::sleep(wait) => {}
             () = holding.draining.cancelled() => {
                 return Err(Refusal::ShuttingDown { pool: pool.config.name.clone() });
             }
@@ -286,6 +289,23 @@ async fn open(
     }
 }
 
+/// A place in line for a client that finds others held already (first come,
+/// first served: the slot they wait for is not its to take), or none if no
+/// one is held or the pool does not hold clients.
+fn queue_behind(pool: &Arc<Pool>) -> Result<Option<Held>, Refusal> {
+    let routing = &pool.config.routing;
+    if routing.hold_timeout.is_zero() || pool.waiting.held() == 0 {
+        return Ok(None);
+    }
+    match pool.waiting.enter(routing.hold_max) {
+        Some(h) => Ok(Some(h)),
+        None => Err(Refusal::HoldFull {
+            pool: pool.config.name.clone(),
+            max: routing.hold_max,
+        }),
+    }
+}
+
 /// One look at the pool: a connected backend, or why none took the client.
 async fn look(pool: &Pool, waiting: &Waiting, header: Option<&[u8]>) -> Result<Connected, Refusal> {
     if waiting.is_paused() {
@@ -297,9 +317,10 @@ async fn look(pool: &Pool, waiting: &Waiting, header: Option<&[u8]>) -> Result<C
     connect(pool, header).await
 }
 
-/// Whether a client that found no backend goes on waiting: its place among
-/// the held (taken now if it had none), how much of `hold_timeout` is left,
-/// and the refusal kept for when it runs out; or the refusal it gets now.
+/// Whether a client that found no backend goes on waiting: its place in
+/// line (taken now if it had none), how long to wait for a turn before
+/// looking anyway, and the refusal kept for when `hold_timeout` runs out; or
+/// the refusal it gets now.
 fn keep_holding(
     pool: &Pool,
     waiting: &Arc<Waiting>,
@@ -328,7 +349,19 @@ fn keep_holding(
             last: Box::new(refusal),
         });
     }
-    Ok((h, left, refusal))
+    // No room after all: wait for another turn, keeping the place.
+    h.again();
+    let mut wait = left;
+    if matches!(refusal, Refusal::AllFailed { .. }) {
+        // A backend that failed to connect and came back before its checker
+        // noticed announces nothing.
+        wait = wait.min(HOLD_RETRY);
+    }
+    if let Some(pause) = waiting.paused_for() {
+        // A pause that lapses by itself announces nothing either.
+        wait = wait.min(pause);
+    }
+    Ok((h, wait, refusal))
 }
 
 /// The PROXY header the pool sends first, if it sends one.

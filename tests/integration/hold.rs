@@ -325,19 +325,36 @@ async fn a_held_client_is_released_by_a_reload_that_adds_a_backend() {
     assert_eq!(waiting.served(), 1);
 }
 
+/// A client that connects through `addr`, says `index` once connected, and
+/// ends its session when told to.
+fn queued_client(
+    addr: std::net::SocketAddr,
+    index: usize,
+    connected: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let conn = crate::support::connect(addr).await;
+        let conn = conn.unwrap_or_else(|e| panic!("client {index} refused: {e}"));
+        connected.send(index).unwrap();
+        let _ = closed.await;
+        conn.disconnect().await.unwrap();
+    });
+    close
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_past_a_backend_s_max_connections_waits_for_a_session_to_end() {
+async fn clients_past_a_backend_s_max_connections_are_served_in_arrival_order_as_sessions_end() {
+    const QUEUED: usize = 20;
     let db = MariaDb::start().await;
-    let capped = backend(db.addr(), 1, "primary") + "max_connections = 2\n";
+    let capped = backend(db.addr(), 1, "primary") + "max_connections = 1\n";
     let proxy = Proxy::start(&config(
-        &format!("hold_timeout = \"10s\"\n{CHECK}"),
+        &format!("hold_timeout = \"30s\"\nhold_max = {QUEUED}\n{CHECK}"),
         &[capped],
     ));
     proxy.wait_health(db.addr(), Health::Up).await;
     let addr = proxy.addr("rw");
     let first = crate::support::connect(addr).await.unwrap();
-    let _second = crate::support::connect(addr).await.unwrap();
-    let third = tokio::spawn(port_of_new_session(addr));
     let waiting = Arc::clone(
         &proxy
             .app
@@ -348,23 +365,38 @@ async fn a_client_past_a_backend_s_max_connections_waits_for_a_session_to_end() 
             .unwrap()
             .waiting,
     );
-    wait_until(Duration::from_secs(5), || async {
-        (waiting.held() == 1).then_some(())
-    })
-    .await
-    .expect("the third client waits instead of being refused");
-    let freed = tokio::time::Instant::now();
-    first.disconnect().await.unwrap();
-    let port = tokio::time::timeout(Duration::from_secs(5), third)
+    // Each client arrives once the one before it is held.
+    let (connected, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let mut closers = Vec::new();
+    for index in 0..QUEUED {
+        closers.push(Some(queued_client(addr, index, connected.clone())));
+        wait_until(Duration::from_secs(5), || async {
+            (waiting.held() == index + 1).then_some(())
+        })
         .await
-        .expect("served once a session ended")
-        .unwrap();
-    assert_eq!(port, Some(db.port));
-    assert!(
-        freed.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        freed.elapsed()
+        .unwrap_or_else(|| panic!("client {index} waits instead of being refused"));
+    }
+    let (past, took) = raw_client(addr).await;
+    assert!(took < Duration::from_secs(1), "refused at once: {took:?}");
+    assert!(String::from_utf8_lossy(&past).contains("already wait"));
+
+    // One session ends at a time; each frees the slot for the next in line.
+    first.disconnect().await.unwrap();
+    let mut served = Vec::new();
+    for _ in 0..QUEUED {
+        let index = tokio::time::timeout(Duration::from_secs(5), order.recv())
+            .await
+            .expect("the next in line is served once a session ends")
+            .unwrap();
+        served.push(index);
+        let _ = closers[index].take().unwrap().send(());
+    }
+    assert_eq!(
+        served,
+        (0..QUEUED).collect::<Vec<_>>(),
+        "served in arrival order"
     );
+    assert_eq!((waiting.held(), waiting.served()), (0, QUEUED as u64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
