@@ -109,7 +109,9 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// End a pool's pause: its held clients look for a backend at once.
+    /// End a pool's pause: once each of its backends has been probed again
+    /// (a demotion or promotion just made is then known), its held clients
+    /// look for a backend.
     Resume {
         /// The pool's name.
         pool: String,

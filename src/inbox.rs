@@ -66,6 +66,10 @@ pub enum Event {
         pool: String,
         /// Who asked, in words.
         origin: String,
+        /// Every backend of the pool has been probed since the operator
+        /// asked: the pause ends now. Without, the control module has them
+        /// probed first.
+        probed: bool,
         /// How many clients were held.
         reply: oneshot::Sender<Option<usize>>,
     },
@@ -236,6 +240,23 @@ impl Inbox {
         self.ask(|reply| Event::Resume {
             pool,
             origin,
+            probed: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends the pause of `pool` now that its backends were probed again (the
+    /// control module's second step of a resume).
+    pub async fn resume_probed(
+        &self,
+        pool: String,
+        origin: String,
+    ) -> Result<Option<usize>, Stopped> {
+        self.ask(|reply| Event::Resume {
+            pool,
+            origin,
+            probed: true,
             reply,
         })
         .await

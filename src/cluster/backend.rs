@@ -38,6 +38,9 @@ pub struct BackendState {
     /// has ended here since: new sessions skip it.
     full: AtomicBool,
     probe_now: Notify,
+    /// Probes the checker has begun, and those whose outcome it has handled.
+    probes_begun: AtomicU64,
+    observed: AtomicU64,
     admin: Mutex<Option<Override>>,
     /// The held clients of every pool that has this backend: told when a
     /// session here ends or the server has room again. Set with each
@@ -131,6 +134,8 @@ impl BackendState {
             full: AtomicBool::new(false),
             waiters: ArcSwap::default(),
             probe_now: Notify::new(),
+            probes_begun: AtomicU64::new(0),
+            observed: AtomicU64::new(0),
             admin: Mutex::new(None),
             counters: Counters::default(),
         }
@@ -292,6 +297,33 @@ impl BackendState {
             c.fetch_add(1, Ordering::Relaxed);
         }
         self.probe_now.notify_one();
+    }
+
+    /// Asks the checker to probe now rather than at its next tick.
+    pub fn request_probe(&self) {
+        self.probe_now.notify_one();
+    }
+
+    /// How many probes the checker has begun.
+    pub fn probes_begun(&self) -> u64 {
+        self.probes_begun.load(Ordering::Acquire)
+    }
+
+    /// Counts a probe the checker begins.
+    pub fn probe_begun(&self) {
+        self.probes_begun.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many probes' outcomes the checker has handled (and announced): a
+    /// probe begun after `probes_begun` read `n` is handled once this is
+    /// above `n`.
+    pub fn observed(&self) -> u64 {
+        self.observed.load(Ordering::Acquire)
+    }
+
+    /// Counts a probe whose outcome the checker has handled.
+    pub fn probe_observed(&self) {
+        self.observed.fetch_add(1, Ordering::Release);
     }
 
     /// Resolves when the data path asked for an early probe.

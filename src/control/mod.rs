@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::shared::Shared;
-use crate::cluster::backend::Override;
+use crate::cluster::backend::{BackendState, Override};
 use crate::cluster::{Registry, Snapshot};
 use crate::config::Config;
 use crate::health::histograms::ProbeHistograms;
@@ -95,7 +95,12 @@ pub struct Control {
     reloader: Option<Reloader>,
     shared: Arc<Shared>,
     life: Lifecycle,
+    /// Where the control module's own later steps are sent.
+    inbox: Inbox,
 }
+
+/// How often a resume waiting for fresh probes looks whether they are done.
+const RESUME_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Builds the first snapshot from `config`, starts its checkers and accept
 /// loops on the `bound` sockets (accepted on each of the `workers` runtimes,
@@ -133,6 +138,7 @@ pub fn start(
         reloader: file.map(Reloader::new),
         shared: Arc::clone(&shared),
         life: life.clone(),
+        inbox: inbox.clone(),
     };
     control.supervisor.reconcile(
         &control.routes.load().config,
@@ -244,10 +250,17 @@ impl Control {
             Event::Resume {
                 pool,
                 origin,
+                probed: true,
                 reply,
             } => {
                 let _ = reply.send(self.resume(&pool, &origin));
             }
+            Event::Resume {
+                pool,
+                origin,
+                probed: false,
+                reply,
+            } => self.resume_after_probes(pool, origin, reply),
             // The decision that follows every event reads the new facts.
             Event::Health {
                 address,
@@ -369,6 +382,46 @@ impl Control {
             format!("{name}: paused for {duration} by {origin}"),
         );
         true
+    }
+
+    /// Ends a pause of pool `name` once each of its backends has been probed
+    /// again (or the check's timeout and the checkers' least gap passed):
+    /// the demotion and promotion an operator made just before resuming are
+    /// then known, and no held client goes to a server that stopped being the
+    /// primary a moment ago. The pool stays paused meanwhile.
+    fn resume_after_probes(
+        &self,
+        name: String,
+        origin: String,
+        reply: tokio::sync::oneshot::Sender<Option<usize>>,
+    ) {
+        let snapshot = self.routes.load();
+        let Some(pool) = snapshot.pool(&name) else {
+            let _ = reply.send(None);
+            return;
+        };
+        let marks: Vec<(Arc<BackendState>, u64)> = pool
+            .members
+            .iter()
+            .map(|m| (Arc::clone(&m.state), m.state.probes_begun()))
+            .collect();
+        for (state, _) in &marks {
+            state.request_probe();
+        }
+        let deadline =
+            tokio::time::Instant::now() + pool.config.check.timeout + crate::health::MIN_GAP * 2;
+        let inbox = self.inbox.clone();
+        self.life.tasks.spawn(async move {
+            // A probe in flight now may have seen the servers before the
+            // operator's change: only one begun after it counts.
+            while tokio::time::Instant::now() < deadline
+                && marks.iter().any(|(s, begun)| s.observed() <= *begun)
+            {
+                tokio::time::sleep(RESUME_POLL).await;
+            }
+            let held = inbox.resume_probed(name, origin).await;
+            let _ = reply.send(held.ok().flatten());
+        });
     }
 
     /// Ends a pause of pool `name`: held clients look for a backend at once.

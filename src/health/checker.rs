@@ -16,7 +16,7 @@ use crate::inbox::Inbox;
 use crate::vocabulary::Health;
 
 /// Least time between two probes, however often the data path asks.
-const MIN_GAP: Duration = Duration::from_millis(100);
+pub const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// One backend's checker.
 #[derive(Debug)]
@@ -50,10 +50,14 @@ impl Checker {
             return;
         }
         loop {
+            self.state.probe_begun();
             let Some(outcome) = stop.run_until_cancelled(self.probe_once()).await else {
                 return;
             };
             self.observe(&mut tracker, outcome);
+            // After what it learned was announced: whoever waits for this
+            // probe finds the control module told first.
+            self.state.probe_observed();
             let interval = interval_for(&self.check, &tracker);
             let pause = (interval + jitter(interval / 10)).max(MIN_GAP);
             let wait = async {

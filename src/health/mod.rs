@@ -8,5 +8,6 @@ pub mod state;
 pub mod supervisor;
 pub mod tls;
 
+pub use checker::MIN_GAP;
 pub use state::{Tracker, Transition};
 pub use supervisor::Supervisor;

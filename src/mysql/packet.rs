@@ -102,12 +102,17 @@ pub fn frame(seq: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Frames an ERR packet as the first packet of a connection (sequence 0).
 ///
-/// The client has not told its capabilities yet, so the packet carries no
-/// SQLSTATE marker, as a server does when it refuses a client before the
-/// greeting.
+/// The client has not told its capabilities yet, and a server refusing a
+/// client before the greeting leaves the `#SQLSTATE` out; dbsplice puts it in
+/// (`08004` for 1040, else `HY000`). Clients that read the marker when it is
+/// there (libmariadb, mysqlnd, Connector/J, Go's driver, mysql2) show the same
+/// message either way, and PyMySQL before 1.1.1, which always skips six bytes
+/// for it, would otherwise cut the first six characters off the message.
 pub fn err_packet(code: u16, message: &str) -> Vec<u8> {
     let mut payload = vec![0xff];
     payload.extend_from_slice(&code.to_le_bytes());
+    payload.push(b'#');
+    payload.extend_from_slice(if code == 1040 { b"08004" } else { b"HY000" });
     payload.extend_from_slice(message.as_bytes());
     frame(0, &payload)
 }
@@ -220,7 +225,8 @@ mod tests {
     #[test]
     fn frames_an_err_packet() {
         let p = err_packet(1040, "no backend");
-        assert_eq!(p[..4], [13, 0, 0, 0]);
+        assert_eq!(p[..4], [19, 0, 0, 0]);
+        assert_eq!(&p[7..13], b"#08004");
         assert_eq!(
             parse_err(&p[4..]),
             Ok(ServerError {

@@ -12,6 +12,7 @@ use dbsplice::vocabulary::Health;
 use tokio::io::AsyncReadExt;
 
 use crate::support::cluster::Cluster;
+use crate::support::pyclients::{PyClients, Summary};
 use crate::support::{
     backend, config, mysql_check, port_of_new_session, wait_until, MariaDb, Proxy, Scratch,
 };
@@ -661,4 +662,162 @@ async fn the_failover_recipes_in_docs_fail_no_connection() {
         "{timeline}"
     );
     running.stop().await;
+}
+
+/// The pool's hold histogram as a scrape shows it.
+fn hold_histogram(proxy: &Proxy) -> String {
+    let scrape = dbsplice::admin::metrics::render(proxy.app.as_ref().unwrap().shared());
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(dbsplice::metrics::POOL_HOLD_SECONDS.0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The pool's held clients.
+fn waiting_of(proxy: &Proxy) -> Arc<dbsplice::cluster::waiting::Waiting> {
+    let snapshot = proxy.app.as_ref().unwrap().snapshot();
+    Arc::clone(&snapshot.pool("main").unwrap().waiting)
+}
+
+/// Asserts that no new connection of `seen`'s clients, fresh or pooled, was
+/// refused or failed.
+fn assert_no_failed_connection(seen: &Summary) {
+    for key in ["refused", "failed", "pooled_refused", "pooled_failed"] {
+        assert_eq!(seen.count(key), 0, "{key}: {}", seen.describe());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_see_no_failed_connection_across_a_kill_and_promote() {
+    use mysql_async::prelude::Queryable;
+    const FRESH: usize = 6;
+    const POOLED: usize = 4;
+    let mut cluster = Cluster::start(2).await;
+    let proxy = writer_pool(&cluster, "hold_timeout = \"5s\"").await;
+    let (addr, new) = (proxy.addr("rw"), cluster.servers[1].port);
+    let waiting = waiting_of(&proxy);
+    let mut clients = PyClients::start(addr, FRESH, POOLED).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = tokio::time::Instant::now();
+    cluster.servers[0].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.promote(1, &[2]).await;
+    wait_until(Duration::from_secs(20), || async {
+        (port_of_new_session(addr).await == Some(new)).then_some(())
+    })
+    .await
+    .expect("the writer listener follows the promotion");
+    let to_writer = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = clients.stop().await;
+    let mut primary = cluster.servers[1].admin().await;
+    let rows: Vec<(u64, u64)> = primary
+        .query("SELECT worker, seq FROM drill.acks")
+        .await
+        .unwrap();
+    primary.disconnect().await.unwrap();
+    let lost_acks = seen.acked().iter().filter(|a| !rows.contains(a)).count();
+    eprintln!(
+        "kill and promote with PyMySQL and SQLAlchemy's pool: new writer {to_writer:?} after the kill; {}\n\
+         acknowledged inserts missing on the new primary (asynchronous replication): {lost_acks} of {}\n{}",
+        seen.describe(),
+        seen.acked().len(),
+        hold_histogram(&proxy)
+    );
+    assert_no_failed_connection(&seen);
+    assert!(
+        seen.count("lost") + seen.count("pooled_lost") <= (FRESH + POOLED) as u64,
+        "only logins in flight at the kill are lost: {}",
+        seen.describe()
+    );
+    assert!(seen.json["ports"][new.to_string()].as_u64().unwrap_or(0) > 0);
+    assert_eq!(waiting.held(), 0, "no held client left behind");
+    assert!(waiting.served() > 0, "clients were held and then served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_see_no_failed_connection_across_pause_promote_resume() {
+    use mysql_async::prelude::Queryable;
+    const FRESH: usize = 6;
+    const HOLD_MAX: usize = 30;
+    let cluster = Cluster::start(2).await;
+    let proxy = writer_pool(
+        &cluster,
+        &format!("hold_timeout = \"20s\"\nhold_max = {HOLD_MAX}"),
+    )
+    .await;
+    let (addr, new) = (proxy.addr("rw"), cluster.servers[1].port);
+    let app = proxy.app.as_ref().unwrap();
+    let waiting = waiting_of(&proxy);
+    let mut clients = PyClients::start(addr, FRESH, 4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pause = || {
+        app.inbox()
+            .pause("main", Duration::from_secs(30), "the drill".into())
+    };
+    assert_eq!(pause().await, Ok(true));
+    // Every fresh client is held: none is in a transaction on the old
+    // primary when it turns read-only. The pooled ones keep their sessions.
+    wait_until(Duration::from_secs(5), || async {
+        (waiting.held() == FRESH).then_some(())
+    })
+    .await
+    .expect("new clients are held while paused");
+    let mut old = cluster.servers[0].admin().await;
+    old.query_drop("SET GLOBAL read_only = 1").await.unwrap();
+    old.disconnect().await.unwrap();
+    cluster.promote(1, &[2]).await;
+    // Resumed at once, as a failover tool's hook does: the resume has every
+    // backend probed again before it lets the held clients go.
+    let held = app
+        .inbox()
+        .resume("main", "the drill".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        port_of_new_session(addr).await,
+        Some(new),
+        "the first session after the resume reaches the new primary"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = clients.stop().await;
+    eprintln!(
+        "pause, promote, resume with PyMySQL and SQLAlchemy's pool: {held:?} held at the resume; {}\n{}",
+        seen.describe(),
+        hold_histogram(&proxy)
+    );
+    assert_no_failed_connection(&seen);
+    assert_eq!(
+        seen.count("lost") + seen.count("query_error"),
+        0,
+        "{}",
+        seen.describe()
+    );
+    assert_eq!(waiting.held(), 0, "no held client left behind");
+
+    // Past hold_max, refusals are immediate; the held are served on resume.
+    assert_eq!(pause().await, Ok(true));
+    clients.burst(HOLD_MAX + 10);
+    wait_until(Duration::from_secs(10), || async {
+        (waiting.held() == HOLD_MAX).then_some(())
+    })
+    .await
+    .expect("hold_max clients held");
+    app.inbox()
+        .resume("main", "the drill".into())
+        .await
+        .unwrap();
+    let (served, refused, failed) = clients.burst_outcome().await;
+    eprintln!(
+        "burst of {}: served {served:?}\nrefused {refused:?}",
+        HOLD_MAX + 10
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!((served.len(), refused.len()), (HOLD_MAX, 10));
+    assert!(
+        refused.iter().all(|&s| s < 1.0),
+        "refused at once: {refused:?}"
+    );
+    assert_eq!(waiting.held(), 0, "no held client left behind");
 }

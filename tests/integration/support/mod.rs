@@ -11,6 +11,7 @@ pub mod galera;
 pub mod mariadb;
 pub mod netns;
 pub mod proc_status;
+pub mod pyclients;
 pub mod traffic;
 
 use std::future::Future;
