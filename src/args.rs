@@ -109,6 +109,20 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Switch a GTID writer pool's primary over to a replica: pause the
+    /// pool, make the primary read-only, wait for the replica to catch up,
+    /// promote it, re-point the others and the old primary, resume. Any
+    /// step failing before the promotion rolls back.
+    Switchover {
+        /// The pool's name.
+        pool: String,
+        /// The backend to promote (default: the most advanced replica).
+        #[arg(long)]
+        to: Option<String>,
+        /// How to reach the running instance.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// End a pool's pause: once each of its backends has been probed again
     /// (a demotion or promotion just made is then known), its held clients
     /// look for a backend.

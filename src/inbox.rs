@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cluster::backend::Override;
 use crate::config::{ConfigDiff, ConfigError};
 use crate::health::state::Transition;
+use crate::replication::report::Report;
 
 /// Events waiting for the control module at most; a sender beyond that waits
 /// (operator actions) or relies on the events already queued (health, see
@@ -37,6 +38,25 @@ pub enum Event {
         value: Option<Override>,
         /// How many backends matched.
         reply: oneshot::Sender<usize>,
+    },
+    /// An operator asks for a switchover of `pool` to `to` (or to the most
+    /// advanced replica); the reply is its report, once it is over.
+    Switchover {
+        /// The pool's name.
+        pool: String,
+        /// The backend to promote, by name.
+        to: Option<String>,
+        /// Who asked, in words.
+        origin: String,
+        /// What happened.
+        reply: oneshot::Sender<Report>,
+    },
+    /// A switchover the control module started is over.
+    PromotionDone {
+        /// What happened.
+        report: Box<Report>,
+        /// Where the one who asked waits.
+        reply: oneshot::Sender<Report>,
     },
     /// An operator lets the backends of `pool` held after returning from
     /// down take traffic again; the reply is how many were held (`None`: no
@@ -215,6 +235,36 @@ impl Inbox {
     pub async fn failback(&self, pool: &str) -> Result<Option<usize>, Stopped> {
         let pool = pool.to_owned();
         self.ask(|reply| Event::Failback { pool, reply }).await
+    }
+
+    /// Switches `pool`'s primary over to `to` (or the most advanced
+    /// replica) and waits for the report.
+    pub async fn switchover(
+        &self,
+        pool: &str,
+        to: Option<String>,
+        origin: String,
+    ) -> Result<Report, Stopped> {
+        let pool = pool.to_owned();
+        self.ask(|reply| Event::Switchover {
+            pool,
+            to,
+            origin,
+            reply,
+        })
+        .await
+    }
+
+    /// Tells the control module that a switchover it started is over; it
+    /// records the report and answers `reply`.
+    pub async fn promotion_done(&self, report: Report, reply: oneshot::Sender<Report>) {
+        let report = Box::new(report);
+        // Stopping: the one who asked still hears what happened.
+        if let Err(mpsc::error::SendError(Event::PromotionDone { report, reply })) =
+            self.tx.send(Event::PromotionDone { report, reply }).await
+        {
+            let _ = reply.send(*report);
+        }
     }
 
     /// Pauses `pool` for `duration`; false when there is no such pool.

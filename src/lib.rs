@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod mysql;
 pub mod net;
 pub mod proxy;
+pub mod replication;
 pub mod service;
 pub mod systemd;
 pub mod vocabulary;

@@ -48,6 +48,9 @@ fn main() -> ExitCode {
             admin,
         }) => remote(&admin, Action::Pause(pool, duration)),
         Some(Command::Resume { pool, admin }) => remote(&admin, Action::Resume(pool)),
+        Some(Command::Switchover { pool, to, admin }) => {
+            remote(&admin, Action::Switchover(pool, to))
+        }
         Some(Command::Run(args)) => run(&args),
         None => run(&cli.run),
     }

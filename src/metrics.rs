@@ -90,6 +90,11 @@ pub const POOL_FAILOVERS: Metric = (
     "dbsplice_pool_failovers_total",
     "Times the pool's new sessions moved to standbys",
 );
+/// Primaries put in place by dbsplice, by kind (switchover, failover).
+pub const POOL_PROMOTIONS: Metric = (
+    "dbsplice_pool_promotions_total",
+    "Replicas dbsplice promoted to primary, by kind: switchover (asked for) or failover (by itself)",
+);
 /// Writer changes.
 pub const POOL_WRITER_CHANGES: Metric = (
     "dbsplice_pool_writer_changes_total",

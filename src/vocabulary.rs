@@ -163,6 +163,48 @@ pub enum OnDown {
     Drain(std::time::Duration),
 }
 
+/// Whether dbsplice promotes a replica by itself when a GTID primary dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// Never: a switchover is asked for, a failover is left to a person or
+    /// another tool.
+    Off,
+    /// When the primary has failed every probe for `failover_after` and no
+    /// replica still sees it.
+    Auto,
+}
+
+impl FailoverMode {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Off => "off",
+            FailoverMode::Auto => "auto",
+        }
+    }
+}
+
+/// Of which servers an instance must hold the promotion lock before it acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockScope {
+    /// More than half of the pool's configured servers.
+    MajorityOfAll,
+    /// More than half of those that answer.
+    MajorityOfRunning,
+}
+
+impl LockScope {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockScope::MajorityOfAll => "majority_of_all",
+            LockScope::MajorityOfRunning => "majority_of_running",
+        }
+    }
+}
+
 /// How a pool chooses among its eligible backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -24,6 +24,9 @@ const LEVELS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("net", 0),
     ("args", 0),
+    ("replication::gtid", 0),
+    ("replication::plan", 0),
+    ("replication::report", 0),
     // 1: shared state: atomics, one ArcSwap, channels.
     ("cluster", 1),
     ("inbox", 1),
@@ -36,6 +39,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("logging", 2),
     ("workers", 2),
     ("systemd", 2),
+    ("replication", 2),
     // 3: wiring.
     ("control", 3),
     ("app", 3),

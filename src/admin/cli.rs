@@ -31,6 +31,8 @@ pub enum Action {
     Pause(String, Option<String>),
     /// End a pool's pause.
     Resume(String),
+    /// Switch a pool's primary over (optionally to the named backend).
+    Switchover(String, Option<String>),
 }
 
 /// Where the admin server is and the token for actions.
@@ -149,7 +151,50 @@ pub enum CliError {
 
 /// Carries out `action`; returns what to print.
 pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
-    let (method, path) = match action {
+    let (method, path) = route(action);
+    // A switchover waits for its servers (catch_up_timeout and a few
+    // logins); everything else answers at once.
+    let within = if matches!(action, Action::Switchover(..)) {
+        std::time::Duration::from_secs(300)
+    } else {
+        std::time::Duration::from_secs(30)
+    };
+    // Reads need no token: it travels only with the actions that need it.
+    let token = target.token.as_deref().filter(|_| method == "POST");
+    let (status, body) = request(
+        target.addr,
+        target.https.as_ref(),
+        method,
+        &path,
+        token,
+        within,
+    )
+    .await?;
+    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    if let Action::Switchover(..) = action {
+        return steps(status, &value);
+    }
+    if status != 200 {
+        let why = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| value.to_string(), str::to_owned);
+        return Err(CliError::Refused { status, why });
+    }
+    Ok(match action {
+        Action::Status => table(&value),
+        Action::Reload => value
+            .get("outcome")
+            .and_then(Value::as_str)
+            .unwrap_or("done")
+            .to_owned(),
+        _ => value.to_string(),
+    })
+}
+
+/// The method and path that carry out `action`.
+fn route(action: &Action) -> (&'static str, String) {
+    match action {
         Action::Status => ("GET", "/api/status".to_owned()),
         Action::Drain(name, until) => (
             "POST",
@@ -167,27 +212,45 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
             with_for(&format!("/api/pools/{pool}/pause"), until.as_deref()),
         ),
         Action::Resume(pool) => ("POST", format!("/api/pools/{pool}/resume")),
-    };
-    // Reads need no token: it travels only with the actions that need it.
-    let token = target.token.as_deref().filter(|_| method == "POST");
-    let (status, body) = request(target.addr, target.https.as_ref(), method, &path, token).await?;
-    let value: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    if status != 200 {
-        let why = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map_or_else(|| value.to_string(), str::to_owned);
-        return Err(CliError::Refused { status, why });
+        Action::Switchover(pool, to) => (
+            "POST",
+            match to {
+                Some(to) => format!("/api/pools/{pool}/switchover?to={to}"),
+                None => format!("/api/pools/{pool}/switchover"),
+            },
+        ),
     }
-    Ok(match action {
-        Action::Status => table(&value),
-        Action::Reload => value
-            .get("outcome")
-            .and_then(Value::as_str)
-            .unwrap_or("done")
-            .to_owned(),
-        _ => value.to_string(),
-    })
+}
+
+/// A switchover's report as lines: each step with its time, then the outcome.
+fn steps(status: u16, report: &Value) -> Result<String, CliError> {
+    let mut out = String::new();
+    for step in at(report, "steps").as_array().into_iter().flatten() {
+        let mark = if at(step, "ok").as_bool() == Some(true) {
+            "ok  "
+        } else {
+            "FAIL"
+        };
+        out.push_str(&format!(
+            "{mark} {:>6} ms  {}{}\n",
+            at(step, "took_ms").as_u64().unwrap_or(0),
+            at(step, "step").as_str().unwrap_or_default(),
+            match at(step, "detail").as_str() {
+                Some(d) if !d.is_empty() => format!(": {d}"),
+                _ => String::new(),
+            }
+        ));
+    }
+    let summary = at(report, "summary")
+        .as_str()
+        .map_or_else(|| report.to_string(), str::to_owned);
+    if status == 200 {
+        out.push_str(&summary);
+        Ok(out)
+    } else {
+        out.push_str(&summary);
+        Err(CliError::Refused { status, why: out })
+    }
 }
 
 fn with_for(path: &str, until: Option<&str>) -> String {

@@ -71,6 +71,7 @@ pub async fn request(
     method: &str,
     path: &str,
     token: Option<&str>,
+    within: Duration,
 ) -> Result<(u16, String), ClientError> {
     let exchange = async {
         let stream = TcpStream::connect(addr)
@@ -92,7 +93,7 @@ pub async fn request(
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
+    tokio::time::timeout(within, exchange)
         .await
         .map_err(|_| ClientError::Timeout { addr })?
 }

@@ -117,7 +117,12 @@ fn is_action(path: &[&str]) -> bool {
     matches!(
         path,
         ["api", "reload"]
-            | ["api", "pools", _, "failback" | "pause" | "resume"]
+            | [
+                "api",
+                "pools",
+                _,
+                "failback" | "pause" | "resume" | "switchover"
+            ]
             | ["api", "backends", _, "drain" | "disable" | "enable"]
     )
 }

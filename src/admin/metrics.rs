@@ -65,6 +65,7 @@ fn describe() {
         RELOADS,
         POOL_FAILOVERS,
         POOL_WRITER_CHANGES,
+        POOL_PROMOTIONS,
         POOL_HOLD_TIMEOUTS,
         POOL_HELD_SERVED,
     ] {
@@ -111,6 +112,13 @@ fn backends(shared: &Shared) {
         counter!(POOL_FAILOVERS.0, "pool" => pool.config.name.clone()).absolute(decided.failovers);
         counter!(POOL_WRITER_CHANGES.0, "pool" => pool.config.name.clone())
             .absolute(decided.writer_changes);
+        if pool.config.replication.is_some() {
+            counter!(POOL_PROMOTIONS.0, "pool" => pool.config.name.clone(), "kind" => "switchover")
+                .absolute(decided.switchovers);
+            // Automatic failover is not carried out yet: none happen.
+            counter!(POOL_PROMOTIONS.0, "pool" => pool.config.name.clone(), "kind" => "failover")
+                .absolute(0);
+        }
         gauge!(POOL_HELD.0, "pool" => pool.config.name.clone()).set(pool.waiting.held() as f64);
         counter!(POOL_HOLD_TIMEOUTS.0, "pool" => pool.config.name.clone())
             .absolute(pool.waiting.timeouts());

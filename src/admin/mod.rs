@@ -12,7 +12,7 @@ mod headers;
 pub mod metrics;
 mod process;
 pub mod shared;
-mod status;
+pub mod status;
 mod tls;
 
 use std::convert::Infallible;
@@ -322,6 +322,7 @@ async fn act(admin: &Admin, path: &[&str], query: &str, peer: SocketAddr) -> Rep
         ["api", "backends", name, action] => set_override(admin, name, action, query, peer).await,
         ["api", "reload"] => reload(admin).await,
         ["api", "pools", pool, "pause"] => pause(admin, pool, query, peer).await,
+        ["api", "pools", pool, "switchover"] => switchover(admin, pool, query, peer).await,
         ["api", "pools", pool, "resume"] => {
             match admin
                 .inbox
@@ -383,6 +384,31 @@ async fn set_override(
             StatusCode::OK,
             &serde_json::json!({ "backend": name, "state": action, "backends": n }),
         ),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// `POST /api/pools/NAME/switchover[?to=BACKEND]`: the report, step by
+/// step, once it is over; 409 when it did not happen.
+async fn switchover(admin: &Admin, pool: &str, query: &str, peer: SocketAddr) -> Reply {
+    let to = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("to="))
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    match admin
+        .inbox
+        .switchover(pool, to, format!("admin API from {peer}"))
+        .await
+    {
+        Ok(report) => {
+            let status = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            json(status, &serde_json::to_value(&report).unwrap_or_default())
+        }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }

@@ -68,6 +68,12 @@ pub struct PoolView {
     pub failovers: u64,
     /// Times a writer pool's writer changed (kept across reloads).
     pub writer_changes: u64,
+    /// A switchover or failover is being carried out now.
+    pub promoting: bool,
+    /// Switchovers that put a new primary in place.
+    pub switchovers: u64,
+    /// The last switchover or failover, step by step.
+    pub last_promotion: Option<crate::replication::report::Report>,
 }
 
 /// Entries the timeline keeps: the oldest go first.

@@ -11,7 +11,7 @@ use crate::proxy::listener::Rejected;
 use crate::vocabulary::{Health, Lag, OverrideMode, PoolRole, Role, Tier};
 
 /// The status document.
-pub(super) fn status(shared: &Shared) -> Value {
+pub fn status(shared: &Shared) -> Value {
     let snapshot = shared.routes.load();
     let listeners: Vec<Value> = shared.listeners().iter().map(listener).collect();
     let pools: Vec<Value> = snapshot.pools().map(|p| pool(shared, p)).collect();
@@ -69,6 +69,12 @@ fn pool(shared: &Shared, pool: &Pool) -> Value {
         "held_clients": pool.waiting.held(),
         "paused_for_seconds": pool.waiting.paused_for().map(|d| d.as_secs_f64()),
         "hold_timeouts": pool.waiting.timeouts(),
+        "replication": pool.config.replication.as_ref().map(|r| json!({
+            "failover": r.failover.as_str(),
+            "promoting": decided.promoting,
+            "switchovers": decided.switchovers,
+            "last_promotion": decided.last_promotion,
+        })),
         "backends": backends,
     })
 }

@@ -95,6 +95,7 @@ impl ConfigDiff {
                 p.connect_attempts,
                 p.check.clone(),
                 p.routing.clone(),
+                p.replication.clone(),
             )
         };
         if settings(old) != settings(new) {

@@ -29,6 +29,7 @@ impl Config {
             .filter_map(|p| Some((format!("pool.{}.check", p.name), p.check.mysql.as_mut()?)))
             .flat_map(|(key, mysql)| mysql.load_files(&key, base))
             .collect();
+        problems.extend(replication_files(&mut config, base));
         if let Some(admin) = config.admin.as_mut() {
             if let (Some(cert), Some(key)) = (&admin.cert_file, &admin.key_file) {
                 let read = |field: &str, file: &Path| {
@@ -110,6 +111,58 @@ impl MysqlCheck {
         }
         if let Some(path) = self.server_public_key_file.clone() {
             self.server_public_key = read("server_public_key_file", &path);
+        }
+        problems
+    }
+}
+
+/// Reads the password files of every pool's `[replication]` table.
+fn replication_files(config: &mut Config, base: &Path) -> Vec<Problem> {
+    config
+        .pools
+        .values_mut()
+        .filter_map(|p| {
+            Some((
+                format!("pool.{}.replication", p.name),
+                p.replication.as_mut()?,
+            ))
+        })
+        .flat_map(|(key, r)| r.load_files(&key, base))
+        .collect()
+}
+
+impl super::replication::ReplicationConfig {
+    /// Reads the password files, relative to `base`; `key` is the table's
+    /// key path for error messages.
+    fn load_files(&mut self, key: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (field, path, secret) in [
+            (
+                "password_file",
+                self.password_file.clone(),
+                &mut self.password,
+            ),
+            (
+                "replication_password_file",
+                self.replication_password_file.clone(),
+                &mut self.replication_password,
+            ),
+        ] {
+            let Some(path) = path else { continue };
+            let full = base.join(&path);
+            match std::fs::read(&full) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    *secret = Secret::new(text.trim_end_matches(['\n', '\r']));
+                }
+                Err(e) => problems.push(Problem {
+                    key: format!("{key}.{field}"),
+                    message: format!(
+                        "cannot read {}: {e}; fix the path or the file's permissions",
+                        full.display()
+                    ),
+                }),
+            }
         }
         problems
     }

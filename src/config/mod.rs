@@ -11,6 +11,7 @@ mod diff;
 mod duration;
 pub mod load;
 mod raw;
+pub mod replication;
 mod routing;
 mod validate;
 pub mod watch;
@@ -125,6 +126,8 @@ pub struct PoolConfig {
     pub routing: Routing,
     /// Backends in file order.
     pub backends: Vec<BackendConfig>,
+    /// How dbsplice manages the pool's GTID replication, if it does.
+    pub replication: Option<replication::ReplicationConfig>,
 }
 
 /// A pool's routing policy: roles, lag limits, fallback, session handling.
@@ -181,6 +184,8 @@ pub struct BackendConfig {
     pub tier: Tier,
     /// Sessions this backend takes at most (across all pools); `None`: no limit.
     pub max_connections: Option<u32>,
+    /// May be promoted to primary (`candidate = false`: never).
+    pub candidate: bool,
 }
 
 /// One thing wrong with a config, found after parsing.

@@ -83,8 +83,27 @@ pub struct RawPool {
     pub on_primary_return: Option<OnDown>,
     pub on_remove: Option<OnDown>,
     pub send_proxy: Option<ProxyVersion>,
+    pub replication: Option<RawReplication>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+}
+
+/// One `[pool.NAME.replication]`: how dbsplice manages a GTID primary and
+/// its replicas.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<std::path::PathBuf>,
+    pub replication_user: Option<String>,
+    pub replication_password: Option<String>,
+    pub replication_password_file: Option<std::path::PathBuf>,
+    pub failover: Option<crate::vocabulary::FailoverMode>,
+    pub failover_after: Option<ConfigDuration>,
+    pub rejoin: Option<bool>,
+    pub lock: Option<crate::vocabulary::LockScope>,
+    pub catch_up_timeout: Option<ConfigDuration>,
 }
 
 /// `send_proxy`: which PROXY protocol header dbsplice sends to backends.
@@ -192,6 +211,7 @@ pub struct RawBackend {
     pub weight: Option<Weight>,
     pub tier: Option<Tier>,
     pub max_connections: Option<u32>,
+    pub candidate: Option<bool>,
 }
 
 /// How a backend's health is checked.

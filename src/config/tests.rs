@@ -580,12 +580,26 @@ timeout = "1s"
 rise = 2
 fall = 3
 
+[pool.main.replication]
+user = "dbsplice_admin"
+password = "secret"
+password_file = "admin.password"
+replication_user = "repl"
+replication_password = "secret"
+replication_password_file = "repl.password"
+failover = "off"
+failover_after = "10s"
+rejoin = true
+lock = "majority_of_all"
+catch_up_timeout = "10s"
+
 [[pool.main.backend]]
 address = "10.0.0.11:3306"
 name = "db1"
 weight = 1
 tier = "primary"
 max_connections = 500
+candidate = true
 "#;
 
 /// The keys the example config documents, set or commented out.
@@ -762,4 +776,95 @@ fn pools_sharing_a_server_must_agree_on_its_check_but_lag() {
             && error.contains("galera, galera_donor_ok"),
         "{error}"
     );
+}
+
+const REPLICATED: &str = "[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:3306\"\npool = \"main\"\n\
+    [pool.main]\nrole = \"writer\"\n[pool.main.check]\nuser = \"check\"\n\
+    [pool.main.replication]\nuser = \"admin\"\npassword = \"a\"\nreplication_user = \"repl\"\nreplication_password = \"r\"\n\
+    [[pool.main.backend]]\naddress = \"10.0.0.11:3306\"\n[[pool.main.backend]]\naddress = \"10.0.0.12:3306\"\ncandidate = false\n";
+
+#[test]
+fn replication_settings_have_safe_defaults() {
+    let c = load(REPLICATED).unwrap();
+    let pool = &c.pools["main"];
+    let r = pool.replication.as_ref().unwrap();
+    assert_eq!(
+        (
+            r.user.as_str(),
+            r.password.expose(),
+            r.replication_user.as_str()
+        ),
+        ("admin", "a", "repl")
+    );
+    assert_eq!(
+        r.failover,
+        crate::vocabulary::FailoverMode::Off,
+        "never promotes unless asked"
+    );
+    assert_eq!(r.failover_after, std::time::Duration::from_secs(10));
+    assert!(r.rejoin);
+    assert_eq!(r.lock, crate::vocabulary::LockScope::MajorityOfAll);
+    assert_eq!(
+        pool.backends
+            .iter()
+            .map(|b| b.candidate)
+            .collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert!(load(GOOD).unwrap().pools["main"].replication.is_none());
+}
+
+#[test]
+fn replication_mistakes_are_named_with_a_fix() {
+    for (what, from, to, words) in [
+        (
+            "not a writer pool",
+            "role = \"writer\"",
+            "role = \"reader\"",
+            &["pool.main.replication", "role = \"writer\""][..],
+        ),
+        (
+            "no user",
+            "user = \"admin\"\n",
+            "",
+            &["pool.main.replication.user"][..],
+        ),
+        (
+            "two passwords",
+            "password = \"a\"\n",
+            "password = \"a\"\npassword_file = \"a.pw\"\n",
+            &["pool.main.replication.password_file", "not both"][..],
+        ),
+        (
+            "no replication password",
+            "replication_password = \"r\"\n",
+            "",
+            &["pool.main.replication.replication_password_file"][..],
+        ),
+        (
+            "zero failover_after",
+            "replication_user",
+            "failover_after = \"0s\"\nreplication_user",
+            &["pool.main.replication.failover_after", "0s"][..],
+        ),
+        (
+            "unknown failover mode",
+            "replication_user",
+            "failover = \"sometimes\"\nreplication_user",
+            &["failover", "off", "auto"][..],
+        ),
+        (
+            "unknown lock scope",
+            "replication_user",
+            "lock = \"any\"\nreplication_user",
+            &["lock", "majority_of_all"][..],
+        ),
+    ] {
+        let text = REPLICATED.replacen(from, to, 1);
+        assert_ne!(text, REPLICATED, "{what}: the edit applies");
+        let err = error_text(&text);
+        for w in words {
+            assert!(err.contains(w), "{what}: {w:?} missing from: {err}");
+        }
+    }
 }

@@ -198,6 +198,10 @@ fn pool_config(
         problems,
     );
     let routing = super::routing::routing(&key, &raw, &mut check, problems);
+    let replication = raw
+        .replication
+        .take()
+        .and_then(|r| super::replication::replication_config(&key, r, routing.role, problems));
     let written = raw.backend.len();
     let backends = backend_configs(&key, raw.backend, resolve, problems);
     // A backend dropped for an unresolvable address was reported already.
@@ -220,6 +224,7 @@ fn pool_config(
         check,
         routing,
         backends,
+        replication,
     })
 }
 
@@ -273,6 +278,7 @@ fn backend_configs(
             weight: b.weight.map_or(1, |w| w.0),
             tier: b.tier.unwrap_or(Tier::Primary),
             max_connections: b.max_connections,
+            candidate: b.candidate.unwrap_or(true),
         });
     }
     out

@@ -161,6 +161,10 @@ fn pool_memory(pool: &Pool, decision: &Decision, before: &PoolMemory) -> PoolMem
         writer_changes: before.writer_changes
             + u64::from(before.writer.is_some() && writer != before.writer),
         writer,
+        // Kept by the promotion code, not decided here.
+        promoting: before.promoting,
+        switchovers: before.switchovers,
+        last_promotion: before.last_promotion.clone(),
     }
 }
 

@@ -47,6 +47,12 @@ pub struct PoolMemory {
     pub failovers: u64,
     /// Times a writer pool's writer changed.
     pub writer_changes: u64,
+    /// A switchover or failover is being carried out now.
+    pub promoting: bool,
+    /// Switchovers that put a new primary in place.
+    pub switchovers: u64,
+    /// The last switchover or failover, however it ended.
+    pub last_promotion: Option<crate::replication::report::Report>,
 }
 
 impl Memory {
@@ -120,6 +126,9 @@ impl Memory {
             lagged_out,
             failovers: memory.failovers,
             writer_changes: memory.writer_changes,
+            promoting: memory.promoting,
+            switchovers: memory.switchovers,
+            last_promotion: memory.last_promotion,
         }
     }
 }

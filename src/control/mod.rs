@@ -17,6 +17,7 @@ pub mod decide;
 pub mod evict;
 pub mod listeners;
 pub mod memory;
+pub mod promote;
 pub mod reload;
 
 use std::collections::VecDeque;
@@ -236,6 +237,13 @@ impl Control {
             } => {
                 let _ = reply.send(self.set_override(&backend, value));
             }
+            Event::Switchover {
+                pool,
+                to,
+                origin,
+                reply,
+            } => self.switchover(pool, to, origin, reply),
+            Event::PromotionDone { report, reply } => self.promotion_done(*report, reply),
             Event::Failback { pool, reply } => {
                 let _ = reply.send(self.failback(&pool));
             }

@@ -133,6 +133,45 @@ impl Prober {
         })
     }
 
+    /// The same way of reaching servers (TLS, PROXY header) with another
+    /// login: for admin sessions. `None` for a TCP check.
+    pub fn with_login(&self, user: &str, password: &str) -> Option<Prober> {
+        let mut mysql = self.mysql.clone()?;
+        let mut opts = (*mysql.opts).clone();
+        opts.user = user.to_owned();
+        opts.password = password.to_owned();
+        mysql.opts = Arc::new(opts);
+        Some(Prober {
+            timeout: self.timeout,
+            mysql: Some(mysql),
+        })
+    }
+
+    /// Logs in to `addr`, runs `statements` in order (up to the first that
+    /// fails) and quits, all within `timeout`; the answers are in
+    /// [`Facts::answers`]. An error says why the session did not happen.
+    pub async fn run_statements(
+        &self,
+        addr: SocketAddr,
+        statements: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Facts, String> {
+        let Some(m) = &self.mysql else {
+            return Err("the pool's check is not a mysql check".into());
+        };
+        let probe = Probe::script(Arc::clone(&m.opts), statements);
+        match tokio::time::timeout(timeout, converse(m, addr, probe)).await {
+            Ok(Ok(Ok(facts))) => Ok(facts),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(Cut::Connect(e))) => Err(describe_connect_error(&e)),
+            Ok(Err(Cut::Other(reason))) => Err(reason),
+            Err(_) => Err(format!(
+                "no complete answer within {}",
+                format_duration(timeout)
+            )),
+        }
+    }
+
     /// Runs one probe against `addr` within the check's timeout.
     pub async fn probe(&self, addr: SocketAddr) -> Outcome {
         let work = async {
@@ -172,36 +211,56 @@ fn connect_failed(e: &io::Error) -> Outcome {
     }
 }
 
-async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
-    let mut stream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
-        Err(e) => return connect_failed(&e),
-    };
+/// Why a conversation with a server ended before the probe had its say.
+enum Cut {
+    /// The connect failed.
+    Connect(io::Error),
+    /// Anything after it, in words.
+    Other(String),
+}
+
+/// Connects to `addr` and runs `probe` to its end, with TLS when it asks.
+async fn converse(
+    m: &MysqlProber,
+    addr: SocketAddr,
+    mut probe: Probe,
+) -> Result<Result<Facts, ProbeError>, Cut> {
+    let mut stream = TcpStream::connect(addr).await.map_err(Cut::Connect)?;
     let _ = stream.set_nodelay(true);
     if let Some(version) = m.proxy {
-        if let Err(e) = stream.write_all(&proxy_header::local(version)).await {
-            return Outcome::fail(format!("sending the PROXY header failed: {e}"));
-        }
+        stream
+            .write_all(&proxy_header::local(version))
+            .await
+            .map_err(|e| Cut::Other(format!("sending the PROXY header failed: {e}")))?;
     }
-    let mut probe = Probe::new(Arc::clone(&m.opts));
-    let result = match drive(&mut probe, &mut stream).await {
-        Ok(Some(result)) => result,
+    match drive(&mut probe, &mut stream).await {
+        Ok(Some(result)) => Ok(result),
         Ok(None) => {
             let Some((connector, name)) = &m.tls else {
-                return Outcome::fail("protocol error: TLS requested without TLS settings");
+                return Err(Cut::Other(
+                    "protocol error: TLS requested without TLS settings".into(),
+                ));
             };
-            let mut tls = match connector.connect(name.clone(), stream).await {
-                Ok(tls) => tls,
-                Err(e) => return Outcome::fail(format!("TLS handshake failed: {e}")),
-            };
+            let mut tls = connector
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|e| Cut::Other(format!("TLS handshake failed: {e}")))?;
             probe.on_tls_ready();
             match drive(&mut probe, &mut tls).await {
-                Ok(Some(result)) => result,
-                Ok(None) => return Outcome::fail("protocol error: TLS requested twice"),
-                Err(e) => return Outcome::fail(format!("connection error over TLS: {e}")),
+                Ok(Some(result)) => Ok(result),
+                Ok(None) => Err(Cut::Other("protocol error: TLS requested twice".into())),
+                Err(e) => Err(Cut::Other(format!("connection error over TLS: {e}"))),
             }
         }
-        Err(e) => return Outcome::fail(format!("connection error: {e}")),
+        Err(e) => Err(Cut::Other(format!("connection error: {e}"))),
+    }
+}
+
+async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
+    let result = match converse(m, addr, Probe::new(Arc::clone(&m.opts))).await {
+        Ok(result) => result,
+        Err(Cut::Connect(e)) => return connect_failed(&e),
+        Err(Cut::Other(reason)) => return Outcome::fail(reason),
     };
     match result {
         Ok(facts) => {

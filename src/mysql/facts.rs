@@ -39,6 +39,8 @@ pub struct Facts {
     pub galera: Option<Galera>,
     /// Group replication membership, when the pool asked for it.
     pub group: Option<GroupMember>,
+    /// An admin session's answers, one per statement sent, in order.
+    pub answers: Vec<QueryOutcome>,
 }
 
 /// This server's place in a MySQL group replication group.

@@ -20,7 +20,7 @@ use mysql_common::proto::MySerialize;
 use super::auth;
 use super::facts::{self, Facts, ProbeError, Query};
 use super::packet::{frame, parse_err, Packet, PacketBuffer, ProtocolError};
-use super::resultset::ResultReader;
+use super::resultset::{QueryOutcome, ResultReader};
 
 /// Largest packet a probe accepts: greetings and check results are small.
 const MAX_PACKET: usize = 64 * 1024;
@@ -99,6 +99,7 @@ enum State {
     Auth,
     Ping,
     Query(Query, ResultReader),
+    Statement(ResultReader),
     Over,
 }
 
@@ -116,6 +117,9 @@ pub struct Probe {
     switched: bool,
     awaiting_key: bool,
     queries: VecDeque<Query>,
+    /// Statements to run instead of the check's queries, when this is an
+    /// admin session rather than a probe.
+    script: Option<VecDeque<String>>,
     facts: Facts,
 }
 
@@ -135,8 +139,21 @@ impl Probe {
             switched: false,
             awaiting_key: false,
             queries,
+            script: None,
             facts: Facts::default(),
         }
+    }
+
+    /// An admin session: the same login and COM_PING as a probe, then
+    /// `statements` in order instead of the check's queries, then COM_QUIT.
+    /// Each answer is kept in [`Facts::answers`]; the first statement that
+    /// fails is the last one sent. The role and the rest of the facts are
+    /// not asked.
+    pub fn script(opts: Arc<ProbeOptions>, statements: Vec<String>) -> Probe {
+        let mut probe = Probe::new(opts);
+        probe.queries.clear();
+        probe.script = Some(statements.into());
+        probe
     }
 
     /// Bytes received from the server.
@@ -191,6 +208,7 @@ impl Probe {
             State::Auth => "during login",
             State::Ping => "after COM_PING",
             State::Query(..) => "during a check query",
+            State::Statement(..) => "during an admin statement",
             State::Over => "after the probe",
         }
     }
@@ -201,6 +219,7 @@ impl Probe {
             State::Auth => self.on_auth(packet),
             State::Ping => self.on_ping(&packet.payload),
             State::Query(query, reader) => self.on_query_packet(query, reader, &packet.payload),
+            State::Statement(reader) => self.on_statement_packet(reader, &packet.payload),
             state @ (State::AwaitTls | State::Over) => {
                 self.state = state;
                 Ok(())
@@ -431,6 +450,21 @@ impl Probe {
     }
 
     fn next_query(&mut self) {
+        if let Some(script) = self.script.as_mut() {
+            match script.pop_front() {
+                Some(sql) => {
+                    let mut payload = vec![COM_QUERY];
+                    payload.extend_from_slice(sql.as_bytes());
+                    self.actions.push_back(Action::Write(frame(0, &payload)));
+                    self.state = State::Statement(ResultReader::default());
+                }
+                None => {
+                    let facts = std::mem::take(&mut self.facts);
+                    self.finish(Ok(facts), true);
+                }
+            }
+            return;
+        }
         match self.queries.pop_front() {
             Some(query) => {
                 let mut payload = vec![COM_QUERY];
@@ -467,8 +501,32 @@ impl Probe {
         Ok(())
     }
 
+    fn on_statement_packet(
+        &mut self,
+        mut reader: ResultReader,
+        payload: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let Some(outcome) = reader.feed(payload)? else {
+            self.state = State::Statement(reader);
+            return Ok(());
+        };
+        let failed = matches!(outcome, QueryOutcome::Failed(_));
+        self.facts.answers.push(outcome);
+        if failed {
+            // The statements after it assumed it worked.
+            if let Some(script) = self.script.as_mut() {
+                script.clear();
+            }
+        }
+        self.next_query();
+        Ok(())
+    }
+
     fn protocol_error(&mut self, e: ProtocolError) {
-        let logged_in = matches!(self.state, State::Ping | State::Query(..));
+        let logged_in = matches!(
+            self.state,
+            State::Ping | State::Query(..) | State::Statement(..)
+        );
         self.fail(ProbeError::Protocol(e.0), logged_in);
     }
 

@@ -27,4 +27,5 @@ mod load;
 mod reload;
 mod roles;
 mod soak;
+mod switchover;
 mod systemd;

@@ -605,3 +605,47 @@ fn group_replication_is_asked_when_configured() {
     let facts = done(s.reply_rows(&["state", "role", "online", "members"], &rows)).unwrap();
     assert_eq!(facts.group.unwrap().role, "PRIMARY");
 }
+
+#[test]
+fn an_admin_session_runs_its_statements_in_order_and_stops_at_the_first_failure() {
+    let statements = vec![
+        "SET GLOBAL read_only = 1".to_owned(),
+        "SELECT @@gtid_binlog_pos AS pos".to_owned(),
+        "STOP SLAVE".to_owned(),
+        "never sent".to_owned(),
+    ];
+    let mut s = Script {
+        probe: Probe::script(Arc::new(opts(TlsMode::Disabled)), statements),
+        written: Vec::new(),
+    };
+    assert!(matches!(s.run(), Action::Read));
+    s.reply(&greeting_of(
+        b"5.5.5-10.11.6-MariaDB",
+        "mysql_native_password",
+        false,
+    ));
+    let seq = s.last().0 + 1;
+    s.reply_packet(seq, OK);
+    assert_eq!(s.last(), &(0, vec![COM_PING]));
+    s.reply_packet(1, OK);
+    let sent = |s: &Script| String::from_utf8_lossy(&s.last().1[1..]).into_owned();
+    assert_eq!(sent(&s), "SET GLOBAL read_only = 1", "no role query first");
+    s.reply_packet(1, OK);
+    assert_eq!(sent(&s), "SELECT @@gtid_binlog_pos AS pos");
+    s.reply_rows(&["pos"], &[&[Some("0-1-42")]]);
+    assert_eq!(sent(&s), "STOP SLAVE");
+    let mut denied = vec![0xff, 0x4a, 0x04, b'#'];
+    denied.extend_from_slice(b"42000Access denied; you need the REPLICATION SLAVE ADMIN privilege");
+    let facts = done(s.reply_packet(1, &denied)).unwrap();
+    assert_eq!(s.last(), &(0, vec![COM_QUIT]), "the fourth is never sent");
+    assert_eq!(facts.answers.len(), 3);
+    assert_eq!(facts.answers[0], QueryOutcome::Done);
+    let QueryOutcome::Rows(rows) = &facts.answers[1] else {
+        panic!("{:?}", facts.answers[1])
+    };
+    assert_eq!(rows.first("pos"), Some("0-1-42"));
+    assert!(
+        matches!(&facts.answers[2], QueryOutcome::Failed(e) if e.code == 1098 && e.message.contains("REPLICATION SLAVE ADMIN"))
+    );
+    assert_eq!(facts.role, Role::Unknown, "not asked");
+}

@@ -1,0 +1,498 @@
+//! Carries out a switchover step by step over SQL, each step timed and
+//! reported, and rolls back to the old primary when a step before the
+//! promotion fails. At no moment are two servers writable: the old primary is
+//! made read-only before the new one is made writable, and a rollback makes
+//! the new one read-only again before the old one takes writes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::observe;
+use super::plan::{self, Server};
+pub use super::report::{Report, Step};
+use crate::config::replication::ReplicationConfig;
+use crate::config::PoolConfig;
+use crate::health::probe::Prober;
+use crate::inbox::Inbox;
+use crate::mysql::resultset::QueryOutcome;
+
+/// Slack over a step's own wait for the login and the answer.
+const SESSION_SLACK: Duration = Duration::from_secs(5);
+
+/// A pool's servers as the executor reaches them.
+struct Ctx<'a> {
+    /// By backend index: each server reached with its own TLS name.
+    admins: Vec<Prober>,
+    pool: &'a PoolConfig,
+    replication: &'a ReplicationConfig,
+    inbox: Inbox,
+    steps: Vec<Step>,
+    /// When the switchover began, in seconds since the Unix epoch.
+    started_unix: u64,
+}
+
+impl Ctx<'_> {
+    /// Runs `statements` on `addr` as one step named `name`; the answers,
+    /// or why the step failed (the first failing statement, or the session).
+    async fn step(
+        &mut self,
+        name: String,
+        server: usize,
+        statements: Vec<String>,
+        wait: Duration,
+    ) -> Result<Vec<QueryOutcome>, String> {
+        let started = Instant::now();
+        let sent = statements.clone();
+        let (Some(admin), Some(addr)) = (self.admins.get(server), self.addr(server)) else {
+            let result = Err("no such server".to_owned());
+            self.record(name, started, &result);
+            return Err("no such server".into());
+        };
+        let result = match admin
+            .run_statements(addr, statements, wait + SESSION_SLACK)
+            .await
+        {
+            Ok(facts) => match facts
+                .answers
+                .iter()
+                .position(|a| matches!(a, QueryOutcome::Failed(_)))
+            {
+                Some(i) => Err(match (sent.get(i), facts.answers.get(i)) {
+                    (Some(sql), Some(QueryOutcome::Failed(e))) => {
+                        format!("{} failed: {e}", redact(sql))
+                    }
+                    _ => "a statement failed".into(),
+                }),
+                None if facts.answers.len() < sent.len() => {
+                    Err("the server did not answer every statement".into())
+                }
+                None => Ok(facts.answers),
+            },
+            Err(why) => Err(why),
+        };
+        self.record(
+            name,
+            started,
+            &result.as_ref().map(|_| String::new()).map_err(Clone::clone),
+        );
+        result
+    }
+
+    fn record(&mut self, name: String, started: Instant, result: &Result<String, String>) {
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (ok, detail) = match result {
+            Ok(d) => (true, d.clone()),
+            Err(e) => (false, e.clone()),
+        };
+        tracing::info!(pool = %self.pool.name, step = %name, took_ms, ok, "switchover: {name}: {detail}");
+        self.steps.push(Step {
+            step: name,
+            took_ms,
+            ok,
+            detail,
+        });
+    }
+
+    fn addr(&self, i: usize) -> Option<SocketAddr> {
+        self.pool.backends.get(i).map(|b| b.addr)
+    }
+}
+
+/// The `[replication]` login's way to each backend of `pool`, by index: the
+/// check's TLS and PROXY settings with the replication user.
+pub fn admins(pool: &PoolConfig) -> Result<Vec<Prober>, String> {
+    let r = pool
+        .replication
+        .as_ref()
+        .ok_or("the pool has no [replication] table")?;
+    pool.backends
+        .iter()
+        .map(|b| {
+            let check = Prober::new(&pool.check, &b.address.host, pool.routing.send_proxy)?;
+            check
+                .with_login(&r.user, r.password.expose())
+                .ok_or_else(|| "a pool with [replication] needs the mysql check".to_owned())
+        })
+        .collect()
+}
+
+/// Switches pool `pool`'s primary over to `to` (or to the most advanced
+/// replica that may be promoted). `admin` reaches the servers with the
+/// pool's replication login; `inbox` pauses and resumes the pool.
+pub async fn switchover(
+    pool: &PoolConfig,
+    admins: Vec<Prober>,
+    inbox: Inbox,
+    to: Option<String>,
+    origin: String,
+) -> Report {
+    let Some(replication) = pool.replication.as_ref() else {
+        return refused(
+            pool,
+            &origin,
+            Vec::new(),
+            None,
+            "the pool has no [replication] table".into(),
+        );
+    };
+    let mut ctx = Ctx {
+        admins,
+        pool,
+        replication,
+        inbox,
+        steps: Vec::new(),
+        started_unix: super::report::unix_now(),
+    };
+    let (servers, planned) = look(&mut ctx, to.as_deref()).await;
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            let from = servers
+                .iter()
+                .find(|s| matches!(&s.seen, plan::Seen::Answered(f) if !f.read_only));
+            return refused(
+                pool,
+                &origin,
+                ctx.steps,
+                from.map(|s| s.name.clone()),
+                refusal.to_string(),
+            );
+        }
+    };
+    let outcome = carry_out(&mut ctx, &servers, &plan, &origin).await;
+    finished(ctx, origin, &servers, &plan, outcome)
+}
+
+/// The report of a switchover that was carried out, however it ended.
+fn finished(
+    ctx: Ctx<'_>,
+    origin: String,
+    servers: &[Server],
+    plan: &plan::SwitchoverPlan,
+    outcome: Result<(), String>,
+) -> Report {
+    let name = |i: usize| servers.get(i).map(|s| s.name.clone());
+    let (ok, to, summary) = match outcome {
+        Ok(()) => (
+            true,
+            name(plan.new),
+            format!("{} is the primary", name(plan.new).unwrap_or_default()),
+        ),
+        Err(why) => (false, None, why),
+    };
+    Report {
+        kind: "switchover",
+        pool: ctx.pool.name.clone(),
+        origin,
+        started_unix: ctx.started_unix,
+        from: name(plan.old),
+        to,
+        ok,
+        summary,
+        steps: ctx.steps,
+    }
+}
+
+/// Reads every server and plans the switchover, as the first step.
+async fn look(
+    ctx: &mut Ctx<'_>,
+    to: Option<&str>,
+) -> (Vec<Server>, Result<plan::SwitchoverPlan, plan::Refusal>) {
+    let started = Instant::now();
+    let timeout = ctx.pool.check.timeout + SESSION_SLACK;
+    let servers = observe::pool(&ctx.admins, ctx.pool, timeout).await;
+    let planned = plan::switchover(&servers, to);
+    ctx.record(
+        "look at every server".into(),
+        started,
+        &planned
+            .as_ref()
+            .map(|p| describe_plan(&servers, p))
+            .map_err(ToString::to_string),
+    );
+    (servers, planned)
+}
+
+/// Pause, demote, catch up, promote, re-point, resume.
+async fn carry_out(
+    ctx: &mut Ctx<'_>,
+    servers: &[Server],
+    plan: &plan::SwitchoverPlan,
+    origin: &str,
+) -> Result<(), String> {
+    let (Some(old), Some(new)) = (servers.get(plan.old), servers.get(plan.new)) else {
+        return Err("the plan names a server the pool does not have".into());
+    };
+    let (old_addr, new_addr) = (plan.old, plan.new);
+    let pause_for = ctx.replication.catch_up_timeout + Duration::from_secs(30);
+    let started = Instant::now();
+    let paused = ctx
+        .inbox
+        .pause(&ctx.pool.name, pause_for, format!("switchover ({origin})"))
+        .await;
+    ctx.record(
+        "pause the pool".into(),
+        started,
+        &paused
+            .map(|_| {
+                format!(
+                    "new clients held for at most {}",
+                    crate::config::format_duration(pause_for)
+                )
+            })
+            .map_err(|_| "dbsplice is stopping".to_owned()),
+    );
+    let result = promote(ctx, old, new, old_addr, new_addr).await;
+    if result.is_ok() {
+        for &i in &plan.others {
+            if let Some(s) = servers.get(i) {
+                let _ = repoint(ctx, s, i, new, None).await;
+            }
+        }
+    }
+    resume(ctx, origin).await;
+    result
+}
+
+/// Demotes `old`, waits for `new` to catch up, promotes it and re-points
+/// `old` at it; rolls back when a step before the promotion fails.
+async fn promote(
+    ctx: &mut Ctx<'_>,
+    old: &Server,
+    new: &Server,
+    old_at: usize,
+    new_at: usize,
+) -> Result<(), String> {
+    let target = match demote(ctx, old, old_at).await {
+        Ok(target) => target,
+        Err(why) => return rollback(ctx, old, old_at, None, &why).await,
+    };
+    if let Err(why) = catch_up(ctx, new, new_at, &target).await {
+        return rollback(ctx, old, old_at, None, &why).await;
+    }
+    let promote = [
+        "STOP SLAVE",
+        "RESET SLAVE ALL",
+        "SET GLOBAL read_only = OFF",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let name = format!("promote {}", new.name);
+    if let Err(why) = ctx.step(name, new_at, promote, Duration::ZERO).await {
+        return rollback(ctx, old, old_at, Some((new, new_at)), &why).await;
+    }
+    let _ = repoint(ctx, old, old_at, new, Some(&target)).await;
+    Ok(())
+}
+
+/// Makes `old` read-only; its last GTID, which the candidate must apply.
+async fn demote(ctx: &mut Ctx<'_>, old: &Server, old_at: usize) -> Result<String, String> {
+    let demote = vec![
+        "SET GLOBAL read_only = ON".to_owned(),
+        "SELECT @@gtid_binlog_pos AS pos".to_owned(),
+    ];
+    let name = format!("make {} read-only and read its last GTID", old.name);
+    match ctx
+        .step(name, old_at, demote, Duration::ZERO)
+        .await
+        .as_deref()
+    {
+        Ok([_, QueryOutcome::Rows(rows)]) => Ok(rows.first("pos").unwrap_or_default().to_owned()),
+        Ok(_) => Err("the old primary's GTID position is unknown".into()),
+        Err(why) => Err(format!("the old primary was not demoted: {why}")),
+    }
+}
+
+/// Waits, up to `catch_up_timeout`, for `new` to have applied `target`.
+async fn catch_up(
+    ctx: &mut Ctx<'_>,
+    new: &Server,
+    new_at: usize,
+    target: &str,
+) -> Result<(), String> {
+    let wait = ctx.replication.catch_up_timeout;
+    let sql = format!(
+        "SELECT MASTER_GTID_WAIT({}, {}) AS waited",
+        quote(target),
+        wait.as_secs_f64()
+    );
+    let name = format!("wait for {} to apply {target}", new.name);
+    match ctx.step(name, new_at, vec![sql], wait).await.as_deref() {
+        Ok([QueryOutcome::Rows(rows)]) if rows.first("waited") == Some("0") => Ok(()),
+        Ok(_) => Err(format!(
+            "{} did not apply {target} within {}",
+            new.name,
+            crate::config::format_duration(wait)
+        )),
+        Err(why) => Err(why.clone()),
+    }
+}
+
+/// Points `server` at `primary` with GTID auto-positioning. A former
+/// primary starts from `own_pos`, its own last transaction.
+async fn repoint(
+    ctx: &mut Ctx<'_>,
+    server: &Server,
+    addr: usize,
+    primary: &Server,
+    own_pos: Option<&str>,
+) -> Result<Vec<QueryOutcome>, String> {
+    let r = ctx.replication;
+    let mut statements = vec!["STOP SLAVE".to_owned()];
+    if let Some(pos) = own_pos {
+        statements.push(format!("SET GLOBAL gtid_slave_pos = {}", quote(pos)));
+    }
+    statements.push(format!(
+        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, \
+         MASTER_USE_GTID = slave_pos",
+        quote(&primary.host),
+        primary.port,
+        quote(&r.replication_user),
+        quote(r.replication_password.expose()),
+    ));
+    statements.push("START SLAVE".to_owned());
+    ctx.step(
+        format!("point {} at {}", server.name, primary.name),
+        addr,
+        statements,
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// Gives the old primary its writes back, after making sure the would-be
+/// new one (if it may have been made writable) is read-only again; without
+/// that certainty the old one stays read-only: no two writers, ever.
+async fn rollback(
+    ctx: &mut Ctx<'_>,
+    old: &Server,
+    old_addr: usize,
+    new: Option<(&Server, usize)>,
+    why: &str,
+) -> Result<(), String> {
+    if let Some((new, new_addr)) = new {
+        let back = ctx
+            .step(
+                format!("roll back: make {} read-only again", new.name),
+                new_addr,
+                vec!["SET GLOBAL read_only = ON".to_owned()],
+                Duration::ZERO,
+            )
+            .await;
+        if back.is_err() {
+            return Err(format!(
+                "{why}; {} may be writable and could not be made read-only, so {} stays read-only: \
+                 no server takes writes until a person repairs this",
+                new.name, old.name
+            ));
+        }
+        let _ = repoint(ctx, new, new_addr, old, None).await;
+    }
+    let back = ctx
+        .step(
+            format!("roll back: make {} writable again", old.name),
+            old_addr,
+            vec!["SET GLOBAL read_only = OFF".to_owned()],
+            Duration::ZERO,
+        )
+        .await;
+    match back {
+        Ok(_) => Err(format!(
+            "{why}; rolled back: {} is the primary again",
+            old.name
+        )),
+        Err(e) => Err(format!("{why}; the rollback failed too: {e}")),
+    }
+}
+
+async fn resume(ctx: &mut Ctx<'_>, origin: &str) {
+    let started = Instant::now();
+    let resumed = ctx
+        .inbox
+        .resume(&ctx.pool.name, format!("switchover ({origin})"))
+        .await;
+    ctx.record(
+        "resume the pool".into(),
+        started,
+        &resumed
+            .map(|held| format!("{} held clients released", held.unwrap_or(0)))
+            .map_err(|_| "dbsplice is stopping".to_owned()),
+    );
+}
+
+fn describe_plan(servers: &[Server], plan: &plan::SwitchoverPlan) -> String {
+    let name = |i: usize| servers.get(i).map_or("?", |s| s.name.as_str());
+    let others: Vec<&str> = plan.others.iter().map(|&i| name(i)).collect();
+    format!(
+        "primary {}, promoting {}, re-pointing {}",
+        name(plan.old),
+        name(plan.new),
+        if others.is_empty() {
+            "no other replica".to_owned()
+        } else {
+            others.join(", ")
+        }
+    )
+}
+
+fn refused(
+    pool: &PoolConfig,
+    origin: &str,
+    steps: Vec<Step>,
+    from: Option<String>,
+    why: String,
+) -> Report {
+    tracing::warn!(pool = %pool.name, origin, "switchover refused: {why}");
+    Report::refused(&pool.name, origin, steps, from, why)
+}
+
+/// A string literal for SQL: quoted, with quotes and backslashes escaped.
+fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A statement as it may be logged: the replication password blanked.
+fn redact(sql: &str) -> String {
+    match sql.find("MASTER_PASSWORD = ") {
+        Some(i) => {
+            let rest = sql.get(i..).unwrap_or_default();
+            let end = rest.find(", MASTER_USE_GTID").map_or(sql.len(), |e| i + e);
+            format!(
+                "{}MASTER_PASSWORD = '<redacted>'{}",
+                sql.get(..i).unwrap_or_default(),
+                sql.get(end..).unwrap_or_default()
+            )
+        }
+        None => sql.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted_and_passwords_never_reported() {
+        assert_eq!(quote("it's a \\ test"), "'it\\'s a \\\\ test'");
+        let sql = "CHANGE MASTER TO MASTER_HOST = 'h', MASTER_PASSWORD = 's3cr\\'et', MASTER_USE_GTID = slave_pos";
+        let shown = redact(sql);
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(
+            shown.contains("MASTER_PASSWORD = '<redacted>', MASTER_USE_GTID"),
+            "{shown}"
+        );
+    }
+}
