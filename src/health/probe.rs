@@ -160,7 +160,7 @@ impl Prober {
             return Err("the pool's check is not a mysql check".into());
         };
         let probe = Probe::script(Arc::clone(&m.opts), statements);
-        match tokio::time::timeout(timeout, converse(m, addr, probe)).await {
+        match tokio::time::timeout(timeout, converse(m, addr, probe, None)).await {
             Ok(Ok(Ok(facts))) => Ok(facts),
             Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(Cut::Connect(e))) => Err(describe_connect_error(&e)),
@@ -170,6 +170,49 @@ impl Prober {
                 format_duration(timeout)
             )),
         }
+    }
+
+    /// [`Prober::run_statements`] whose session stays open after a
+    /// successful script, until `release` is cancelled (or the server ends
+    /// it): what a `GET_LOCK` needs. Returns once the answers are in.
+    pub async fn run_statements_kept_open(
+        &self,
+        addr: SocketAddr,
+        statements: Vec<String>,
+        timeout: Duration,
+        release: tokio_util::sync::CancellationToken,
+    ) -> Result<Facts, String> {
+        let Some(m) = self.mysql.clone() else {
+            return Err("the pool's check is not a mysql check".into());
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (failed, failure) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let probe = Probe::script_kept_open(Arc::clone(&m.opts), statements);
+            let hold = Some(Hold { answer, release });
+            let outcome = match converse(&m, addr, probe, hold).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(Cut::Connect(e)) => describe_connect_error(&e),
+                Err(Cut::Other(reason)) => reason,
+            };
+            let _ = failed.send(outcome);
+        });
+        let waited = async {
+            tokio::select! {
+                Ok(facts) = answered => Ok(facts),
+                Ok(why) = failure => Err(why),
+                else => Err("the session ended without an answer".to_owned()),
+            }
+        };
+        tokio::time::timeout(timeout, waited)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no complete answer within {}",
+                    format_duration(timeout)
+                ))
+            })
     }
 
     /// Runs one probe against `addr` within the check's timeout.
@@ -219,11 +262,19 @@ enum Cut {
     Other(String),
 }
 
-/// Connects to `addr` and runs `probe` to its end, with TLS when it asks.
+/// Where a kept-open session's answers go, and what ends it.
+struct Hold {
+    answer: tokio::sync::oneshot::Sender<Facts>,
+    release: tokio_util::sync::CancellationToken,
+}
+
+/// Connects to `addr` and runs `probe` to its end, with TLS when it asks;
+/// with `hold`, a successful script's session stays open until released.
 async fn converse(
     m: &MysqlProber,
     addr: SocketAddr,
     mut probe: Probe,
+    mut hold: Option<Hold>,
 ) -> Result<Result<Facts, ProbeError>, Cut> {
     let mut stream = TcpStream::connect(addr).await.map_err(Cut::Connect)?;
     let _ = stream.set_nodelay(true);
@@ -233,7 +284,7 @@ async fn converse(
             .await
             .map_err(|e| Cut::Other(format!("sending the PROXY header failed: {e}")))?;
     }
-    match drive(&mut probe, &mut stream).await {
+    match drive(&mut probe, &mut stream, &mut hold).await {
         Ok(Some(result)) => Ok(result),
         Ok(None) => {
             let Some((connector, name)) = &m.tls else {
@@ -246,7 +297,7 @@ async fn converse(
                 .await
                 .map_err(|e| Cut::Other(format!("TLS handshake failed: {e}")))?;
             probe.on_tls_ready();
-            match drive(&mut probe, &mut tls).await {
+            match drive(&mut probe, &mut tls, &mut hold).await {
                 Ok(Some(result)) => Ok(result),
                 Ok(None) => Err(Cut::Other("protocol error: TLS requested twice".into())),
                 Err(e) => Err(Cut::Other(format!("connection error over TLS: {e}"))),
@@ -257,7 +308,7 @@ async fn converse(
 }
 
 async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
-    let result = match converse(m, addr, Probe::new(Arc::clone(&m.opts))).await {
+    let result = match converse(m, addr, Probe::new(Arc::clone(&m.opts)), None).await {
         Ok(result) => result,
         Err(Cut::Connect(e)) => return connect_failed(&e),
         Err(Cut::Other(reason)) => return Outcome::fail(reason),
@@ -292,10 +343,13 @@ async fn mysql(m: &MysqlProber, addr: SocketAddr) -> Outcome {
     }
 }
 
-/// Runs the probe over `stream` until it is done (`Some`) or asks for TLS (`None`).
+/// Runs the probe over `stream` until it is done (`Some`) or asks for TLS
+/// (`None`). With `hold`, a success is handed over at once and the session
+/// kept until released (or closed by the server), then quit.
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     probe: &mut Probe,
     stream: &mut S,
+    hold: &mut Option<Hold>,
 ) -> io::Result<Option<Result<Facts, ProbeError>>> {
     let mut buf = [0u8; 4096];
     loop {
@@ -306,6 +360,20 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 n => probe.on_data(buf.get(..n).unwrap_or_default()),
             },
             Action::StartTls => return Ok(None),
+            Action::Done(Ok(facts)) if hold.is_some() => {
+                let Some(Hold { answer, release }) = hold.take() else {
+                    return Ok(Some(Ok(facts)));
+                };
+                let _ = answer.send(facts.clone());
+                tokio::select! {
+                    () = release.cancelled() => {}
+                    // The server ended it: nothing is held any more.
+                    _ = stream.read(&mut buf) => return Ok(Some(Ok(facts))),
+                }
+                stream.write_all(&crate::mysql::probe::quit()).await?;
+                let _ = stream.flush().await;
+                return Ok(Some(Ok(facts)));
+            }
             Action::Done(result) => {
                 // After COM_QUIT the server closes; shutting our side down
                 // first would only race it.

@@ -120,6 +120,9 @@ pub struct Probe {
     /// Statements to run instead of the check's queries, when this is an
     /// admin session rather than a probe.
     script: Option<VecDeque<String>>,
+    /// A script whose session stays open after it (for a lock held by the
+    /// session): no COM_QUIT after a success; the driver sends it when done.
+    keep_open: bool,
     facts: Facts,
 }
 
@@ -140,6 +143,7 @@ impl Probe {
             awaiting_key: false,
             queries,
             script: None,
+            keep_open: false,
             facts: Facts::default(),
         }
     }
@@ -153,6 +157,15 @@ impl Probe {
         let mut probe = Probe::new(opts);
         probe.queries.clear();
         probe.script = Some(statements.into());
+        probe
+    }
+
+    /// [`Probe::script`] whose session stays logged in after a successful
+    /// script: the driver ends it with [`quit`] when the caller is done (a
+    /// `GET_LOCK` lives as long as its session).
+    pub fn script_kept_open(opts: Arc<ProbeOptions>, statements: Vec<String>) -> Probe {
+        let mut probe = Probe::script(opts, statements);
+        probe.keep_open = true;
         probe
     }
 
@@ -538,12 +551,17 @@ impl Probe {
     /// a clean disconnect.
     fn finish(&mut self, result: Result<Facts, ProbeError>, logged_in: bool) {
         self.actions.clear();
-        if logged_in {
+        if logged_in && !(self.keep_open && result.is_ok()) {
             self.actions.push_back(Action::Write(frame(0, &[COM_QUIT])));
         }
         self.actions.push_back(Action::Done(result));
         self.state = State::Over;
     }
+}
+
+/// COM_QUIT, framed: how a session kept open is ended.
+pub fn quit() -> Vec<u8> {
+    frame(0, &[COM_QUIT])
 }
 
 /// The server (or someone on the path) sent more than its greeting before

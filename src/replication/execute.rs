@@ -161,7 +161,15 @@ pub async fn switchover(
             );
         }
     };
+    let lock = match take_lock(&mut ctx).await {
+        Ok(lock) => lock,
+        Err(why) => {
+            let from = servers.get(plan.old).map(|s| s.name.clone());
+            return refused(pool, &origin, ctx.steps, from, why);
+        }
+    };
     let outcome = carry_out(&mut ctx, &servers, &plan, &origin).await;
+    drop(lock);
     finished(ctx, origin, &servers, &plan, outcome)
 }
 
@@ -213,6 +221,78 @@ async fn look(
             .map_err(ToString::to_string),
     );
     (servers, planned)
+}
+
+/// The promotion lock of a pool, held by one admin session per server while
+/// this lives: dropped, the sessions quit and the servers release it.
+struct Lock(tokio_util::sync::CancellationToken);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// The name every dbsplice instance with this pool locks (`GET_LOCK` names
+/// are at most 64 characters).
+fn lock_name(pool: &str) -> String {
+    format!("dbsplice:{pool}").chars().take(64).collect()
+}
+
+/// Takes the pool's lock on a majority of its servers (of all, or of those
+/// that answer, as `lock` says), so that of several instances with one
+/// config only one acts; or says who has it and how many answered.
+async fn take_lock(ctx: &mut Ctx<'_>) -> Result<Lock, String> {
+    let started = Instant::now();
+    let lock = Lock(tokio_util::sync::CancellationToken::new());
+    let name = lock_name(&ctx.pool.name);
+    let sql = format!("SELECT GET_LOCK({}, 0) AS got", quote(&name));
+    let timeout = ctx.pool.check.timeout + SESSION_SLACK;
+    let tries: Vec<_> = ctx
+        .admins
+        .iter()
+        .zip(&ctx.pool.backends)
+        .map(|(admin, b)| {
+            let (admin, addr, sql, release) = (admin.clone(), b.addr, sql.clone(), lock.0.clone());
+            tokio::spawn(async move {
+                admin
+                    .run_statements_kept_open(addr, vec![sql], timeout, release)
+                    .await
+            })
+        })
+        .collect();
+    let (mut got, mut answered) = (0usize, 0usize);
+    for attempt in tries {
+        if let Ok(Ok(facts)) = attempt.await {
+            answered += 1;
+            let granted = matches!(facts.answers.first(), Some(QueryOutcome::Rows(r)) if r.first("got") == Some("1"));
+            got += usize::from(granted);
+        }
+    }
+    let of = match ctx.replication.lock {
+        crate::vocabulary::LockScope::MajorityOfAll => ctx.pool.backends.len(),
+        crate::vocabulary::LockScope::MajorityOfRunning => answered,
+    };
+    let need = of / 2 + 1;
+    let result = if of > 0 && got >= need {
+        Ok(format!(
+            "{name} held on {got} of {} servers ({need} needed)",
+            ctx.pool.backends.len()
+        ))
+    } else {
+        Err(format!(
+            "the lock {name} was granted by {got} of {of} servers ({} answered), {need} needed \
+             (lock = \"{}\"): another dbsplice instance is acting on this pool, or too few servers answer",
+            answered,
+            ctx.replication.lock.as_str()
+        ))
+    };
+    ctx.record(
+        "take the lock on a majority of servers".into(),
+        started,
+        &result,
+    );
+    result.map(|_| lock)
 }
 
 /// Pause, demote, catch up, promote, re-point, resume.

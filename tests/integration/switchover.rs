@@ -346,8 +346,70 @@ async fn a_candidate_that_cannot_catch_up_is_rolled_back_and_refusals_say_why() 
         "{}",
         report.summary
     );
+
+    // Another instance holds the lock on two of the three servers: refused,
+    // nothing touched.
+    let mut db3 = cluster.servers[2].admin().await;
+    for c in [&mut db2, &mut db3] {
+        let got: Option<u8> = c
+            .query_first("SELECT GET_LOCK('dbsplice:main', 0)")
+            .await
+            .unwrap();
+        assert_eq!(got, Some(1));
+    }
+    let report = app
+        .inbox()
+        .switchover("main", None, "the test".into())
+        .await
+        .unwrap();
+    assert!(
+        !report.ok
+            && report.summary.contains("granted by 1 of 3 servers")
+            && report.summary.contains("another dbsplice instance"),
+        "{}",
+        report.summary
+    );
+    assert!(writable(&mut db1).await, "the primary was not touched");
+    db3.disconnect().await.unwrap();
+    let report = app
+        .inbox()
+        .switchover("main", None, "the test".into())
+        .await
+        .unwrap();
+    assert!(
+        report.ok,
+        "with two of three the lock is held: {}",
+        report.summary
+    );
     db1.disconnect().await.unwrap();
     db2.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_asked_at_once_switch_over_once() {
+    let cluster = cluster().await;
+    let (first, second) = tokio::join!(proxy(&cluster, ""), proxy(&cluster, ""));
+    let sampler = Sampler::start(&cluster).await;
+    let ask = |p: &Proxy| {
+        let inbox = p.app.as_ref().unwrap().inbox().clone();
+        async move {
+            inbox
+                .switchover("main", None, "the test".into())
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = tokio::join!(ask(&first), ask(&second));
+    let (most, _) = sampler.stop().await;
+    eprintln!("first: {}\nsecond: {}", a.summary, b.summary);
+    assert_eq!(u8::from(a.ok) + u8::from(b.ok), 1, "exactly one promotion");
+    let refused = if a.ok { &b } else { &a };
+    assert!(
+        refused.summary.contains("another dbsplice instance"),
+        "{}",
+        refused.summary
+    );
+    assert_eq!(most, 1, "never two writable servers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
