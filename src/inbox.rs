@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cluster::backend::Override;
 use crate::config::{ConfigDiff, ConfigError};
 use crate::health::state::Transition;
+use crate::replication::plan::Server;
 use crate::replication::report::Report;
 
 /// Events waiting for the control module at most; a sender beyond that waits
@@ -50,6 +51,18 @@ pub enum Event {
         origin: String,
         /// What happened.
         reply: oneshot::Sender<Report>,
+    },
+    /// A pool's watcher read every server's replication facts.
+    Topology {
+        /// The pool's name.
+        pool: String,
+        /// Each server as configured and as seen, in config order.
+        servers: Vec<Server>,
+    },
+    /// Fences and rejoins the control module started are over.
+    RepairsDone {
+        /// The pool's name.
+        pool: String,
     },
     /// A switchover the control module started is over.
     PromotionDone {
@@ -253,6 +266,21 @@ impl Inbox {
             reply,
         })
         .await
+    }
+
+    /// Hands the control module what a pool's servers said; an error when
+    /// it has stopped.
+    pub async fn topology(&self, pool: String, servers: Vec<Server>) -> Result<(), Stopped> {
+        self.tx
+            .send(Event::Topology { pool, servers })
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Tells the control module that the repairs it started on `pool` are
+    /// over.
+    pub async fn repairs_done(&self, pool: String) {
+        let _ = self.tx.send(Event::RepairsDone { pool }).await;
     }
 
     /// Tells the control module that a switchover it started is over; it

@@ -95,6 +95,11 @@ pub const POOL_PROMOTIONS: Metric = (
     "dbsplice_pool_promotions_total",
     "Replicas dbsplice promoted to primary, by kind: switchover (asked for) or failover (by itself)",
 );
+/// Failovers found blocked, by reason.
+pub const POOL_FAILOVER_BLOCKED: Metric = (
+    "dbsplice_pool_failover_blocked_total",
+    "Times a dead primary's replacement was found blocked, by reason (counted when the reason changes)",
+);
 /// Writer changes.
 pub const POOL_WRITER_CHANGES: Metric = (
     "dbsplice_pool_writer_changes_total",

@@ -66,6 +66,7 @@ fn describe() {
         POOL_FAILOVERS,
         POOL_WRITER_CHANGES,
         POOL_PROMOTIONS,
+        POOL_FAILOVER_BLOCKED,
         POOL_HOLD_TIMEOUTS,
         POOL_HELD_SERVED,
     ] {
@@ -113,11 +114,15 @@ fn backends(shared: &Shared) {
         counter!(POOL_WRITER_CHANGES.0, "pool" => pool.config.name.clone())
             .absolute(decided.writer_changes);
         if pool.config.replication.is_some() {
+            let r = &decided.replication;
             counter!(POOL_PROMOTIONS.0, "pool" => pool.config.name.clone(), "kind" => "switchover")
-                .absolute(decided.switchovers);
-            // Automatic failover is not carried out yet: none happen.
+                .absolute(r.switchovers);
             counter!(POOL_PROMOTIONS.0, "pool" => pool.config.name.clone(), "kind" => "failover")
-                .absolute(0);
+                .absolute(r.failovers);
+            for reason in crate::replication::plan::Blocked::LABELS {
+                counter!(POOL_FAILOVER_BLOCKED.0, "pool" => pool.config.name.clone(), "reason" => reason)
+                    .absolute(r.blocked.get(reason).copied().unwrap_or(0));
+            }
         }
         gauge!(POOL_HELD.0, "pool" => pool.config.name.clone()).set(pool.waiting.held() as f64);
         counter!(POOL_HOLD_TIMEOUTS.0, "pool" => pool.config.name.clone())

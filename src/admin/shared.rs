@@ -68,12 +68,37 @@ pub struct PoolView {
     pub failovers: u64,
     /// Times a writer pool's writer changed (kept across reloads).
     pub writer_changes: u64,
+    /// A writer pool's last writer, kept when there is none any more.
+    pub last_writer: Option<String>,
+    /// What dbsplice knows and did of the pool's replication.
+    pub replication: ReplicationState,
+}
+
+/// A pool's replication as dbsplice manages it (`[replication]` pools).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplicationState {
+    /// What each server said at the watcher's last look.
+    pub topology: Vec<crate::replication::plan::Server>,
     /// A switchover or failover is being carried out now.
     pub promoting: bool,
+    /// Fences or rejoins are being carried out now.
+    pub repairing: bool,
     /// Switchovers that put a new primary in place.
     pub switchovers: u64,
+    /// Failovers that did.
+    pub failovers: u64,
     /// The last switchover or failover, step by step.
     pub last_promotion: Option<crate::replication::report::Report>,
+    /// Why the dead primary is not replaced now, with its metric label.
+    pub failover_blocked: Option<(&'static str, String)>,
+    /// Times a failover was found blocked, by reason label (counted when
+    /// the reason changes).
+    pub blocked: std::collections::BTreeMap<&'static str, u64>,
+    /// Servers left read-only and out of rotation for a person, with the
+    /// transactions they have that the primary lacks.
+    pub manual_repair: std::collections::BTreeMap<String, u64>,
+    /// No automatic failover before this (the cool-down after one).
+    pub quiet_until: Option<tokio::time::Instant>,
 }
 
 /// Entries the timeline keeps: the oldest go first.

@@ -69,13 +69,52 @@ fn pool(shared: &Shared, pool: &Pool) -> Value {
         "held_clients": pool.waiting.held(),
         "paused_for_seconds": pool.waiting.paused_for().map(|d| d.as_secs_f64()),
         "hold_timeouts": pool.waiting.timeouts(),
-        "replication": pool.config.replication.as_ref().map(|r| json!({
-            "failover": r.failover.as_str(),
-            "promoting": decided.promoting,
-            "switchovers": decided.switchovers,
-            "last_promotion": decided.last_promotion,
-        })),
+        "replication": pool.config.replication.as_ref().map(|r| replication(r, &decided.replication)),
         "backends": backends,
+    })
+}
+
+/// A `[replication]` pool's topology and what dbsplice did with it.
+fn replication(
+    config: &crate::config::replication::ReplicationConfig,
+    state: &crate::admin::shared::ReplicationState,
+) -> Value {
+    use crate::replication::plan::Seen;
+    let topology: Vec<Value> = state
+        .topology
+        .iter()
+        .map(|s| match &s.seen {
+            Seen::Unreachable(why) => json!({ "name": s.name, "reachable": false, "error": why }),
+            Seen::Answered(f) => json!({
+                "name": s.name,
+                "reachable": true,
+                "server_id": f.server_id,
+                "read_only": f.read_only,
+                "gtid_binlog_pos": f.binlog_pos.to_string(),
+                "gtid_current_pos": f.current_pos.to_string(),
+                "replicates_from": f.source.as_ref().map(|src| json!({
+                    "host": src.host,
+                    "port": src.port,
+                    "server_id": src.server_id,
+                    "io_running": src.io_running,
+                    "sql_running": src.sql_running,
+                    "gtid_io_pos": src.io_pos.to_string(),
+                })),
+            }),
+        })
+        .collect();
+    json!({
+        "failover": config.failover.as_str(),
+        "failover_after_seconds": config.failover_after.as_secs_f64(),
+        "rejoin": config.rejoin,
+        "lock": config.lock.as_str(),
+        "promoting": state.promoting,
+        "switchovers": state.switchovers,
+        "failovers": state.failovers,
+        "failover_blocked": state.failover_blocked.as_ref().map(|(_, why)| why),
+        "manual_repair": state.manual_repair,
+        "last_promotion": state.last_promotion,
+        "topology": topology,
     })
 }
 
@@ -117,16 +156,39 @@ fn backend(pool: &Pool, decided: &PoolView, m: &Member) -> Value {
 
 /// `GET /api/backends/NAME/why`: in plain words, per pool, why the backend
 /// does or does not take new sessions. `None` when no backend has that name.
-pub(super) fn why(shared: &Shared, name: &str) -> Option<Value> {
+pub fn why(shared: &Shared, name: &str) -> Option<Value> {
     let snapshot = shared.routes.load();
     let mut answers = Vec::new();
     for pool in snapshot.pools() {
         let decided = shared.pool(&pool.config.name);
         for m in pool.members.iter().filter(|m| m.name == name) {
-            answers.push(json!({ "pool": pool.config.name, "eligible": m.is_eligible(), "why": explain(pool, &decided, m) }));
+            let mut answer = json!({ "pool": pool.config.name, "eligible": m.is_eligible(), "why": explain(pool, &decided, m) });
+            if let (Some(failover), Value::Object(fields)) =
+                (failover_words(&decided, m), &mut answer)
+            {
+                fields.insert("failover".into(), json!(failover));
+            }
+            answers.push(answer);
         }
     }
     (!answers.is_empty()).then(|| json!({ "backend": name, "pools": answers }))
+}
+
+/// What the replication side says of `m`: why the dead primary was not
+/// replaced, or that a former primary waits for a person.
+fn failover_words(decided: &PoolView, m: &Member) -> Option<String> {
+    let r = &decided.replication;
+    if let Some(extra) = r.manual_repair.get(&m.name) {
+        return Some(format!(
+            "manual repair: it has {extra} transaction(s) the primary lacks; left read-only and out of rotation"
+        ));
+    }
+    let dead_primary = decided.writer.is_none()
+        && decided.last_writer.as_deref() == Some(m.state.address.as_str());
+    match &r.failover_blocked {
+        Some((_, why)) if dead_primary => Some(format!("no failover: {why}")),
+        _ => None,
+    }
 }
 
 /// The status page's word for where a member stands, one of a few fixed

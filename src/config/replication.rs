@@ -126,13 +126,6 @@ fn named(
 
 /// Durations that leave time, and only the failover mode this version has.
 fn timing(key: &str, raw: &RawReplication, problems: &mut Problems) {
-    if raw.failover == Some(FailoverMode::Auto) {
-        problems.add(
-            format!("{key}.failover"),
-            "\"auto\" is not carried out by this version of dbsplice yet: write \"off\" and ask for \
-             a switchover (dbsplice switchover POOL) or promote with an external tool",
-        );
-    }
     for (field, value) in [
         ("failover_after", raw.failover_after),
         ("catch_up_timeout", raw.catch_up_timeout),

@@ -160,11 +160,8 @@ fn pool_memory(pool: &Pool, decision: &Decision, before: &PoolMemory) -> PoolMem
             + u64::from(tier == Some(Tier::Standby) && before.tier == Some(Tier::Primary)),
         writer_changes: before.writer_changes
             + u64::from(before.writer.is_some() && writer != before.writer),
+        last_writer: writer.clone().or_else(|| before.last_writer.clone()),
         writer,
-        // Kept by the promotion code, not decided here.
-        promoting: before.promoting,
-        switchovers: before.switchovers,
-        last_promotion: before.last_promotion.clone(),
     }
 }
 

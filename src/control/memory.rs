@@ -17,6 +17,10 @@ pub struct Memory {
     members: HashMap<(String, String), MemberMemory>,
     /// By pool name.
     pools: HashMap<String, PoolMemory>,
+    /// By pool name: replication managed by dbsplice.
+    replication: HashMap<String, crate::admin::shared::ReplicationState>,
+    /// By backend address: since when its checker has found it down.
+    down_since: HashMap<String, tokio::time::Instant>,
     /// What the last decisions changed, in words, for the timeline.
     notes: Vec<(&'static str, String)>,
 }
@@ -47,12 +51,9 @@ pub struct PoolMemory {
     pub failovers: u64,
     /// Times a writer pool's writer changed.
     pub writer_changes: u64,
-    /// A switchover or failover is being carried out now.
-    pub promoting: bool,
-    /// Switchovers that put a new primary in place.
-    pub switchovers: u64,
-    /// The last switchover or failover, however it ended.
-    pub last_promotion: Option<crate::replication::report::Report>,
+    /// A writer pool's last writer, kept when there is none any more: the
+    /// primary a failover replaces.
+    pub last_writer: Option<String>,
 }
 
 impl Memory {
@@ -66,6 +67,25 @@ impl Memory {
     /// The memory of `pool`, new if never decided.
     pub fn pool(&mut self, pool: &str) -> &mut PoolMemory {
         self.pools.entry(pool.to_owned()).or_default()
+    }
+
+    /// The replication state of `pool`, new if never touched.
+    pub fn replication(&mut self, pool: &str) -> &mut crate::admin::shared::ReplicationState {
+        self.replication.entry(pool.to_owned()).or_default()
+    }
+
+    /// Notes a health transition of `address` for the failover clock.
+    pub fn health_changed(&mut self, address: &str, down: bool, now: tokio::time::Instant) {
+        if down {
+            self.down_since.entry(address.to_owned()).or_insert(now);
+        } else {
+            self.down_since.remove(address);
+        }
+    }
+
+    /// Since when `address` has been down, if it is.
+    pub fn down_since(&self, address: &str) -> Option<tokio::time::Instant> {
+        self.down_since.get(address).copied()
     }
 
     /// Records a change for the timeline.
@@ -126,9 +146,8 @@ impl Memory {
             lagged_out,
             failovers: memory.failovers,
             writer_changes: memory.writer_changes,
-            promoting: memory.promoting,
-            switchovers: memory.switchovers,
-            last_promotion: memory.last_promotion,
+            last_writer: memory.last_writer,
+            replication: self.replication.get(pool).cloned().unwrap_or_default(),
         }
     }
 }

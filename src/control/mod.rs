@@ -98,6 +98,8 @@ pub struct Control {
     life: Lifecycle,
     /// Where the control module's own later steps are sent.
     inbox: Inbox,
+    /// The replication watchers, by pool.
+    watchers: std::collections::HashMap<String, CancellationToken>,
 }
 
 /// How often a resume waiting for fresh probes looks whether they are done.
@@ -140,6 +142,7 @@ pub fn start(
         shared: Arc::clone(&shared),
         life: life.clone(),
         inbox: inbox.clone(),
+        watchers: std::collections::HashMap::new(),
     };
     control.supervisor.reconcile(
         &control.routes.load().config,
@@ -150,6 +153,7 @@ pub fn start(
     for b in bound {
         control.listeners.start(b)?;
     }
+    control.reconcile_watchers();
     control.listeners.publish(&shared);
     life.tasks.spawn(control.run(events));
     Ok(Started {
@@ -274,6 +278,8 @@ impl Control {
                 address,
                 transition: Some(t),
             } => self.note_transition(&address, t),
+            Event::Topology { pool, servers } => self.topology(pool, servers),
+            Event::RepairsDone { pool } => self.repairs_done(&pool),
             Event::Health { .. } => {}
             Event::Ping { reply } => {
                 let _ = reply.send(());
@@ -315,7 +321,15 @@ impl Control {
 
     /// Puts a backend's change of health on the timeline, by its names in
     /// the pools and its address.
-    fn note_transition(&self, address: &str, t: Transition) {
+    /// Notes a health transition: for the failover clock and the timeline.
+    fn note_transition(&mut self, address: &str, t: Transition) {
+        let down = t.to == Health::Down;
+        self.memory
+            .health_changed(address, down, tokio::time::Instant::now());
+        self.note_on_timeline(address, t);
+    }
+
+    fn note_on_timeline(&self, address: &str, t: Transition) {
         let snapshot = self.routes.load();
         let mut names: Vec<&str> = snapshot
             .pools()

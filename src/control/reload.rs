@@ -166,6 +166,7 @@ impl Control {
             &self.life.tasks,
             &self.life.stop_checks,
         );
+        self.reconcile_watchers();
         evict_removed(&current, &next);
         // What a kept member was decided stays; a removed one, or an address
         // that now resolves to another server, starts over.

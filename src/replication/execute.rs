@@ -560,6 +560,158 @@ fn redact(sql: &str) -> String {
     }
 }
 
+/// Promotes `plan.new` in place of the dead primary `plan.old`: takes the
+/// lock, has the candidate apply everything it received, promotes it and
+/// re-points the other replicas. New clients are held meanwhile by the
+/// pool's `hold_timeout` (no server takes writes).
+pub async fn failover(
+    pool: &PoolConfig,
+    admins: Vec<Prober>,
+    inbox: Inbox,
+    servers: &[Server],
+    plan: &plan::FailoverPlan,
+) -> Report {
+    let origin = "automatic failover".to_owned();
+    let Some(replication) = pool.replication.as_ref() else {
+        return refused(
+            pool,
+            &origin,
+            Vec::new(),
+            None,
+            "the pool has no [replication] table".into(),
+        );
+    };
+    let mut ctx = Ctx {
+        admins,
+        pool,
+        replication,
+        inbox,
+        steps: Vec::new(),
+        started_unix: super::report::unix_now(),
+    };
+    let name = |i: usize| servers.get(i).map(|s| s.name.clone());
+    let lock = match take_lock(&mut ctx).await {
+        Ok(lock) => lock,
+        Err(why) => {
+            let mut report = refused(pool, &origin, ctx.steps, name(plan.old), why);
+            report.kind = "failover";
+            return report;
+        }
+    };
+    let outcome = promote_replica(&mut ctx, servers, plan).await;
+    drop(lock);
+    let as_switchover = plan::SwitchoverPlan {
+        old: plan.old,
+        new: plan.new,
+        others: plan.others.clone(),
+    };
+    let mut report = finished(ctx, origin, servers, &as_switchover, outcome);
+    report.kind = "failover";
+    report
+}
+
+/// Applies, promotes, re-points: the failover's steps after the lock.
+async fn promote_replica(
+    ctx: &mut Ctx<'_>,
+    servers: &[Server],
+    plan: &plan::FailoverPlan,
+) -> Result<(), String> {
+    let new = servers
+        .get(plan.new)
+        .ok_or("the plan names a server the pool does not have")?;
+    catch_up(ctx, new, plan.new, &plan.apply.to_string()).await?;
+    let promote = [
+        "STOP SLAVE",
+        "RESET SLAVE ALL",
+        "SET GLOBAL read_only = OFF",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Err(why) = ctx
+        .step(
+            format!("promote {}", new.name),
+            plan.new,
+            promote,
+            Duration::ZERO,
+        )
+        .await
+    {
+        // Half promoted is not promoted: read-only again, or say so.
+        let back = vec!["SET GLOBAL read_only = ON".to_owned()];
+        let name = format!("make {} read-only again", new.name);
+        return Err(match ctx.step(name, plan.new, back, Duration::ZERO).await {
+            Ok(_) => why,
+            Err(e) => format!("{why}; and {} may be writable: {e}", new.name),
+        });
+    }
+    for &i in &plan.others {
+        if let Some(s) = servers.get(i) {
+            let _ = repoint(ctx, s, i, new, None).await;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `server` (a former primary writable beside the primary) read-only.
+pub async fn fence(
+    pool: &PoolConfig,
+    admins: Vec<Prober>,
+    inbox: Inbox,
+    server: &Server,
+    at: usize,
+) -> Result<(), String> {
+    let Some(replication) = pool.replication.as_ref() else {
+        return Err("the pool has no [replication] table".into());
+    };
+    let mut ctx = Ctx {
+        admins,
+        pool,
+        replication,
+        inbox,
+        steps: Vec::new(),
+        started_unix: super::report::unix_now(),
+    };
+    let sql = vec!["SET GLOBAL read_only = ON".to_owned()];
+    ctx.step(
+        format!("fence {}: make it read-only", server.name),
+        at,
+        sql,
+        Duration::ZERO,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Points `server`, read-only and replicating from no one, at `primary`,
+/// from its own last transaction.
+pub async fn rejoin(
+    pool: &PoolConfig,
+    admins: Vec<Prober>,
+    inbox: Inbox,
+    server: &Server,
+    at: usize,
+    primary: &Server,
+) -> Result<(), String> {
+    let Some(replication) = pool.replication.as_ref() else {
+        return Err("the pool has no [replication] table".into());
+    };
+    let own = match &server.seen {
+        plan::Seen::Answered(f) => f.current_pos.to_string(),
+        plan::Seen::Unreachable(why) => return Err(why.clone()),
+    };
+    let mut ctx = Ctx {
+        admins,
+        pool,
+        replication,
+        inbox,
+        steps: Vec::new(),
+        started_unix: super::report::unix_now(),
+    };
+    repoint(&mut ctx, server, at, primary, Some(&own))
+        .await
+        .map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

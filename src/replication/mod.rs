@@ -11,3 +11,4 @@ pub mod gtid;
 pub mod observe;
 pub mod plan;
 pub mod report;
+pub mod watch;

@@ -13,7 +13,8 @@ use crate::mysql::resultset::{QueryOutcome, TextResult};
 /// The statements that read one MariaDB server's replication facts.
 pub const MARIADB: [&str; 2] = [
     "SELECT @@server_id AS server_id, @@read_only AS read_only, \
-     @@gtid_binlog_pos AS binlog_pos, @@gtid_current_pos AS current_pos",
+     @@gtid_binlog_pos AS binlog_pos, @@gtid_current_pos AS current_pos, \
+     @@gtid_binlog_state AS binlog_state",
     "SHOW SLAVE STATUS",
 ];
 
@@ -47,6 +48,7 @@ pub async fn pool(admins: &[Prober], pool: &PoolConfig, timeout: Duration) -> Ve
             tier: b.tier,
             candidate: b.candidate,
             seen,
+            last_server_id: None,
         })
         .collect()
 }
@@ -89,6 +91,7 @@ pub fn facts_from(answers: &[QueryOutcome]) -> Result<ServerFacts, String> {
             sql_running: col("Slave_SQL_Running").eq_ignore_ascii_case("Yes"),
             using_gtid: !col("Using_Gtid").eq_ignore_ascii_case("No")
                 && !col("Using_Gtid").is_empty(),
+            io_pos: GtidPos::parse(col("Gtid_IO_Pos")).unwrap_or_default(),
         }
     });
     Ok(ServerFacts {
@@ -98,6 +101,7 @@ pub fn facts_from(answers: &[QueryOutcome]) -> Result<ServerFacts, String> {
         read_only: var("read_only") == "1" || var("read_only").eq_ignore_ascii_case("ON"),
         binlog_pos: pos("binlog_pos")?,
         current_pos: pos("current_pos")?,
+        binlog_state: pos("binlog_state")?,
         source,
     })
 }

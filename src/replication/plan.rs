@@ -25,6 +25,10 @@ pub struct ServerFacts {
     /// `@@gtid_current_pos`: the most recent of its own and its applied
     /// transactions.
     pub current_pos: GtidPos,
+    /// `@@gtid_binlog_state`: the last transaction of each server in each
+    /// domain of its binary log (replicas log what they apply with
+    /// `log_slave_updates`).
+    pub binlog_state: GtidPos,
     /// Whom it replicates from, if anyone.
     pub source: Option<Source>,
 }
@@ -44,6 +48,8 @@ pub struct Source {
     pub sql_running: bool,
     /// `Using_Gtid` is not `No`.
     pub using_gtid: bool,
+    /// `Gtid_IO_Pos`: what it has received from the primary, applied or not.
+    pub io_pos: GtidPos,
 }
 
 /// One server of the pool, as configured and as seen.
@@ -61,6 +67,19 @@ pub struct Server {
     pub candidate: bool,
     /// What it said.
     pub seen: Seen,
+    /// Its `server_id` when it last answered, if it ever did: how its
+    /// replicas name it (`Master_Server_Id`) once it is gone.
+    pub last_server_id: Option<u32>,
+}
+
+impl Server {
+    /// Whether `source` is a link to this server: by server id, or by the
+    /// host and port the config writes.
+    fn is_source(&self, source: &Source) -> bool {
+        let id = self.facts().map(|f| f.server_id).or(self.last_server_id);
+        id.is_some_and(|id| id != 0 && source.server_id == id)
+            || (source.host == self.host && source.port == self.port)
+    }
 }
 
 impl Server {
@@ -238,6 +257,223 @@ fn most_advanced(
             reasons.join("; ")
         })
     })
+}
+
+/// A failover to carry out, by index into the servers given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverPlan {
+    /// The dead primary.
+    pub old: usize,
+    /// The replica to promote.
+    pub new: usize,
+    /// What `new` has received: it applies all of it before taking writes.
+    pub apply: GtidPos,
+    /// The other reachable replicas, to re-point at `new`.
+    pub others: Vec<usize>,
+}
+
+/// Why a failover does not happen now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Blocked {
+    /// dbsplice's admin login still reaches the primary.
+    #[error("the primary {0} still answers dbsplice's admin login")]
+    PrimaryAnswers(String),
+    /// A replica still receives from the primary: cut off from dbsplice
+    /// alone is not dead.
+    #[error("replica {0} still sees the primary (its IO thread is connected)")]
+    ReplicaSeesPrimary(String),
+    /// Another server already takes writes.
+    #[error("{0} is writable already")]
+    AnotherWriter(String),
+    /// No replica may be promoted; each one's reason.
+    #[error("no replica can be promoted: {0}")]
+    NoCandidate(String),
+}
+
+impl Blocked {
+    /// Every `reason` label, for metrics that show each from zero.
+    pub const LABELS: [&'static str; 5] = [
+        "primary_answers",
+        "replica_sees_primary",
+        "another_writer",
+        "no_candidate",
+        // A failover that was tried and did not happen (lock, catch-up).
+        "attempt_failed",
+    ];
+
+    /// The `reason` label of `dbsplice_pool_failover_blocked_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Blocked::PrimaryAnswers(_) => "primary_answers",
+            Blocked::ReplicaSeesPrimary(_) => "replica_sees_primary",
+            Blocked::AnotherWriter(_) => "another_writer",
+            Blocked::NoCandidate(_) => "no_candidate",
+        }
+    }
+}
+
+/// Plans the promotion of a replica in place of `old`, the primary the
+/// checks found dead: only when no reachable server still answers as or
+/// reaches it, and only a replica of it that received with GTID and has
+/// nothing of its own (the most advanced by what it received; ties by
+/// tier, then config order).
+pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked> {
+    let primary = servers
+        .get(old)
+        .ok_or_else(|| Blocked::NoCandidate("no primary".into()))?;
+    if primary.facts().is_some() {
+        return Err(Blocked::PrimaryAnswers(primary.name.clone()));
+    }
+    let followers = |s: &Server| {
+        s.facts()
+            .and_then(|f| f.source.as_ref())
+            .is_some_and(|src| primary.is_source(src))
+    };
+    for (i, s) in servers.iter().enumerate() {
+        let Some(f) = s.facts() else { continue };
+        if i != old && !f.read_only {
+            return Err(Blocked::AnotherWriter(s.name.clone()));
+        }
+        if followers(s) && f.source.as_ref().is_some_and(|src| src.io_running) {
+            return Err(Blocked::ReplicaSeesPrimary(s.name.clone()));
+        }
+    }
+    let mut best: Option<(usize, &Source)> = None;
+    let mut reasons = Vec::new();
+    for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != old) {
+        match failover_candidate(s, followers(s)) {
+            Err(why) => reasons.push(format!("{}: {why}", s.name)),
+            Ok(src) => {
+                let better = best.is_none_or(|(b, bsrc)| {
+                    let ahead =
+                        src.io_pos.contains(&bsrc.io_pos) && !bsrc.io_pos.contains(&src.io_pos);
+                    let level = src.io_pos == bsrc.io_pos;
+                    let tier = |j: usize| servers.get(j).map(|s| s.tier);
+                    ahead || (level && tier(i) < tier(b))
+                });
+                if better {
+                    best = Some((i, src));
+                }
+            }
+        }
+    }
+    let (new, src) = best.ok_or_else(|| Blocked::NoCandidate(reasons.join("; ")))?;
+    let others = (0..servers.len())
+        .filter(|&i| i != old && i != new)
+        .filter(|&i| servers.get(i).and_then(Server::facts).is_some())
+        .collect();
+    Ok(FailoverPlan {
+        old,
+        new,
+        apply: src.io_pos.clone(),
+        others,
+    })
+}
+
+/// Whether `server`, a replica of the dead primary when `follows`, may
+/// replace it; its link to the primary if so.
+fn failover_candidate(server: &Server, follows: bool) -> Result<&Source, String> {
+    let facts = match &server.seen {
+        Seen::Answered(f) => f,
+        Seen::Unreachable(why) => return Err(format!("unreachable ({why})")),
+    };
+    if !server.candidate {
+        return Err("candidate = false in the config".into());
+    }
+    let Some(source) = facts.source.as_ref().filter(|_| follows) else {
+        return Err("it does not replicate from the primary".into());
+    };
+    if !source.using_gtid {
+        return Err("it replicates without GTID (Using_Gtid = No)".into());
+    }
+    // Applied but never received: written on the replica itself.
+    let errant = facts.current_pos.ahead_of(&source.io_pos);
+    if errant > 0 {
+        return Err(format!(
+            "it has {errant} transaction(s) of its own (errant GTIDs, {} against {} received)",
+            facts.current_pos, source.io_pos
+        ));
+    }
+    Ok(source)
+}
+
+/// What to do with a server that takes writes beside the pool's primary,
+/// or one that replicates from no one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// Writable beside the primary, with no replica of its own: a former
+    /// primary back from the dead. Make it read-only at once.
+    Fence(usize),
+    /// Read-only, replicating from no one, with nothing the primary lacks:
+    /// point it at the primary.
+    Rejoin {
+        /// The server.
+        server: usize,
+        /// The primary.
+        primary: usize,
+    },
+    /// Read-only, replicating from no one, with transactions the primary
+    /// lacks: left for a person, out of rotation.
+    ManualRepair {
+        /// The server.
+        server: usize,
+        /// Transactions it has that the primary lacks.
+        extra: u64,
+    },
+}
+
+/// The repairs the topology calls for: the primary is the writable server
+/// the replicas follow; any other writable server is fenced, and servers
+/// that replicate from no one are rejoined (with `rejoin`) or reported.
+/// Nothing when who is primary is not clear.
+pub fn repairs(servers: &[Server], rejoin: bool) -> Vec<Repair> {
+    let writable: Vec<usize> = (0..servers.len())
+        .filter(|&i| {
+            servers
+                .get(i)
+                .and_then(Server::facts)
+                .is_some_and(|f| !f.read_only)
+        })
+        .collect();
+    let followed = |i: usize| {
+        let Some(p) = servers.get(i) else {
+            return false;
+        };
+        servers
+            .iter()
+            .filter_map(Server::facts)
+            .any(|f| f.source.as_ref().is_some_and(|s| p.is_source(s)))
+    };
+    let led: Vec<usize> = writable.iter().copied().filter(|&i| followed(i)).collect();
+    let primary = match (writable.as_slice(), led.as_slice()) {
+        ([one], _) | (_, [one]) => *one,
+        _ => return Vec::new(),
+    };
+    let Some(pf) = servers.get(primary).and_then(Server::facts) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Repair> = writable
+        .iter()
+        .copied()
+        .filter(|&i| i != primary)
+        .map(Repair::Fence)
+        .collect();
+    for (i, s) in servers.iter().enumerate() {
+        let Some(f) = s.facts() else { continue };
+        if i == primary || !f.read_only || f.source.is_some() {
+            continue;
+        }
+        // Server by server: a former primary's last transactions that never
+        // left it are missing here even when the new primary's sequence
+        // numbers went past them.
+        let extra = f.binlog_state.state_ahead_of(&pf.binlog_state);
+        out.push(match (extra, rejoin) {
+            (0, true) => Repair::Rejoin { server: i, primary },
+            (0, false) => continue,
+            (extra, _) => Repair::ManualRepair { server: i, extra },
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ fn primary(id: u32, at: &str) -> Seen {
         read_only: false,
         binlog_pos: pos(at),
         current_pos: pos(at),
+        binlog_state: pos(at),
         source: None,
     })
 }
@@ -23,25 +24,29 @@ fn replica(id: u32, of: u32, at: &str) -> Seen {
         read_only: true,
         binlog_pos: GtidPos::default(),
         current_pos: pos(at),
+        binlog_state: pos(at),
         source: Some(Source {
             host: "127.0.0.1".into(),
-            port: 3306,
+            port: 3300 + u16::try_from(of).unwrap(),
             server_id: of,
             io_running: true,
             sql_running: true,
             using_gtid: true,
+            io_pos: pos(at),
         }),
     })
 }
 
+/// A server named `dbN` listens on port 3300 + N.
 fn server(name: &str, seen: Seen) -> Server {
     Server {
         name: name.into(),
         host: "127.0.0.1".into(),
-        port: 3306,
+        port: 3300 + name[2..].parse::<u16>().unwrap(),
         tier: Tier::Primary,
         candidate: true,
         seen,
+        last_server_id: None,
     }
 }
 
@@ -159,4 +164,156 @@ fn unreachable_replicas_are_left_out_of_the_re_pointing() {
     servers[1].seen = Seen::Unreachable("timeout".into());
     let plan = switchover(&servers, None).unwrap();
     assert_eq!((plan.new, plan.others), (2, vec![]));
+}
+
+/// The primary db1 is dead; db2 and db3 replicated from it.
+fn dead_primary() -> Vec<Server> {
+    let mut servers = three();
+    servers[0].seen = Seen::Unreachable("connection refused".into());
+    for s in &mut servers[1..] {
+        if let Seen::Answered(f) = &mut s.seen {
+            f.source.as_mut().unwrap().io_running = false;
+        }
+    }
+    servers
+}
+
+fn source_of(s: &mut Server) -> &mut Source {
+    match &mut s.seen {
+        Seen::Answered(f) => f.source.as_mut().unwrap(),
+        Seen::Unreachable(_) => panic!("unreachable"),
+    }
+}
+
+#[test]
+fn a_failover_promotes_what_received_most_and_applies_it_first() {
+    let mut servers = dead_primary();
+    // db2 received more than it applied; db3 applied all it received.
+    source_of(&mut servers[1]).io_pos = pos("0-1-101");
+    let plan = failover(&servers, 0).unwrap();
+    assert_eq!((plan.new, plan.others.clone()), (1, vec![2]));
+    assert_eq!(plan.apply, pos("0-1-101"), "it applies its relay log first");
+    // The dead primary's port differs from the replicas' Master_Port (a
+    // name the config does not use): its last server id still ties them.
+    for s in &mut servers[1..] {
+        source_of(s).port = 9999;
+    }
+    assert!(failover(&servers, 0).is_err(), "no follower known");
+    servers[0].last_server_id = Some(1);
+    assert_eq!(failover(&servers, 0).unwrap().new, 1);
+}
+
+#[test]
+fn a_failover_is_blocked_while_anything_still_sees_the_primary() {
+    type Edit = fn(&mut Vec<Server>);
+    let table: [(&str, Edit, &str, &str); 5] = [
+        (
+            "dbsplice reaches it",
+            |s| s[0].seen = primary(1, "0-1-100"),
+            "primary_answers",
+            "db1 still answers",
+        ),
+        (
+            "a replica sees it",
+            |s| source_of(&mut s[2]).io_running = true,
+            "replica_sees_primary",
+            "replica db3 still sees the primary",
+        ),
+        (
+            "promoted already",
+            |s| {
+                if let Seen::Answered(f) = &mut s[1].seen {
+                    f.read_only = false;
+                }
+            },
+            "another_writer",
+            "db2 is writable already",
+        ),
+        (
+            "errant",
+            |s| {
+                if let Seen::Answered(f) = &mut s[1].seen {
+                    f.current_pos = pos("0-2-101");
+                }
+                s[2].candidate = false;
+            },
+            "no_candidate",
+            "db2: it has 3 transaction(s) of its own",
+        ),
+        (
+            "no one left",
+            |s| {
+                s[1].seen = Seen::Unreachable("timeout".into());
+                s[2].seen = Seen::Unreachable("timeout".into());
+            },
+            "no_candidate",
+            "db3: unreachable (timeout)",
+        ),
+    ];
+    for (what, edit, label, words) in table {
+        let mut servers = dead_primary();
+        edit(&mut servers);
+        let blocked = failover(&servers, 0).expect_err(what);
+        assert_eq!(blocked.label(), label, "{what}");
+        assert!(blocked.to_string().contains(words), "{what}: {blocked}");
+    }
+}
+
+#[test]
+fn a_returning_primary_is_fenced_then_rejoined_or_left_for_repair() {
+    // db2 was promoted and db3 follows it; db1 is back, writable.
+    let mut servers = vec![
+        server("db1", primary(1, "0-1-100")),
+        server("db2", primary(2, "0-2-105")),
+        server("db3", replica(3, 2, "0-2-105")),
+    ];
+    // It logged what it received from db1 (log_slave_updates).
+    if let Seen::Answered(f) = &mut servers[1].seen {
+        f.binlog_state = pos("0-1-100,0-2-105");
+    }
+    assert_eq!(repairs(&servers, true), vec![Repair::Fence(0)]);
+    // Fenced: read-only, and contained in the new primary's history.
+    if let Seen::Answered(f) = &mut servers[0].seen {
+        f.read_only = true;
+    }
+    assert_eq!(
+        repairs(&servers, true),
+        vec![Repair::Rejoin {
+            server: 0,
+            primary: 1
+        }]
+    );
+    assert_eq!(
+        repairs(&servers, false),
+        vec![],
+        "rejoin = false leaves it be"
+    );
+    // The new primary received db1's transactions up to 0-1-100 and wrote
+    // on as server 2; db1 also logged 0-1-101, which never left it.
+    if let Seen::Answered(f) = &mut servers[1].seen {
+        f.binlog_state = pos("0-1-100,0-2-105");
+    }
+    assert_eq!(
+        repairs(&servers, true),
+        vec![Repair::Rejoin {
+            server: 0,
+            primary: 1
+        }]
+    );
+    if let Seen::Answered(f) = &mut servers[0].seen {
+        f.binlog_state = pos("0-1-101");
+    }
+    assert_eq!(
+        repairs(&servers, true),
+        vec![Repair::ManualRepair {
+            server: 0,
+            extra: 1
+        }]
+    );
+    // Two writable and no replica following either: nothing is clear.
+    let unclear = vec![
+        server("db1", primary(1, "0-1-1")),
+        server("db2", primary(2, "0-1-1")),
+    ];
+    assert_eq!(repairs(&unclear, true), vec![]);
 }

@@ -13,6 +13,7 @@
 
 mod support;
 
+mod auto_failover;
 mod balancing;
 mod checks;
 mod cli;

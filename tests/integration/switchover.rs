@@ -22,8 +22,13 @@ const ADMIN_PASSWORD: &str = "adminpw";
 const GRANTS: &str = "RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR, BINLOG MONITOR, CONNECTION ADMIN";
 
 /// A cluster with the documented admin user on every server.
-async fn cluster() -> Cluster {
-    let cluster = Cluster::start(2).await;
+pub(crate) async fn cluster() -> Cluster {
+    prepare(Cluster::start(2).await).await
+}
+
+/// The documented admin user and the test's table, on every server of
+/// `cluster` (written on the primary, waited for on the replicas).
+pub(crate) async fn prepare(cluster: Cluster) -> Cluster {
     let mut primary = cluster.servers[0].admin().await;
     for sql in [
         format!("CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{ADMIN_PASSWORD}'"),
@@ -55,6 +60,11 @@ async fn cluster() -> Cluster {
 /// dbsplice with writer pool `main` over the cluster, its servers named
 /// db1, db2, db3, and `settings` in its `[replication]` table.
 async fn proxy(cluster: &Cluster, settings: &str) -> Proxy {
+    proxy_with(cluster, "", settings).await
+}
+
+/// [`proxy`] with `pool` settings too (before the `[replication]` table).
+pub(crate) async fn proxy_with(cluster: &Cluster, pool: &str, settings: &str) -> Proxy {
     let backends: Vec<String> = cluster
         .servers
         .iter()
@@ -68,7 +78,7 @@ async fn proxy(cluster: &Cluster, settings: &str) -> Proxy {
         })
         .collect();
     let body = format!(
-        "role = \"writer\"\n{}[pool.main.replication]\nuser = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\n\
+        "role = \"writer\"\n{pool}\n{}[pool.main.replication]\nuser = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\n\
          replication_user = \"{USER}\"\nreplication_password = \"{PASSWORD}\"\n{settings}\n",
         mysql_check(CHECK_USER, CHECK_PASSWORD, "")
     );
@@ -86,16 +96,22 @@ async fn proxy(cluster: &Cluster, settings: &str) -> Proxy {
 /// writable at once. Each server is read twice, forward then backward, and
 /// counts as writable only when both reads say so, so that one server
 /// turning read-only while the next turns writable is not two writers.
-struct Sampler {
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<(usize, u64)>,
 }
 
 impl Sampler {
-    async fn start(cluster: &Cluster) -> Sampler {
+    pub(crate) async fn start(cluster: &Cluster) -> Sampler {
+        let all: Vec<usize> = (0..cluster.servers.len()).collect();
+        Sampler::start_some(cluster, &all).await
+    }
+
+    /// Samples only the servers at `which` (those that stay up).
+    pub(crate) async fn start_some(cluster: &Cluster, which: &[usize]) -> Sampler {
         let mut conns = Vec::new();
-        for s in &cluster.servers {
-            conns.push(s.admin().await);
+        for &i in which {
+            conns.push(cluster.servers[i].admin().await);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
@@ -121,27 +137,27 @@ impl Sampler {
         Sampler { stop, handle }
     }
 
-    async fn stop(self) -> (usize, u64) {
+    pub(crate) async fn stop(self) -> (usize, u64) {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.await.unwrap()
     }
 }
 
-async fn writable(c: &mut mysql_async::Conn) -> bool {
+pub(crate) async fn writable(c: &mut mysql_async::Conn) -> bool {
     let read_only: Option<u8> = c.query_first("SELECT @@read_only").await.unwrap();
     read_only == Some(0)
 }
 
 /// New connections through dbsplice, each writing one row: failed
 /// connections, refused writes, and the rows acknowledged.
-struct Writers {
+pub(crate) struct Writers {
     stop: Arc<AtomicBool>,
     failed: Arc<AtomicU64>,
     handle: tokio::task::JoinHandle<(Vec<u64>, u64)>,
 }
 
 impl Writers {
-    fn start(addr: std::net::SocketAddr) -> Writers {
+    pub(crate) fn start(addr: std::net::SocketAddr) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicU64::new(0));
         let handle = {
@@ -180,7 +196,7 @@ impl Writers {
         }
     }
 
-    async fn stop(self) -> (u64, Vec<u64>, u64) {
+    pub(crate) async fn stop(self) -> (u64, Vec<u64>, u64) {
         self.stop.store(true, Ordering::SeqCst);
         let (acked, refused) = self.handle.await.unwrap();
         (self.failed.load(Ordering::SeqCst), acked, refused)
@@ -188,7 +204,7 @@ impl Writers {
 }
 
 /// Whether `id` has arrived on `server`, waiting up to ten seconds.
-async fn arrives(server: &crate::support::mariadb::MariaDb, id: u64) -> bool {
+pub(crate) async fn arrives(server: &crate::support::mariadb::MariaDb, id: u64) -> bool {
     wait_until(Duration::from_secs(10), || async {
         let mut c = server.admin().await;
         let n: Option<u64> = c

@@ -38,6 +38,25 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`] with the primary inside `netns` (on its address,
+    /// port 3306) and the replicas on the test's loopback: a link the test
+    /// can cut between dbsplice and the primary alone.
+    pub async fn start_with_primary_in(netns: &super::netns::Netns, replicas: usize) -> Cluster {
+        let primary = MariaDb::start_in_with(netns, &args(0)).await;
+        let starts: Vec<_> = (1..=replicas)
+            .map(|i| tokio::spawn(async move { MariaDb::start_with(&args(i)).await }))
+            .collect();
+        let mut servers = vec![primary];
+        for start in starts {
+            servers.push(start.await.unwrap());
+        }
+        let host = netns.ip.to_string();
+        for replica in &servers[1..] {
+            replicate_from_host(replica, &host, 3306).await;
+        }
+        Cluster { servers }
+    }
+
     /// The promote drill: on `new_primary`, stop replicating and take writes;
     /// point the other live replicas at it.
     pub async fn promote(&self, new_primary: usize, others: &[usize]) {
@@ -56,10 +75,14 @@ impl Cluster {
 }
 
 async fn replicate_from(replica: &MariaDb, primary_port: u16) {
+    replicate_from_host(replica, "127.0.0.1", primary_port).await;
+}
+
+async fn replicate_from_host(replica: &MariaDb, host: &str, primary_port: u16) {
     let mut admin = replica.admin().await;
     admin
         .query_drop(format!(
-            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary_port}, MASTER_USER='{USER}', \
+            "CHANGE MASTER TO MASTER_HOST='{host}', MASTER_PORT={primary_port}, MASTER_USER='{USER}', \
              MASTER_PASSWORD='{PASSWORD}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1"
         ))
         .await

@@ -71,6 +71,11 @@ impl MariaDb {
         MariaDb::start_on(Some(netns), &[]).await
     }
 
+    /// [`MariaDb::start_in`] with extra `mariadbd` arguments.
+    pub async fn start_in_with(netns: &Netns, extra_args: &[String]) -> MariaDb {
+        MariaDb::start_on(Some(netns), extra_args).await
+    }
+
     /// Starts a server on a copy of another one's datadir (a stopped one's),
     /// with extra `mariadbd` arguments.
     pub async fn start_from(datadir: &Path, extra_args: &[String]) -> MariaDb {
@@ -398,9 +403,12 @@ fn remove_stale_dirs() {
 }
 
 /// Accounts every test server has. mariadbd runs an init file one
-/// statement per line.
+/// statement per line, at every start: kept out of the binary log, or each
+/// restart of a former primary would write transactions its new primary
+/// never had (and dbsplice would rightly refuse to rejoin it).
 fn init_sql() -> String {
     [
+        "SET sql_log_bin = 0;".to_owned(),
         format!("CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';"),
         format!("GRANT ALL ON *.* TO '{USER}'@'%' WITH GRANT OPTION;"),
         format!("CREATE USER IF NOT EXISTS '{CHECK_USER}'@'%' IDENTIFIED BY '{CHECK_PASSWORD}';"),
