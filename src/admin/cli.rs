@@ -182,7 +182,7 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
         return Err(CliError::Refused { status, why });
     }
     Ok(match action {
-        Action::Status => table(&value),
+        Action::Status => table(&value) + &replication(&value),
         Action::Reload => value
             .get("outcome")
             .and_then(Value::as_str)
@@ -263,6 +263,96 @@ fn with_for(path: &str, until: Option<&str>) -> String {
 /// A field of a JSON object, `Null` when absent.
 fn at<'a>(value: &'a Value, key: &str) -> &'a Value {
     value.get(key).unwrap_or(&Value::Null)
+}
+
+/// Each `[replication]` pool's topology and last promotion, as lines.
+pub fn replication(status: &Value) -> String {
+    let mut out = String::new();
+    for pool in at(status, "pools").as_array().into_iter().flatten() {
+        let r = at(pool, "replication");
+        if r.is_null() {
+            continue;
+        }
+        let name = at(pool, "name").as_str().unwrap_or_default();
+        out.push_str(&format!(
+            "\nreplication of {name}: failover {}, {} switchover(s), {} failover(s)\n",
+            at(r, "failover").as_str().unwrap_or("off"),
+            at(r, "switchovers"),
+            at(r, "failovers")
+        ));
+        for s in at(r, "topology").as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}\n", server_line(s)));
+        }
+        if let Some(why) = at(r, "failover_blocked").as_str() {
+            out.push_str(&format!("  no failover: {why}\n"));
+        }
+        for (server, extra) in at(r, "manual_repair").as_object().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {server} needs a manual repair: {extra} transaction(s) the primary lacks\n"
+            ));
+        }
+        let last = at(r, "last_promotion");
+        if !last.is_null() {
+            out.push_str(&format!(
+                "  last {}: {}\n",
+                at(last, "kind").as_str().unwrap_or("promotion"),
+                at(last, "summary").as_str().unwrap_or_default()
+            ));
+            for step in at(last, "steps").as_array().into_iter().flatten() {
+                let mark = if at(step, "ok").as_bool() == Some(true) {
+                    "ok  "
+                } else {
+                    "FAIL"
+                };
+                out.push_str(&format!(
+                    "    {mark} {:>6} ms  {}\n",
+                    at(step, "took_ms").as_u64().unwrap_or(0),
+                    at(step, "step").as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One server of a topology: role, source and threads, GTID position.
+fn server_line(s: &Value) -> String {
+    let name = at(s, "name").as_str().unwrap_or_default();
+    if at(s, "reachable").as_bool() != Some(true) {
+        return format!(
+            "{name}: unreachable ({})",
+            at(s, "error").as_str().unwrap_or_default()
+        );
+    }
+    let role = if at(s, "read_only").as_bool() == Some(true) {
+        "read-only"
+    } else {
+        "writable"
+    };
+    let source = at(s, "replicates_from");
+    let link = if source.is_null() {
+        "replicates from no one".to_owned()
+    } else {
+        let yes = |k: &str| {
+            if at(source, k).as_bool() == Some(true) {
+                "running"
+            } else {
+                "stopped"
+            }
+        };
+        format!(
+            "replicates from {}:{} (IO {}, SQL {}, received {})",
+            at(source, "host").as_str().unwrap_or_default(),
+            at(source, "port"),
+            yes("io_running"),
+            yes("sql_running"),
+            at(source, "gtid_io_pos").as_str().unwrap_or_default()
+        )
+    };
+    format!(
+        "{name}: {role}, {link}, at {}",
+        at(s, "gtid_current_pos").as_str().unwrap_or_default()
+    )
 }
 
 /// Pools and backends as an aligned text table.

@@ -87,7 +87,7 @@ pub struct ReplicationState {
     pub switchovers: u64,
     /// Failovers that did.
     pub failovers: u64,
-    /// The last switchover or failover, step by step.
+    /// The last switchover or failover carried out, step by step.
     pub last_promotion: Option<crate::replication::report::Report>,
     /// Why the dead primary is not replaced now, with its metric label.
     pub failover_blocked: Option<(&'static str, String)>,

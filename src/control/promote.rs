@@ -119,7 +119,10 @@ impl Control {
             *state.blocked.entry("attempt_failed").or_default() += 1;
             state.failover_blocked = Some(("attempt_failed", report.summary.clone()));
         }
-        state.last_promotion = Some(report.clone());
+        // A refusal changed nothing: the last one carried out stays shown.
+        if report.carried_out {
+            state.last_promotion = Some(report.clone());
+        }
         let text = match (&report.from, &report.to) {
             (Some(from), Some(to)) if report.ok => {
                 format!("{}: {} from {from} to {to} done", report.pool, report.kind)

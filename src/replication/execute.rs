@@ -199,6 +199,7 @@ fn finished(
         to,
         ok,
         summary,
+        carried_out: true,
         steps: ctx.steps,
     }
 }

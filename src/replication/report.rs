@@ -35,6 +35,9 @@ pub struct Report {
     pub ok: bool,
     /// In one line: what happened, or why not.
     pub summary: String,
+    /// Whether it got past its checks and lock (paused the pool, or
+    /// changed a server): a refusal leaves everything as it was.
+    pub carried_out: bool,
     /// Each step.
     pub steps: Vec<Step>,
 }
@@ -57,6 +60,7 @@ impl Report {
             to: None,
             ok: false,
             summary: why,
+            carried_out: false,
             steps,
         }
     }

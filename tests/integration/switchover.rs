@@ -516,5 +516,29 @@ async fn the_command_and_the_api_report_each_step() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no backend named \"db9\""));
     let (_, status) = http(admin, "GET", "/api/status", None).await;
     assert!(status.contains("\"switchovers\":1"), "{status}");
+    // The topology as the watcher last read it, and the last switchover.
+    let text = wait_until(Duration::from_secs(10), || async {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&path)
+            .args(["--admin", &admin.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("db1: read-only, replicates from")
+            .then_some(text)
+    })
+    .await
+    .expect("dbsplice status shows the old primary replicating");
+    eprintln!("{text}");
+    for words in [
+        "replication of main: failover off, 1 switchover(s)",
+        "db3: writable, replicates from no one",
+        "(IO running, SQL running",
+        "last switchover: db3 is the primary",
+        "promote db3",
+    ] {
+        assert!(text.contains(words), "{words:?} missing");
+    }
     running.stop().await;
 }
