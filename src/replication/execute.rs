@@ -402,13 +402,52 @@ async fn catch_up(
     let name = format!("wait for {} to apply {target}", new.name);
     match ctx.step(name, new_at, vec![sql], wait).await.as_deref() {
         Ok([QueryOutcome::Rows(rows)]) if rows.first("waited") == Some("0") => Ok(()),
-        Ok(_) => Err(format!(
-            "{} did not apply {target} within {}",
-            new.name,
-            crate::config::format_duration(wait)
-        )),
+        Ok(_) => {
+            let state = replica_state(ctx, new_at).await;
+            Err(format!(
+                "{} did not apply {target} within {} ({state})",
+                new.name,
+                crate::config::format_duration(wait)
+            ))
+        }
         Err(why) => Err(why.clone()),
     }
+}
+
+/// Where a replica's replication stands, in words: why it may not have
+/// applied what it was waited for.
+async fn replica_state(ctx: &Ctx<'_>, at: usize) -> String {
+    let (Some(admin), Some(addr)) = (ctx.admins.get(at), ctx.addr(at)) else {
+        return "state unknown".into();
+    };
+    let sql = vec![
+        "SHOW SLAVE STATUS".to_owned(),
+        "SELECT @@gtid_slave_pos AS slave_pos".to_owned(),
+    ];
+    let facts = match admin
+        .run_statements(addr, sql, ctx.pool.check.timeout + SESSION_SLACK)
+        .await
+    {
+        Ok(facts) => facts,
+        Err(why) => return format!("state unknown: {why}"),
+    };
+    let (Some(QueryOutcome::Rows(status)), Some(QueryOutcome::Rows(pos))) =
+        (facts.answers.first(), facts.answers.get(1))
+    else {
+        return "state unknown".into();
+    };
+    let col = |c: &str| status.first(c).unwrap_or("-").to_owned();
+    format!(
+        "applied {}, received {}, SQL thread {} ({}), last SQL error: {}",
+        pos.first("slave_pos").unwrap_or("-"),
+        col("Gtid_IO_Pos"),
+        col("Slave_SQL_Running"),
+        col("Slave_SQL_Running_State"),
+        match col("Last_SQL_Error").as_str() {
+            "" => "none".to_owned(),
+            e => e.to_owned(),
+        }
+    )
 }
 
 /// Points `server` at `primary` with GTID auto-positioning. A former

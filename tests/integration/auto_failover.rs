@@ -296,3 +296,52 @@ async fn two_instances_fail_over_once() {
     };
     assert_eq!(writable_count, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_put_in_place_by_a_switchover_is_replaced_when_it_dies() {
+    let mut cluster = cluster().await;
+    let proxy = proxy_with(&cluster, HOLD, AUTO).await;
+    let app = proxy.app.as_ref().unwrap();
+    let report = app
+        .inbox()
+        .switchover("main", Some("db2".into()), "the test".into())
+        .await
+        .unwrap();
+    assert!(report.ok, "{}", report.summary);
+    let mut db2 = cluster.servers[1].admin().await;
+    db2.query_drop("INSERT INTO drill.acks VALUES (5)")
+        .await
+        .unwrap();
+    db2.disconnect().await.unwrap();
+    assert!(arrives(&cluster.servers[0], 5).await && arrives(&cluster.servers[2], 5).await);
+    // Killed while a client writes through dbsplice.
+    let writers = Writers::start(proxy.addr("rw"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.servers[1].kill();
+    let addr = proxy.addr("rw");
+    let (db1, db3) = (cluster.servers[0].port, cluster.servers[2].port);
+    let promoted = wait_until(Duration::from_secs(30), || async {
+        let port = port_of_new_session(addr).await?;
+        (port == db1 || port == db3).then_some(port)
+    })
+    .await;
+    if promoted.is_none() {
+        for i in [0, 2] {
+            let mut c = cluster.servers[i].admin().await;
+            let row: Option<mysql_async::Row> = c.query_first("SHOW SLAVE STATUS").await.unwrap();
+            let pos: Option<(String, String, String)> = c
+                .query_first("SELECT @@gtid_slave_pos, @@gtid_current_pos, @@gtid_binlog_state")
+                .await
+                .unwrap();
+            eprintln!("db{}: {pos:?} {row:?}", i + 1);
+        }
+        let status = dbsplice::admin::status::status(app.shared());
+        eprintln!("{}", status["pools"][0]["replication"]);
+    }
+    let (failed, _, _) = writers.stop().await;
+    assert!(
+        promoted.is_some(),
+        "a replica of the switched-over primary is promoted"
+    );
+    assert!(failed <= 1, "{failed}");
+}
