@@ -89,7 +89,54 @@ function renderPools(status, now, seconds, counts) {
     const body = table.createTBody();
     for (const b of pool.backends) { backendRow(body, pool, b, now, seconds, counts); }
     pools.appendChild(table);
+    if (pool.replication) { pools.appendChild(renderReplication(pool.replication)); }
   }
+}
+
+// A [replication] pool: who replicates from whom, GTID positions, threads,
+// why a failover is blocked, and the last switchover or failover's steps.
+function renderReplication(r) {
+  const box = document.createElement("div");
+  box.className = "replication";
+  const title = document.createElement("h3");
+  title.textContent = "replication · failover " + r.failover + " · " + r.switchovers + " switchover(s), "
+    + r.failovers + " failover(s)" + (r.promoting ? " · promoting now" : "");
+  box.appendChild(title);
+  const table = document.createElement("table");
+  const head = table.createTHead().insertRow();
+  for (const t of ["server", "role", "replicates from", "IO", "SQL", "received", "at"]) { cell(head, t); }
+  const body = table.createTBody();
+  for (const s of r.topology) {
+    const row = body.insertRow();
+    cell(row, s.name);
+    if (!s.reachable) { cell(row, "unreachable: " + s.error, "state down"); continue; }
+    cell(row, s.read_only ? "read-only" : "writable");
+    const src = s.replicates_from;
+    cell(row, src ? src.host + ":" + src.port : "no one");
+    cell(row, src ? (src.io_running ? "running" : "stopped") : "-");
+    cell(row, src ? (src.sql_running ? "running" : "stopped") : "-");
+    cell(row, src ? src.gtid_io_pos : "-");
+    cell(row, s.gtid_current_pos);
+  }
+  box.appendChild(table);
+  const lines = [];
+  if (r.failover_blocked) { lines.push("no failover: " + r.failover_blocked); }
+  for (const [name, extra] of Object.entries(r.manual_repair || {})) {
+    lines.push(name + " needs a manual repair: " + extra + " transaction(s) the primary lacks");
+  }
+  const last = r.last_promotion;
+  if (last) {
+    lines.push("last " + last.kind + " (" + new Date(last.started_unix * 1000).toLocaleTimeString() + "): " + last.summary);
+    for (const step of last.steps) {
+      lines.push("  " + (step.ok ? "ok " : "FAIL ") + step.took_ms + " ms  " + step.step + (step.detail ? ": " + step.detail : ""));
+    }
+  }
+  if (lines.length) {
+    const pre = document.createElement("pre");
+    pre.textContent = lines.join("\n");
+    box.appendChild(pre);
+  }
+  return box;
 }
 
 function renderTimeline(timeline) {

@@ -828,7 +828,7 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
 
 /// Headless Chromium as the probe starts it here: no sandbox as root, and no
 /// background networking (this machine reaches no internet).
-fn chromium(profile: &std::path::Path) -> Command {
+pub(crate) fn chromium(profile: &std::path::Path) -> Command {
     let mut c = Command::new("chromium");
     c.args([
         "--headless",

@@ -531,6 +531,28 @@ async fn the_command_and_the_api_report_each_step() {
     .await
     .expect("dbsplice status shows the old primary replicating");
     eprintln!("{text}");
+    // The status page shows the same, in a browser.
+    let profile = dir.0.join("chromium-profile");
+    let page = crate::cli::chromium(&profile)
+        .args([
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            &format!("http://{admin}/"),
+        ])
+        .output()
+        .expect("chromium runs (scripts/deps installs it)");
+    let dom = String::from_utf8_lossy(&page.stdout);
+    for words in [
+        "replication · failover off · 1 switchover(s)",
+        "last switchover",
+        "promote db3",
+        "replicates from",
+    ] {
+        assert!(
+            dom.contains(words),
+            "the status page lacks {words:?}: {dom}"
+        );
+    }
     for words in [
         "replication of main: failover off, 1 switchover(s)",
         "db3: writable, replicates from no one",
