@@ -98,8 +98,10 @@ pub struct Control {
     life: Lifecycle,
     /// Where the control module's own later steps are sent.
     inbox: Inbox,
-    /// The replication watchers, by pool.
-    watchers: std::collections::HashMap<String, CancellationToken>,
+    /// The replication watchers, by pool: what stops each, and what makes it
+    /// look again at once.
+    watchers:
+        std::collections::HashMap<String, (CancellationToken, std::sync::Arc<tokio::sync::Notify>)>,
 }
 
 /// How often a resume waiting for fresh probes looks whether they are done.
@@ -326,6 +328,11 @@ impl Control {
         let down = t.to == Health::Down;
         self.memory
             .health_changed(address, down, tokio::time::Instant::now());
+        if t.to == Health::Up {
+            // A server back from down may be a former primary, writable:
+            // its pool's watcher looks now, not at its next round.
+            self.poke_watchers(address);
+        }
         self.note_on_timeline(address, t);
     }
 

@@ -31,7 +31,7 @@ impl Control {
             .filter(|p| p.config.replication.is_some())
             .map(|p| p.config.name.clone())
             .collect();
-        self.watchers.retain(|pool, stop| {
+        self.watchers.retain(|pool, (stop, _)| {
             let keep = wanted.contains(pool);
             if !keep {
                 stop.cancel();
@@ -43,9 +43,25 @@ impl Control {
                 continue;
             }
             let stop = self.life.stop_checks.child_token();
-            self.watchers.insert(pool.clone(), stop.clone());
+            let now = std::sync::Arc::new(tokio::sync::Notify::new());
+            self.watchers
+                .insert(pool.clone(), (stop.clone(), std::sync::Arc::clone(&now)));
             let (routes, inbox) = (self.routes.clone(), self.inbox.clone());
-            self.life.tasks.spawn(watch::run(pool, routes, inbox, stop));
+            self.life
+                .tasks
+                .spawn(watch::run(pool, routes, inbox, stop, now));
+        }
+    }
+
+    /// Has the watchers of the pools with `address` look again at once.
+    pub(super) fn poke_watchers(&self, address: &str) {
+        let snapshot = self.routes.load();
+        for pool in snapshot.pools() {
+            if pool.members.iter().any(|m| m.state.address == address) {
+                if let Some((_, now)) = self.watchers.get(&pool.config.name) {
+                    now.notify_one();
+                }
+            }
         }
     }
 

@@ -19,12 +19,14 @@ use crate::inbox::Inbox;
 const SESSION_SLACK: Duration = Duration::from_secs(2);
 
 /// Watches pool `pool` until `stop` is cancelled or the pool (or its
-/// `[replication]` table) leaves the config.
+/// `[replication]` table) leaves the config; `now` has it look again at
+/// once (a server came back up).
 pub async fn run(
     pool: String,
     routes: Arc<ArcSwap<Snapshot>>,
     inbox: Inbox,
     stop: CancellationToken,
+    now: Arc<tokio::sync::Notify>,
 ) {
     // Each server's id when it last answered: how its replicas still name
     // it once it is gone.
@@ -51,7 +53,12 @@ pub async fn run(
                 return;
             }
         }
-        let pause = tokio::time::sleep(config.check.interval);
+        let pause = async {
+            tokio::select! {
+                () = tokio::time::sleep(config.check.interval) => {}
+                () = now.notified() => {}
+            }
+        };
         if stop.run_until_cancelled(pause).await.is_none() {
             return;
         }

@@ -121,6 +121,18 @@ async fn with_semi_sync_a_killed_primary_is_replaced_losing_no_acknowledged_writ
     // The old primary comes back writable (its own config says so): it is
     // made read-only at once and rejoined as a replica of the new one.
     cluster.servers[0].restart().await;
+    let back = tokio::time::Instant::now();
+    wait_until(Duration::from_secs(20), || async {
+        let mut old = cluster.servers[0].admin().await;
+        let read_only: Option<u8> = old.query_first("SELECT @@read_only").await.ok()?;
+        (read_only == Some(1)).then_some(())
+    })
+    .await
+    .expect("fenced");
+    eprintln!(
+        "the old primary, started writable, was made read-only {:?} after it answered",
+        back.elapsed()
+    );
     let fenced_and_following = wait_until(Duration::from_secs(20), || async {
         let mut old = cluster.servers[0].admin().await;
         let read_only: Option<u8> = old.query_first("SELECT @@read_only").await.ok()?;
