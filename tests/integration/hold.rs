@@ -713,7 +713,7 @@ async fn python_clients_see_no_failed_connection_across_a_kill_and_promote() {
     let seen = clients.stop().await;
     let mut primary = cluster.servers[1].admin().await;
     let rows: Vec<(u64, u64)> = primary
-        .query("SELECT worker, seq FROM drill.acks")
+        .query("SELECT worker, seq FROM pydrill.acks")
         .await
         .unwrap();
     primary.disconnect().await.unwrap();

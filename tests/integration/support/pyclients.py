@@ -3,7 +3,7 @@ per transaction, and SQLAlchemy's QueuePool (pre-ping on checkout, as
 applications configure it) sharing a few connections, both through dbsplice.
 
 Usage: python3 pyclients.py HOST PORT USER PASSWORD FRESH POOLED
-  FRESH threads each loop: connect, INSERT a row into drill.acks, COMMIT,
+  FRESH threads each loop: connect, INSERT a row into pydrill.acks, COMMIT,
   SELECT @@port, close. POOLED threads share one engine of as many
   connections and loop: check out, SELECT @@port, check in.
 Prints "ready" once every thread has been served once. Commands on stdin:
@@ -82,7 +82,7 @@ class Drill:
             seq += 1
             try:
                 with conn.cursor() as cur:
-                    cur.execute("INSERT INTO drill.acks (worker, seq) VALUES (%s, %s)",
+                    cur.execute("INSERT INTO pydrill.acks (worker, seq) VALUES (%s, %s)",
                                 (worker, seq))
                     conn.commit()
                     with self.lock:
@@ -155,10 +155,10 @@ def main():
     drill = Drill(host, port, user, password)
     setup = pymysql.connect(**drill.args)
     with setup.cursor() as cur:
-        cur.execute("CREATE DATABASE IF NOT EXISTS drill")
-        cur.execute("CREATE TABLE IF NOT EXISTS drill.acks (worker INT, seq INT,"
+        cur.execute("CREATE DATABASE IF NOT EXISTS pydrill")
+        cur.execute("CREATE TABLE IF NOT EXISTS pydrill.acks (worker INT, seq INT,"
                     " PRIMARY KEY (worker, seq))")
-        cur.execute("TRUNCATE drill.acks")
+        cur.execute("TRUNCATE pydrill.acks")
     setup.commit()
     setup.close()
     url = f"mysql+pymysql://{user}:{password}@{host}:{port}/"
