@@ -660,6 +660,7 @@ async fn promote_replica(
         .get(plan.new)
         .ok_or("the plan names a server the pool does not have")?;
     catch_up(ctx, new, plan.new, &plan.apply.to_string()).await?;
+    still_dead(ctx, servers, plan.old).await?;
     let promote = [
         "STOP SLAVE",
         "RESET SLAVE ALL",
@@ -690,6 +691,26 @@ async fn promote_replica(
         }
     }
     Ok(())
+}
+
+/// Looks at the old primary once more before another server takes writes:
+/// one that answers again (the catch-up took a while) is not replaced.
+async fn still_dead(ctx: &mut Ctx<'_>, servers: &[Server], old: usize) -> Result<(), String> {
+    let started = Instant::now();
+    let name = servers
+        .get(old)
+        .map_or("the primary", |s| s.name.as_str())
+        .to_owned();
+    let (Some(admin), Some(addr)) = (ctx.admins.get(old), ctx.addr(old)) else {
+        return Err("no such server".into());
+    };
+    let seen = observe::one(admin, addr, ctx.pool.check.timeout + SESSION_SLACK).await;
+    let result = match seen {
+        plan::Seen::Unreachable(why) => Ok(format!("still unreachable ({why})")),
+        plan::Seen::Answered(_) => Err(format!("{name} answers again: not replaced")),
+    };
+    ctx.record(format!("look at {name} once more"), started, &result);
+    result.map(|_| ())
 }
 
 /// Makes `server` (a former primary writable beside the primary) read-only.
