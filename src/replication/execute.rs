@@ -31,6 +31,9 @@ struct Ctx<'a> {
     steps: Vec<Step>,
     /// When the switchover began, in seconds since the Unix epoch.
     started_unix: u64,
+    /// The primary waited for semi-synchronous acknowledgements: the new
+    /// one does, the demoted and re-pointed servers acknowledge instead.
+    semi_sync: bool,
 }
 
 impl Ctx<'_> {
@@ -144,6 +147,7 @@ pub async fn switchover(
         inbox,
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
+        semi_sync: false,
     };
     let (servers, planned) = look(&mut ctx, to.as_deref()).await;
     let plan = match planned {
@@ -161,6 +165,7 @@ pub async fn switchover(
             );
         }
     };
+    ctx.semi_sync = matches!(servers.get(plan.old).map(|s| &s.seen), Some(plan::Seen::Answered(f)) if f.semi_sync);
     let lock = match take_lock(&mut ctx).await {
         Ok(lock) => lock,
         Err(why) => {
@@ -353,17 +358,12 @@ async fn promote(
     if let Err(why) = catch_up(ctx, new, new_at, &target).await {
         return rollback(ctx, old, old_at, None, &why).await;
     }
-    let promote = [
-        "STOP SLAVE",
-        "RESET SLAVE ALL",
-        "SET GLOBAL read_only = OFF",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let promote = promote_statements();
     let name = format!("promote {}", new.name);
     if let Err(why) = ctx.step(name, new_at, promote, Duration::ZERO).await {
         return rollback(ctx, old, old_at, Some((new, new_at)), &why).await;
     }
+    semi_sync_waits(ctx, new, new_at, true).await;
     let _ = repoint(ctx, old, old_at, new, Some(&target)).await;
     Ok(())
 }
@@ -450,6 +450,40 @@ async fn replica_state(ctx: &Ctx<'_>, at: usize) -> String {
     )
 }
 
+/// What makes a replica the primary. (Semi-synchronous waits are turned on
+/// after, by [`semi_sync_waits`], so that a missing privilege for them does
+/// not undo a promotion.)
+fn promote_statements() -> Vec<String> {
+    [
+        "STOP SLAVE",
+        "RESET SLAVE ALL",
+        "SET GLOBAL read_only = OFF",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// With `semi_sync` (the old primary waited for acknowledgements), makes
+/// `server` wait for them (`on`, the new primary) or not (a replica: one
+/// that waited itself would stall its SQL thread, as it logs what it
+/// applies). Best effort: a failure is reported as a step, nothing more.
+async fn semi_sync_waits(ctx: &mut Ctx<'_>, server: &Server, at: usize, on: bool) {
+    if !ctx.semi_sync {
+        return;
+    }
+    let (value, what) = if on {
+        ("ON", "wait")
+    } else {
+        ("OFF", "stop waiting")
+    };
+    let sql = vec![format!("SET GLOBAL rpl_semi_sync_master_enabled = {value}")];
+    let name = format!(
+        "make {} {what} for semi-synchronous acknowledgements",
+        server.name
+    );
+    let _ = ctx.step(name, at, sql, Duration::ZERO).await;
+}
+
 /// Points `server` at `primary` with GTID auto-positioning. A former
 /// primary starts from `own_pos`, its own last transaction.
 async fn repoint(
@@ -473,13 +507,23 @@ async fn repoint(
         quote(r.replication_password.expose()),
     ));
     statements.push("START SLAVE".to_owned());
-    ctx.step(
-        format!("point {} at {}", server.name, primary.name),
-        addr,
-        statements,
-        Duration::ZERO,
-    )
-    .await
+    if ctx.semi_sync {
+        // It acknowledges from its IO thread's next start: before START
+        // SLAVE, and on its own so that a refusal does not stop the rest.
+        let sql = vec!["SET GLOBAL rpl_semi_sync_slave_enabled = ON".to_owned()];
+        let name = format!("make {} acknowledge semi-synchronously", server.name);
+        let _ = ctx.step(name, addr, sql, Duration::ZERO).await;
+    }
+    let result = ctx
+        .step(
+            format!("point {} at {}", server.name, primary.name),
+            addr,
+            statements,
+            Duration::ZERO,
+        )
+        .await;
+    semi_sync_waits(ctx, server, addr, false).await;
+    result
 }
 
 /// Gives the old primary its writes back, after making sure the would-be
@@ -628,7 +672,12 @@ pub async fn failover(
         inbox,
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
+        semi_sync: false,
     };
+    ctx.semi_sync = servers
+        .get(plan.old)
+        .and_then(|s| s.last_semi_sync)
+        .unwrap_or(false);
     let name = |i: usize| servers.get(i).map(|s| s.name.clone());
     let lock = match take_lock(&mut ctx).await {
         Ok(lock) => lock,
@@ -661,13 +710,7 @@ async fn promote_replica(
         .ok_or("the plan names a server the pool does not have")?;
     catch_up(ctx, new, plan.new, &plan.apply.to_string()).await?;
     still_dead(ctx, servers, plan.old).await?;
-    let promote = [
-        "STOP SLAVE",
-        "RESET SLAVE ALL",
-        "SET GLOBAL read_only = OFF",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let promote = promote_statements();
     if let Err(why) = ctx
         .step(
             format!("promote {}", new.name),
@@ -685,6 +728,7 @@ async fn promote_replica(
             Err(e) => format!("{why}; and {} may be writable: {e}", new.name),
         });
     }
+    semi_sync_waits(ctx, new, plan.new, true).await;
     for &i in &plan.others {
         if let Some(s) = servers.get(i) {
             let _ = repoint(ctx, s, i, new, None).await;
@@ -731,6 +775,7 @@ pub async fn fence(
         inbox,
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
+        semi_sync: false,
     };
     let sql = vec!["SET GLOBAL read_only = ON".to_owned()];
     ctx.step(
@@ -767,7 +812,9 @@ pub async fn rejoin(
         inbox,
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
+        semi_sync: false,
     };
+    ctx.semi_sync = matches!(&primary.seen, plan::Seen::Answered(f) if f.semi_sync);
     repoint(&mut ctx, server, at, primary, Some(&own))
         .await
         .map(|_| ())

@@ -11,11 +11,14 @@ use crate::health::probe::Prober;
 use crate::mysql::resultset::{QueryOutcome, TextResult};
 
 /// The statements that read one MariaDB server's replication facts.
-pub const MARIADB: [&str; 2] = [
+/// The last may fail (no semi-synchronous replication in the server):
+/// read as off.
+pub const MARIADB: [&str; 3] = [
     "SELECT @@server_id AS server_id, @@read_only AS read_only, \
      @@gtid_binlog_pos AS binlog_pos, @@gtid_current_pos AS current_pos, \
      @@gtid_binlog_state AS binlog_state",
     "SHOW SLAVE STATUS",
+    "SELECT @@rpl_semi_sync_master_enabled AS semi_sync",
 ];
 
 /// Reads every server of `pool` at once, each within `timeout`; the servers
@@ -49,6 +52,7 @@ pub async fn pool(admins: &[Prober], pool: &PoolConfig, timeout: Duration) -> Ve
             candidate: b.candidate,
             seen,
             last_server_id: None,
+            last_semi_sync: None,
         })
         .collect()
 }
@@ -102,6 +106,7 @@ pub fn facts_from(answers: &[QueryOutcome]) -> Result<ServerFacts, String> {
         binlog_pos: pos("binlog_pos")?,
         current_pos: pos("current_pos")?,
         binlog_state: pos("binlog_state")?,
+        semi_sync: matches!(answers.get(2), Some(QueryOutcome::Rows(r)) if r.first("semi_sync") == Some("1")),
         source,
     })
 }

@@ -31,6 +31,9 @@ pub struct ServerFacts {
     pub binlog_state: GtidPos,
     /// Whom it replicates from, if anyone.
     pub source: Option<Source>,
+    /// `rpl_semi_sync_master_enabled`: as a primary, it waits for a
+    /// replica's acknowledgement before a commit returns.
+    pub semi_sync: bool,
 }
 
 /// A replica's link to its primary (`SHOW SLAVE STATUS`).
@@ -70,6 +73,9 @@ pub struct Server {
     /// Its `server_id` when it last answered, if it ever did: how its
     /// replicas name it (`Master_Server_Id`) once it is gone.
     pub last_server_id: Option<u32>,
+    /// Whether it waited for semi-synchronous acknowledgements when it last
+    /// answered: a primary that dies with it on is replaced by one with it on.
+    pub last_semi_sync: Option<bool>,
 }
 
 impl Server {

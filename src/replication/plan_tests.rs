@@ -15,6 +15,7 @@ fn primary(id: u32, at: &str) -> Seen {
         current_pos: pos(at),
         binlog_state: pos(at),
         source: None,
+        semi_sync: false,
     })
 }
 
@@ -34,6 +35,7 @@ fn replica(id: u32, of: u32, at: &str) -> Seen {
             using_gtid: true,
             io_pos: pos(at),
         }),
+        semi_sync: false,
     })
 }
 
@@ -47,6 +49,7 @@ fn server(name: &str, seen: Seen) -> Server {
         candidate: true,
         seen,
         last_server_id: None,
+        last_semi_sync: None,
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn run(
 ) {
     // Each server's id when it last answered: how its replicas still name
     // it once it is gone.
-    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut ids: HashMap<String, (u32, bool)> = HashMap::new();
     loop {
         let config = match routes.load().pool(&pool) {
             Some(p) if p.config.replication.is_some() => p.config.clone(),
@@ -45,9 +45,10 @@ pub async fn run(
             for s in &mut servers {
                 let key = format!("{}:{}", s.host, s.port);
                 if let Seen::Answered(f) = &s.seen {
-                    ids.insert(key.clone(), f.server_id);
+                    ids.insert(key.clone(), (f.server_id, f.semi_sync));
                 }
-                s.last_server_id = ids.get(&key).copied();
+                s.last_server_id = ids.get(&key).map(|(id, _)| *id);
+                s.last_semi_sync = ids.get(&key).map(|(_, on)| *on);
             }
             if inbox.topology(pool.clone(), servers).await.is_err() {
                 return;

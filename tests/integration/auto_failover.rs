@@ -54,7 +54,7 @@ async fn semi_sync(cluster: &Cluster) {
 
 /// Semi-synchronous waits on the primary `i` alone: a replica that waited
 /// too (it logs what it applies) would stall its SQL thread for acks no
-/// replica of its own sends. What a deployment's promotion hook does.
+/// replica of its own sends.
 async fn semi_sync_primary(cluster: &Cluster, i: usize) {
     for (j, server) in cluster.servers.iter().enumerate() {
         let mut c = server.admin().await;
@@ -388,7 +388,16 @@ async fn python_clients_see_no_failed_connection_across_a_switchover_then_a_fail
         .await
         .unwrap();
     assert!(report.ok, "{}", report.summary);
-    semi_sync_primary(&cluster, 1).await;
+    // dbsplice moved the semi-synchronous waits to the new primary.
+    for (i, on) in [(0, 0u8), (1, 1), (2, 0)] {
+        let mut c = cluster.servers[i].admin().await;
+        let v: Option<u8> = c
+            .query_first("SELECT @@rpl_semi_sync_master_enabled")
+            .await
+            .unwrap();
+        assert_eq!(v, Some(on), "db{}", i + 1);
+        c.disconnect().await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = tokio::time::Instant::now();
     cluster.servers[1].kill();

@@ -19,7 +19,8 @@ const ADMIN_PASSWORD: &str = "adminpw";
 
 /// The grants `conf/dbsplice.toml` documents for the `[replication]` user
 /// on MariaDB 10.11, and no more.
-const GRANTS: &str = "RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, SLAVE MONITOR, BINLOG MONITOR, CONNECTION ADMIN";
+const GRANTS: &str =
+    "RELOAD, READ_ONLY ADMIN, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, BINLOG MONITOR, CONNECTION ADMIN";
 
 /// A cluster with the documented admin user on every server.
 pub(crate) async fn cluster() -> Cluster {
