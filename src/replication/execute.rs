@@ -149,29 +149,9 @@ pub async fn switchover(
         started_unix: super::report::unix_now(),
         semi_sync: false,
     };
-    let (servers, planned) = look(&mut ctx, to.as_deref()).await;
-    let plan = match planned {
-        Ok(plan) => plan,
-        Err(refusal) => {
-            let from = servers
-                .iter()
-                .find(|s| matches!(&s.seen, plan::Seen::Answered(f) if !f.read_only));
-            return refused(
-                pool,
-                &origin,
-                ctx.steps,
-                from.map(|s| s.name.clone()),
-                refusal.to_string(),
-            );
-        }
-    };
-    ctx.semi_sync = matches!(servers.get(plan.old).map(|s| &s.seen), Some(plan::Seen::Answered(f)) if f.semi_sync);
-    let lock = match take_lock(&mut ctx).await {
-        Ok(lock) => lock,
-        Err(why) => {
-            let from = servers.get(plan.old).map(|s| s.name.clone());
-            return refused(pool, &origin, ctx.steps, from, why);
-        }
+    let (servers, plan, lock) = match plan_under_lock(&mut ctx, to.as_deref()).await {
+        Ok(planned) => planned,
+        Err((from, why)) => return refused(pool, &origin, ctx.steps, from, why),
     };
     let outcome = carry_out(&mut ctx, &servers, &plan, &origin).await;
     drop(lock);
@@ -206,6 +186,36 @@ fn finished(
         summary,
         carried_out: true,
         steps: ctx.steps,
+    }
+}
+
+/// Looks, takes the lock, and looks again under it: the servers and the
+/// plan to carry out with the lock held, or (the primary's name, why not).
+async fn plan_under_lock(
+    ctx: &mut Ctx<'_>,
+    to: Option<&str>,
+) -> Result<(Vec<Server>, plan::SwitchoverPlan, Lock), (Option<String>, String)> {
+    let writable = |servers: &[Server]| {
+        servers
+            .iter()
+            .find(|s| matches!(&s.seen, plan::Seen::Answered(f) if !f.read_only))
+            .map(|s| s.name.clone())
+    };
+    let (servers, planned) = look(ctx, to).await;
+    let plan = planned.map_err(|r| (writable(&servers), r.to_string()))?;
+    ctx.semi_sync = matches!(servers.get(plan.old).map(|s| &s.seen), Some(plan::Seen::Answered(f)) if f.semi_sync);
+    let from = servers.get(plan.old).map(|s| s.name.clone());
+    let lock = take_lock(ctx).await.map_err(|why| (from.clone(), why))?;
+    // Another instance may have acted between the look and the lock: look
+    // again under the lock, and go on only with the same plan.
+    let (servers, again) = look(ctx, to).await;
+    match again {
+        Ok(again) if again.old == plan.old && again.new == plan.new => Ok((servers, again, lock)),
+        Ok(_) => Err((
+            from,
+            "the pool changed while the lock was taken; ask again".into(),
+        )),
+        Err(refusal) => Err((from, refusal.to_string())),
     }
 }
 
@@ -678,15 +688,24 @@ pub async fn failover(
         .get(plan.old)
         .and_then(|s| s.last_semi_sync)
         .unwrap_or(false);
-    let name = |i: usize| servers.get(i).map(|s| s.name.clone());
-    let lock = match take_lock(&mut ctx).await {
-        Ok(lock) => lock,
-        Err(why) => {
-            let mut report = refused(pool, &origin, ctx.steps, name(plan.old), why);
-            report.kind = "failover";
-            return report;
-        }
+    let from = servers.get(plan.old).map(|s| s.name.clone());
+    // Under the lock, the servers as they are now: another instance may
+    // have promoted one meanwhile.
+    let lock = take_lock(&mut ctx).await;
+    let relooked = match &lock {
+        Ok(_) => Some(relook(&mut ctx, servers, plan.old).await),
+        Err(_) => None,
     };
+    let (lock, fresh, plan) = match (lock, relooked) {
+        (Ok(lock), Some((fresh, Ok(again)))) => (lock, fresh, again),
+        (Err(why), _) => return failover_refused(pool, &origin, ctx.steps, from, why),
+        (Ok(_), Some((_, Err(blocked)))) => {
+            return failover_refused(pool, &origin, ctx.steps, from, blocked.to_string())
+        }
+        (Ok(_), None) => return failover_refused(pool, &origin, ctx.steps, from, "no look".into()),
+    };
+    let servers = &fresh;
+    let plan = &plan;
     let outcome = promote_replica(&mut ctx, servers, plan).await;
     drop(lock);
     let as_switchover = plan::SwitchoverPlan {
@@ -697,6 +716,48 @@ pub async fn failover(
     let mut report = finished(ctx, origin, servers, &as_switchover, outcome);
     report.kind = "failover";
     report
+}
+
+fn failover_refused(
+    pool: &PoolConfig,
+    origin: &str,
+    steps: Vec<Step>,
+    from: Option<String>,
+    why: String,
+) -> Report {
+    let mut report = refused(pool, origin, steps, from, why);
+    report.kind = "failover";
+    report
+}
+
+/// Reads every server again and plans the failover anew, keeping what the
+/// watcher remembered of each (the dead primary's id and semi-sync).
+async fn relook(
+    ctx: &mut Ctx<'_>,
+    before: &[Server],
+    old: usize,
+) -> (Vec<Server>, Result<plan::FailoverPlan, plan::Blocked>) {
+    let started = Instant::now();
+    let timeout = ctx.pool.check.timeout + SESSION_SLACK;
+    let mut servers = observe::pool(&ctx.admins, ctx.pool, timeout).await;
+    for (s, b) in servers.iter_mut().zip(before) {
+        s.last_server_id = b.last_server_id;
+        s.last_semi_sync = b.last_semi_sync;
+    }
+    let planned = plan::failover(&servers, old);
+    let result = match &planned {
+        Ok(p) => Ok(format!(
+            "promoting {}",
+            servers.get(p.new).map_or("?", |s| s.name.as_str())
+        )),
+        Err(blocked) => Err(blocked.to_string()),
+    };
+    ctx.record(
+        "look at every server again, under the lock".into(),
+        started,
+        &result,
+    );
+    (servers, planned)
 }
 
 /// Applies, promotes, re-points: the failover's steps after the lock.

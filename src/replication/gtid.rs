@@ -83,6 +83,17 @@ impl GtidPos {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// [`GtidPos::state_ahead_of`], leaving out server `except`'s own
+    /// transactions: a replica read a moment after its primary may have
+    /// more of the primary's stream, never any that is not its.
+    pub fn state_ahead_of_except(&self, other: &GtidPos, except: u32) -> u64 {
+        self.entries
+            .iter()
+            .filter(|((_, server), _)| *server != except)
+            .map(|(key, seq)| seq.saturating_sub(other.entries.get(key).copied().unwrap_or(0)))
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Whether no transaction is recorded.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -146,5 +157,10 @@ mod tests {
         assert!(new.contains(&old), "as positions, 150 is past 121");
         assert_eq!(old.state_ahead_of(&new), 1, "but 0-1-121 is missing");
         assert_eq!(pos("0-1-120").state_ahead_of(&new), 0);
+        // Read a moment after its primary, a replica has more of the
+        // primary's own stream: that is not errant; its own writes are.
+        let replica = pos("0-1-125,0-3-2");
+        assert_eq!(replica.state_ahead_of_except(&new, 1), 2);
+        assert_eq!(pos("0-1-125").state_ahead_of_except(&new, 1), 0);
     }
 }

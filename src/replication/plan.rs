@@ -216,11 +216,15 @@ fn promotable<'a>(server: &'a Server, primary: &ServerFacts) -> Result<&'a Serve
     if !source.sql_running {
         return Err("its SQL thread is stopped: it would not apply what it has".into());
     }
-    let errant = facts.current_pos.ahead_of(&primary.binlog_pos);
+    // Server by server, leaving out the primary's own stream (read a moment
+    // later, the replica may be further along it than the primary's answer).
+    let errant = facts
+        .binlog_state
+        .state_ahead_of_except(&primary.binlog_state, primary.server_id);
     if errant > 0 {
         return Err(format!(
             "it has {errant} transaction(s) the primary lacks (errant GTIDs, {} against {})",
-            facts.current_pos, primary.binlog_pos
+            facts.binlog_state, primary.binlog_state
         ));
     }
     Ok(facts)
