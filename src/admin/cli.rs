@@ -324,6 +324,9 @@ fn server_line(s: &Value) -> String {
             at(s, "error").as_str().unwrap_or_default()
         );
     }
+    if let Some(why) = at(s, "error").as_str() {
+        return format!("{name}: answers, but its replication cannot be read ({why})");
+    }
     let role = if at(s, "read_only").as_bool() == Some(true) {
         "read-only"
     } else {

@@ -110,6 +110,7 @@ function renderReplication(r) {
     const row = body.insertRow();
     cell(row, s.name);
     if (!s.reachable) { cell(row, "unreachable: " + s.error, "state down"); continue; }
+    if (s.error) { cell(row, "replication cannot be read: " + s.error, "state out"); continue; }
     cell(row, s.read_only ? "read-only" : "writable");
     const src = s.replicates_from;
     cell(row, src ? src.host + ":" + src.port : "no one");

@@ -85,6 +85,7 @@ fn replication(
         .iter()
         .map(|s| match &s.seen {
             Seen::Unreachable(why) => json!({ "name": s.name, "reachable": false, "error": why }),
+            Seen::Unusable(why) => json!({ "name": s.name, "reachable": true, "error": why }),
             Seen::Answered(f) => json!({
                 "name": s.name,
                 "reachable": true,

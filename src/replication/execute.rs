@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::observe;
-use super::plan::{self, Server};
+use super::plan::{self, Flavour, Server};
 pub use super::report::{Report, Step};
 use crate::config::replication::ReplicationConfig;
 use crate::config::PoolConfig;
@@ -34,6 +34,8 @@ struct Ctx<'a> {
     /// The primary waited for semi-synchronous acknowledgements: the new
     /// one does, the demoted and re-pointed servers acknowledge instead.
     semi_sync: bool,
+    /// Which statements the pool's servers understand.
+    flavour: Flavour,
 }
 
 impl Ctx<'_> {
@@ -148,6 +150,7 @@ pub async fn switchover(
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
         semi_sync: false,
+        flavour: Flavour::MariaDb,
     };
     let (servers, plan, lock) = match plan_under_lock(&mut ctx, to.as_deref()).await {
         Ok(planned) => planned,
@@ -203,6 +206,7 @@ async fn plan_under_lock(
     };
     let (servers, planned) = look(ctx, to).await;
     let plan = planned.map_err(|r| (writable(&servers), r.to_string()))?;
+    ctx.flavour = one_flavour(&servers).map_err(|why| (writable(&servers), why))?;
     ctx.semi_sync = matches!(servers.get(plan.old).map(|s| &s.seen), Some(plan::Seen::Answered(f)) if f.semi_sync);
     let from = servers.get(plan.old).map(|s| s.name.clone());
     let lock = take_lock(ctx).await.map_err(|why| (from.clone(), why))?;
@@ -216,6 +220,24 @@ async fn plan_under_lock(
             "the pool changed while the lock was taken; ask again".into(),
         )),
         Err(refusal) => Err((from, refusal.to_string())),
+    }
+}
+
+/// The flavour every answering server shares; a pool that mixes them is
+/// not managed.
+fn one_flavour(servers: &[Server]) -> Result<Flavour, String> {
+    let mut flavours = servers.iter().filter_map(|s| match &s.seen {
+        plan::Seen::Answered(f) => Some(f.flavour),
+        _ => None,
+    });
+    let first = flavours.next().unwrap_or_default();
+    if flavours.all(|f| f == first) {
+        Ok(first)
+    } else {
+        Err(
+            "the pool mixes MariaDB and MySQL servers: dbsplice manages one flavour per pool"
+                .into(),
+        )
     }
 }
 
@@ -368,7 +390,7 @@ async fn promote(
     if let Err(why) = catch_up(ctx, new, new_at, &target).await {
         return rollback(ctx, old, old_at, None, &why).await;
     }
-    let promote = promote_statements();
+    let promote = promote_statements(ctx.flavour);
     let name = format!("promote {}", new.name);
     if let Err(why) = ctx.step(name, new_at, promote, Duration::ZERO).await {
         return rollback(ctx, old, old_at, Some((new, new_at)), &why).await;
@@ -380,17 +402,18 @@ async fn promote(
 
 /// Makes `old` read-only; its last GTID, which the candidate must apply.
 async fn demote(ctx: &mut Ctx<'_>, old: &Server, old_at: usize) -> Result<String, String> {
-    let demote = vec![
-        "SET GLOBAL read_only = ON".to_owned(),
-        "SELECT @@gtid_binlog_pos AS pos".to_owned(),
-    ];
+    let mut demote = read_only(ctx.flavour, true);
+    demote.push(match ctx.flavour {
+        Flavour::MariaDb => "SELECT @@gtid_binlog_pos AS pos".to_owned(),
+        Flavour::MySql => "SELECT @@gtid_executed AS pos".to_owned(),
+    });
     let name = format!("make {} read-only and read its last GTID", old.name);
     match ctx
         .step(name, old_at, demote, Duration::ZERO)
         .await
         .as_deref()
     {
-        Ok([_, QueryOutcome::Rows(rows)]) => Ok(rows.first("pos").unwrap_or_default().to_owned()),
+        Ok([.., QueryOutcome::Rows(rows)]) => Ok(rows.first("pos").unwrap_or_default().to_owned()),
         Ok(_) => Err("the old primary's GTID position is unknown".into()),
         Err(why) => Err(format!("the old primary was not demoted: {why}")),
     }
@@ -404,8 +427,12 @@ async fn catch_up(
     target: &str,
 ) -> Result<(), String> {
     let wait = ctx.replication.catch_up_timeout;
+    let function = match ctx.flavour {
+        Flavour::MariaDb => "MASTER_GTID_WAIT",
+        Flavour::MySql => "WAIT_FOR_EXECUTED_GTID_SET",
+    };
     let sql = format!(
-        "SELECT MASTER_GTID_WAIT({}, {}) AS waited",
+        "SELECT {function}({}, {}) AS waited",
         quote(target),
         wait.as_secs_f64()
     );
@@ -430,10 +457,12 @@ async fn replica_state(ctx: &Ctx<'_>, at: usize) -> String {
     let (Some(admin), Some(addr)) = (ctx.admins.get(at), ctx.addr(at)) else {
         return "state unknown".into();
     };
-    let sql = vec![
-        "SHOW SLAVE STATUS".to_owned(),
-        "SELECT @@gtid_slave_pos AS slave_pos".to_owned(),
-    ];
+    let sql = match ctx.flavour {
+        Flavour::MariaDb => ["SHOW SLAVE STATUS", "SELECT @@gtid_slave_pos AS slave_pos"],
+        Flavour::MySql => ["SHOW REPLICA STATUS", "SELECT @@gtid_executed AS slave_pos"],
+    }
+    .map(str::to_owned)
+    .to_vec();
     let facts = match admin
         .run_statements(addr, sql, ctx.pool.check.timeout + SESSION_SLACK)
         .await
@@ -447,12 +476,24 @@ async fn replica_state(ctx: &Ctx<'_>, at: usize) -> String {
         return "state unknown".into();
     };
     let col = |c: &str| status.first(c).unwrap_or("-").to_owned();
+    let (received, running, state) = match ctx.flavour {
+        Flavour::MariaDb => (
+            "Gtid_IO_Pos",
+            "Slave_SQL_Running",
+            "Slave_SQL_Running_State",
+        ),
+        Flavour::MySql => (
+            "Retrieved_Gtid_Set",
+            "Replica_SQL_Running",
+            "Replica_SQL_Running_State",
+        ),
+    };
     format!(
         "applied {}, received {}, SQL thread {} ({}), last SQL error: {}",
         pos.first("slave_pos").unwrap_or("-"),
-        col("Gtid_IO_Pos"),
-        col("Slave_SQL_Running"),
-        col("Slave_SQL_Running_State"),
+        col(received),
+        col(running),
+        col(state),
         match col("Last_SQL_Error").as_str() {
             "" => "none".to_owned(),
             e => e.to_owned(),
@@ -460,17 +501,31 @@ async fn replica_state(ctx: &Ctx<'_>, at: usize) -> String {
     )
 }
 
+/// Makes a server read-only (`on`) or writable. On MySQL `super_read_only`,
+/// which also stops users with SUPER; it implies `read_only`.
+fn read_only(flavour: Flavour, on: bool) -> Vec<String> {
+    match (flavour, on) {
+        (Flavour::MariaDb, true) => vec!["SET GLOBAL read_only = ON".to_owned()],
+        (Flavour::MariaDb, false) => vec!["SET GLOBAL read_only = OFF".to_owned()],
+        (Flavour::MySql, true) => vec!["SET GLOBAL super_read_only = ON".to_owned()],
+        (Flavour::MySql, false) => vec![
+            "SET GLOBAL super_read_only = OFF".to_owned(),
+            "SET GLOBAL read_only = OFF".to_owned(),
+        ],
+    }
+}
+
 /// What makes a replica the primary. (Semi-synchronous waits are turned on
 /// after, by [`semi_sync_waits`], so that a missing privilege for them does
 /// not undo a promotion.)
-fn promote_statements() -> Vec<String> {
-    [
-        "STOP SLAVE",
-        "RESET SLAVE ALL",
-        "SET GLOBAL read_only = OFF",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+fn promote_statements(flavour: Flavour) -> Vec<String> {
+    let stop = match flavour {
+        Flavour::MariaDb => ["STOP SLAVE", "RESET SLAVE ALL"],
+        Flavour::MySql => ["STOP REPLICA", "RESET REPLICA ALL"],
+    };
+    let mut out: Vec<String> = stop.map(str::to_owned).to_vec();
+    out.extend(read_only(flavour, false));
+    out
 }
 
 /// With `semi_sync` (the old primary waited for acknowledgements), makes
@@ -503,20 +558,7 @@ async fn repoint(
     primary: &Server,
     own_pos: Option<&str>,
 ) -> Result<Vec<QueryOutcome>, String> {
-    let r = ctx.replication;
-    let mut statements = vec!["STOP SLAVE".to_owned()];
-    if let Some(pos) = own_pos {
-        statements.push(format!("SET GLOBAL gtid_slave_pos = {}", quote(pos)));
-    }
-    statements.push(format!(
-        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, \
-         MASTER_USE_GTID = slave_pos",
-        quote(&primary.host),
-        primary.port,
-        quote(&r.replication_user),
-        quote(r.replication_password.expose()),
-    ));
-    statements.push("START SLAVE".to_owned());
+    let statements = repoint_statements(ctx.flavour, ctx.replication, primary, own_pos);
     if ctx.semi_sync {
         // It acknowledges from its IO thread's next start: before START
         // SLAVE, and on its own so that a refusal does not stop the rest.
@@ -536,6 +578,45 @@ async fn repoint(
     result
 }
 
+/// The statements that point a server at `primary`: MariaDB from
+/// `own_pos` (a former primary's own last transaction) or its slave
+/// position, MySQL by auto-positioning on its executed set.
+fn repoint_statements(
+    flavour: Flavour,
+    r: &ReplicationConfig,
+    primary: &Server,
+    own_pos: Option<&str>,
+) -> Vec<String> {
+    let (host, port, user, password) = (
+        quote(&primary.host),
+        primary.port,
+        quote(&r.replication_user),
+        quote(r.replication_password.expose()),
+    );
+    match flavour {
+        Flavour::MariaDb => {
+            let mut out = vec!["STOP SLAVE".to_owned()];
+            if let Some(pos) = own_pos {
+                out.push(format!("SET GLOBAL gtid_slave_pos = {}", quote(pos)));
+            }
+            out.push(format!(
+                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, \
+                 MASTER_PASSWORD = {password}, MASTER_USE_GTID = slave_pos"
+            ));
+            out.push("START SLAVE".to_owned());
+            out
+        }
+        Flavour::MySql => vec![
+            "STOP REPLICA".to_owned(),
+            format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {host}, SOURCE_PORT = {port}, \
+                 SOURCE_USER = {user}, SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1"
+            ),
+            "START REPLICA".to_owned(),
+        ],
+    }
+}
+
 /// Gives the old primary its writes back, after making sure the would-be
 /// new one (if it may have been made writable) is read-only again; without
 /// that certainty the old one stays read-only: no two writers, ever.
@@ -551,7 +632,7 @@ async fn rollback(
             .step(
                 format!("roll back: make {} read-only again", new.name),
                 new_addr,
-                vec!["SET GLOBAL read_only = ON".to_owned()],
+                read_only(ctx.flavour, true),
                 Duration::ZERO,
             )
             .await;
@@ -568,7 +649,7 @@ async fn rollback(
         .step(
             format!("roll back: make {} writable again", old.name),
             old_addr,
-            vec!["SET GLOBAL read_only = OFF".to_owned()],
+            read_only(ctx.flavour, false),
             Duration::ZERO,
         )
         .await;
@@ -640,18 +721,21 @@ fn quote(text: &str) -> String {
 
 /// A statement as it may be logged: the replication password blanked.
 fn redact(sql: &str) -> String {
-    match sql.find("MASTER_PASSWORD = ") {
-        Some(i) => {
+    for (key, next) in [
+        ("MASTER_PASSWORD = ", ", MASTER_USE_GTID"),
+        ("SOURCE_PASSWORD = ", ", SOURCE_AUTO_POSITION"),
+    ] {
+        if let Some(i) = sql.find(key) {
             let rest = sql.get(i..).unwrap_or_default();
-            let end = rest.find(", MASTER_USE_GTID").map_or(sql.len(), |e| i + e);
-            format!(
-                "{}MASTER_PASSWORD = '<redacted>'{}",
+            let end = rest.find(next).map_or(sql.len(), |e| i + e);
+            return format!(
+                "{}{key}'<redacted>'{}",
                 sql.get(..i).unwrap_or_default(),
                 sql.get(end..).unwrap_or_default()
-            )
+            );
         }
-        None => sql.to_owned(),
     }
+    sql.to_owned()
 }
 
 /// Promotes `plan.new` in place of the dead primary `plan.old`: takes the
@@ -683,26 +767,18 @@ pub async fn failover(
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
         semi_sync: false,
+        flavour: Flavour::MariaDb,
     };
     ctx.semi_sync = servers
         .get(plan.old)
         .and_then(|s| s.last_semi_sync)
         .unwrap_or(false);
-    let from = servers.get(plan.old).map(|s| s.name.clone());
-    // Under the lock, the servers as they are now: another instance may
-    // have promoted one meanwhile.
-    let lock = take_lock(&mut ctx).await;
-    let relooked = match &lock {
-        Ok(_) => Some(relook(&mut ctx, servers, plan.old).await),
-        Err(_) => None,
-    };
-    let (lock, fresh, plan) = match (lock, relooked) {
-        (Ok(lock), Some((fresh, Ok(again)))) => (lock, fresh, again),
-        (Err(why), _) => return failover_refused(pool, &origin, ctx.steps, from, why),
-        (Ok(_), Some((_, Err(blocked)))) => {
-            return failover_refused(pool, &origin, ctx.steps, from, blocked.to_string())
+    let (lock, fresh, plan) = match failover_under_lock(&mut ctx, servers, plan.old).await {
+        Ok(ready) => ready,
+        Err(why) => {
+            let from = servers.get(plan.old).map(|s| s.name.clone());
+            return failover_refused(pool, &origin, ctx.steps, from, why);
         }
-        (Ok(_), None) => return failover_refused(pool, &origin, ctx.steps, from, "no look".into()),
     };
     let servers = &fresh;
     let plan = &plan;
@@ -716,6 +792,21 @@ pub async fn failover(
     let mut report = finished(ctx, origin, servers, &as_switchover, outcome);
     report.kind = "failover";
     report
+}
+
+/// Takes the lock and, under it, reads every server and plans the failover
+/// again (another instance may have promoted one meanwhile): the lock, the
+/// servers as they are now and the plan; or why not.
+async fn failover_under_lock(
+    ctx: &mut Ctx<'_>,
+    servers: &[Server],
+    old: usize,
+) -> Result<(Lock, Vec<Server>, plan::FailoverPlan), String> {
+    let lock = take_lock(ctx).await?;
+    let (fresh, replanned) = relook(ctx, servers, old).await;
+    let plan = replanned.map_err(|blocked| blocked.to_string())?;
+    ctx.flavour = one_flavour(&fresh)?;
+    Ok((lock, fresh, plan))
 }
 
 fn failover_refused(
@@ -771,7 +862,7 @@ async fn promote_replica(
         .ok_or("the plan names a server the pool does not have")?;
     catch_up(ctx, new, plan.new, &plan.apply.to_string()).await?;
     still_dead(ctx, servers, plan.old).await?;
-    let promote = promote_statements();
+    let promote = promote_statements(ctx.flavour);
     if let Err(why) = ctx
         .step(
             format!("promote {}", new.name),
@@ -782,7 +873,7 @@ async fn promote_replica(
         .await
     {
         // Half promoted is not promoted: read-only again, or say so.
-        let back = vec!["SET GLOBAL read_only = ON".to_owned()];
+        let back = read_only(ctx.flavour, true);
         let name = format!("make {} read-only again", new.name);
         return Err(match ctx.step(name, plan.new, back, Duration::ZERO).await {
             Ok(_) => why,
@@ -812,6 +903,7 @@ async fn still_dead(ctx: &mut Ctx<'_>, servers: &[Server], old: usize) -> Result
     let seen = observe::one(admin, addr, ctx.pool.check.timeout + SESSION_SLACK).await;
     let result = match seen {
         plan::Seen::Unreachable(why) => Ok(format!("still unreachable ({why})")),
+        plan::Seen::Unusable(_) => Err(format!("{name} answers again: not replaced")),
         plan::Seen::Answered(_) => Err(format!("{name} answers again: not replaced")),
     };
     ctx.record(format!("look at {name} once more"), started, &result);
@@ -837,8 +929,12 @@ pub async fn fence(
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
         semi_sync: false,
+        flavour: Flavour::MariaDb,
     };
-    let sql = vec!["SET GLOBAL read_only = ON".to_owned()];
+    if let plan::Seen::Answered(f) = &server.seen {
+        ctx.flavour = f.flavour;
+    }
+    let sql = read_only(ctx.flavour, true);
     ctx.step(
         format!("fence {}: make it read-only", server.name),
         at,
@@ -862,9 +958,9 @@ pub async fn rejoin(
     let Some(replication) = pool.replication.as_ref() else {
         return Err("the pool has no [replication] table".into());
     };
-    let own = match &server.seen {
-        plan::Seen::Answered(f) => f.current_pos.to_string(),
-        plan::Seen::Unreachable(why) => return Err(why.clone()),
+    let (own, flavour) = match &server.seen {
+        plan::Seen::Answered(f) => (f.current_pos.to_string(), f.flavour),
+        plan::Seen::Unreachable(why) | plan::Seen::Unusable(why) => return Err(why.clone()),
     };
     let mut ctx = Ctx {
         admins,
@@ -874,8 +970,10 @@ pub async fn rejoin(
         steps: Vec::new(),
         started_unix: super::report::unix_now(),
         semi_sync: false,
+        flavour: Flavour::MariaDb,
     };
     ctx.semi_sync = matches!(&primary.seen, plan::Seen::Answered(f) if f.semi_sync);
+    ctx.flavour = flavour;
     repoint(&mut ctx, server, at, primary, Some(&own))
         .await
         .map(|_| ())

@@ -1,7 +1,7 @@
 //! Who is primary, who may replace it, and what a switchover does: pure
 //! decisions over what each server said, each refusal typed with its reason.
 
-use super::gtid::GtidPos;
+use super::gtid::Gtid;
 use crate::vocabulary::Tier;
 
 /// What one server said when dbsplice looked, or why it could not look.
@@ -9,26 +9,56 @@ use crate::vocabulary::Tier;
 pub enum Seen {
     /// It answered.
     Answered(ServerFacts),
+    /// It let dbsplice's admin login in, but its replication facts could
+    /// not be read (a missing privilege, a server dbsplice does not manage
+    /// such as MySQL today); in words. Alive: never taken for dead.
+    Unusable(String),
     /// It did not; in words.
     Unreachable(String),
+}
+
+/// The server's kind, from its greeting's version: which statements
+/// dbsplice sends it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Flavour {
+    /// MariaDB: domain-based GTID, `read_only`, `MASTER_GTID_WAIT`.
+    #[default]
+    MariaDb,
+    /// MySQL 8: GTID sets, `super_read_only`, `WAIT_FOR_EXECUTED_GTID_SET`.
+    MySql,
+}
+
+impl Flavour {
+    /// The flavour of a server whose greeting says `version`.
+    pub fn of(version: &str) -> Flavour {
+        if version.to_ascii_lowercase().contains("mariadb") {
+            Flavour::MariaDb
+        } else {
+            Flavour::MySql
+        }
+    }
 }
 
 /// One server's replication facts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerFacts {
+    /// Which statements it understands.
+    pub flavour: Flavour,
     /// `@@server_id`.
     pub server_id: u32,
+    /// `@@server_uuid` (MySQL; empty on MariaDB).
+    pub server_uuid: String,
     /// `read_only` is on.
     pub read_only: bool,
     /// `@@gtid_binlog_pos`: what it has written to its binary log.
-    pub binlog_pos: GtidPos,
+    pub binlog_pos: Gtid,
     /// `@@gtid_current_pos`: the most recent of its own and its applied
     /// transactions.
-    pub current_pos: GtidPos,
+    pub current_pos: Gtid,
     /// `@@gtid_binlog_state`: the last transaction of each server in each
     /// domain of its binary log (replicas log what they apply with
     /// `log_slave_updates`).
-    pub binlog_state: GtidPos,
+    pub binlog_state: Gtid,
     /// Whom it replicates from, if anyone.
     pub source: Option<Source>,
     /// `rpl_semi_sync_master_enabled`: as a primary, it waits for a
@@ -52,7 +82,7 @@ pub struct Source {
     /// `Using_Gtid` is not `No`.
     pub using_gtid: bool,
     /// `Gtid_IO_Pos`: what it has received from the primary, applied or not.
-    pub io_pos: GtidPos,
+    pub io_pos: Gtid,
 }
 
 /// One server of the pool, as configured and as seen.
@@ -92,7 +122,7 @@ impl Server {
     fn facts(&self) -> Option<&ServerFacts> {
         match &self.seen {
             Seen::Answered(f) => Some(f),
-            Seen::Unreachable(_) => None,
+            Seen::Unusable(_) | Seen::Unreachable(_) => None,
         }
     }
 }
@@ -196,6 +226,7 @@ pub fn switchover(servers: &[Server], to: Option<&str>) -> Result<SwitchoverPlan
 fn promotable<'a>(server: &'a Server, primary: &ServerFacts) -> Result<&'a ServerFacts, String> {
     let facts = match &server.seen {
         Seen::Answered(f) => f,
+        Seen::Unusable(why) => return Err(format!("its replication cannot be read ({why})")),
         Seen::Unreachable(why) => return Err(format!("unreachable ({why})")),
     };
     if !server.candidate {
@@ -218,9 +249,11 @@ fn promotable<'a>(server: &'a Server, primary: &ServerFacts) -> Result<&'a Serve
     }
     // Server by server, leaving out the primary's own stream (read a moment
     // later, the replica may be further along it than the primary's answer).
-    let errant = facts
-        .binlog_state
-        .state_ahead_of_except(&primary.binlog_state, primary.server_id);
+    let errant = facts.binlog_state.state_ahead_of(
+        &primary.binlog_state,
+        Some(primary.server_id),
+        Some(&primary.server_uuid),
+    );
     if errant > 0 {
         return Err(format!(
             "it has {errant} transaction(s) the primary lacks (errant GTIDs, {} against {})",
@@ -277,7 +310,7 @@ pub struct FailoverPlan {
     /// The replica to promote.
     pub new: usize,
     /// What `new` has received: it applies all of it before taking writes.
-    pub apply: GtidPos,
+    pub apply: Gtid,
     /// The other reachable replicas, to re-point at `new`.
     pub others: Vec<usize>,
 }
@@ -331,7 +364,7 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
     let primary = servers
         .get(old)
         .ok_or_else(|| Blocked::NoCandidate("no primary".into()))?;
-    if primary.facts().is_some() {
+    if !matches!(primary.seen, Seen::Unreachable(_)) {
         return Err(Blocked::PrimaryAnswers(primary.name.clone()));
     }
     let followers = |s: &Server| {
@@ -385,6 +418,7 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
 fn failover_candidate(server: &Server, follows: bool) -> Result<&Source, String> {
     let facts = match &server.seen {
         Seen::Answered(f) => f,
+        Seen::Unusable(why) => return Err(format!("its replication cannot be read ({why})")),
         Seen::Unreachable(why) => return Err(format!("unreachable ({why})")),
     };
     if !server.candidate {
@@ -476,7 +510,7 @@ pub fn repairs(servers: &[Server], rejoin: bool) -> Vec<Repair> {
         // Server by server: a former primary's last transactions that never
         // left it are missing here even when the new primary's sequence
         // numbers went past them.
-        let extra = f.binlog_state.state_ahead_of(&pf.binlog_state);
+        let extra = f.binlog_state.state_ahead_of(&pf.binlog_state, None, None);
         out.push(match (extra, rejoin) {
             (0, true) => Repair::Rejoin { server: i, primary },
             (0, false) => continue,

@@ -3,12 +3,14 @@
 
 use super::*;
 
-fn pos(text: &str) -> GtidPos {
-    GtidPos::parse(text).unwrap()
+fn pos(text: &str) -> Gtid {
+    Gtid::mariadb(text).unwrap()
 }
 
 fn primary(id: u32, at: &str) -> Seen {
     Seen::Answered(ServerFacts {
+        flavour: Flavour::MariaDb,
+        server_uuid: String::new(),
         server_id: id,
         read_only: false,
         binlog_pos: pos(at),
@@ -21,9 +23,11 @@ fn primary(id: u32, at: &str) -> Seen {
 
 fn replica(id: u32, of: u32, at: &str) -> Seen {
     Seen::Answered(ServerFacts {
+        flavour: Flavour::MariaDb,
+        server_uuid: String::new(),
         server_id: id,
         read_only: true,
-        binlog_pos: GtidPos::default(),
+        binlog_pos: Gtid::default(),
         current_pos: pos(at),
         binlog_state: pos(at),
         source: Some(Source {
@@ -184,7 +188,7 @@ fn dead_primary() -> Vec<Server> {
 fn source_of(s: &mut Server) -> &mut Source {
     match &mut s.seen {
         Seen::Answered(f) => f.source.as_mut().unwrap(),
-        Seen::Unreachable(_) => panic!("unreachable"),
+        Seen::Unusable(_) | Seen::Unreachable(_) => panic!("unreachable"),
     }
 }
 
@@ -209,10 +213,16 @@ fn a_failover_promotes_what_received_most_and_applies_it_first() {
 #[test]
 fn a_failover_is_blocked_while_anything_still_sees_the_primary() {
     type Edit = fn(&mut Vec<Server>);
-    let table: [(&str, Edit, &str, &str); 5] = [
+    let table: [(&str, Edit, &str, &str); 6] = [
         (
             "dbsplice reaches it",
             |s| s[0].seen = primary(1, "0-1-100"),
+            "primary_answers",
+            "db1 still answers",
+        ),
+        (
+            "it lets the login in",
+            |s| s[0].seen = Seen::Unusable("access denied".into()),
             "primary_answers",
             "db1 still answers",
         ),

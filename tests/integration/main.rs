@@ -25,6 +25,7 @@ mod faults;
 mod galera;
 mod hold;
 mod load;
+mod mysql_replication;
 mod reload;
 mod roles;
 mod soak;
