@@ -438,3 +438,51 @@ async fn python_clients_see_no_failed_connection_across_a_switchover_then_a_fail
         seen.describe()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_failover_without_the_lock_and_why_says_so() {
+    let mut cluster = cluster().await;
+    let proxy = proxy_with(&cluster, HOLD, AUTO).await;
+    let app = proxy.app.as_ref().unwrap();
+    // Another instance holds the pool's lock on both replicas.
+    let mut holders = Vec::new();
+    for replica in &cluster.servers[1..] {
+        let mut c = replica.admin().await;
+        let got: Option<u8> = c
+            .query_first("SELECT GET_LOCK('dbsplice:main', 0)")
+            .await
+            .unwrap();
+        assert_eq!(got, Some(1));
+        holders.push(c);
+    }
+    cluster.servers[0].kill();
+    let blocked = wait_until(Duration::from_secs(30), || async {
+        let status = dbsplice::admin::status::status(app.shared());
+        let why = status["pools"][0]["replication"]["failover_blocked"].as_str()?;
+        why.contains("another dbsplice instance")
+            .then(|| why.to_owned())
+    })
+    .await
+    .expect("the failover is tried and blocked by the lock");
+    eprintln!("blocked: {blocked}");
+    let why = dbsplice::admin::status::why(app.shared(), "db1")
+        .unwrap()
+        .to_string();
+    assert!(why.contains("no failover: the lock dbsplice:main"), "{why}");
+    for replica in &cluster.servers[1..] {
+        let mut c = replica.admin().await;
+        assert!(!writable(&mut c).await, "no promotion without the lock");
+    }
+    // The other instance is gone: the next attempt promotes.
+    for c in holders {
+        c.disconnect().await.unwrap();
+    }
+    let ports = [cluster.servers[1].port, cluster.servers[2].port];
+    let addr = proxy.addr("rw");
+    wait_until(Duration::from_secs(30), || async {
+        let port = port_of_new_session(addr).await?;
+        ports.contains(&port).then_some(())
+    })
+    .await
+    .expect("promoted once the lock is free");
+}
