@@ -211,8 +211,11 @@ async fn plan_under_lock(
     let from = servers.get(plan.old).map(|s| s.name.clone());
     let lock = take_lock(ctx).await.map_err(|why| (from.clone(), why))?;
     // Another instance may have acted between the look and the lock: look
-    // again under the lock, and go on only with the same plan.
-    let (servers, again) = look(ctx, to).await;
+    // again under the lock, for the candidate chosen (which replica is a
+    // transaction ahead may change under load), and go on only if the
+    // primary is the same.
+    let chosen = servers.get(plan.new).map(|s| s.name.clone());
+    let (servers, again) = look(ctx, chosen.as_deref().or(to)).await;
     match again {
         Ok(again) if again.old == plan.old && again.new == plan.new => Ok((servers, again, lock)),
         Ok(_) => Err((
