@@ -196,6 +196,15 @@ impl GtidSet {
         n
     }
 
+    /// The transactions of source `uuid` alone.
+    pub fn only(&self, uuid: &str) -> GtidSet {
+        let mut out = GtidSet::default();
+        if let Some((k, v)) = self.sets.get_key_value(&uuid.to_ascii_lowercase()) {
+            out.sets.insert(k.clone(), v.clone());
+        }
+        out
+    }
+
     /// Whether this set holds every transaction of `other`.
     pub fn contains(&self, other: &GtidSet) -> bool {
         other.missing_from(self, None) == 0
@@ -384,6 +393,11 @@ mod tests {
             assert!(GtidSet::parse(bad).is_err(), "{bad}");
         }
         assert!(GtidSet::parse("").unwrap().to_string().is_empty());
+        assert_eq!(errant.only(B).to_string(), format!("{B}:1-2"));
+        assert!(errant
+            .only("00000000-0000-0000-0000-000000000000")
+            .to_string()
+            .is_empty());
         assert!(
             !Gtid::MySql(primary).contains(&Gtid::mariadb("0-1-1").unwrap()),
             "flavours never mix"

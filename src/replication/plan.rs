@@ -384,7 +384,13 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
     let mut best: Option<(usize, &Source)> = None;
     let mut reasons = Vec::new();
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != old) {
-        match failover_candidate(s, followers(s)) {
+        let others: Vec<&ServerFacts> = servers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i && *j != old)
+            .filter_map(|(_, o)| o.facts())
+            .collect();
+        match failover_candidate(s, followers(s), &others) {
             Err(why) => reasons.push(format!("{}: {why}", s.name)),
             Ok(src) => {
                 let better = best.is_none_or(|(b, bsrc)| {
@@ -414,8 +420,13 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
 }
 
 /// Whether `server`, a replica of the dead primary when `follows`, may
-/// replace it; its link to the primary if so.
-fn failover_candidate(server: &Server, follows: bool) -> Result<&Source, String> {
+/// replace it (`others`: what the other reachable servers said); its link
+/// to the primary if so.
+fn failover_candidate<'a>(
+    server: &'a Server,
+    follows: bool,
+    others: &[&ServerFacts],
+) -> Result<&'a Source, String> {
     let facts = match &server.seen {
         Seen::Answered(f) => f,
         Seen::Unusable(why) => return Err(format!("its replication cannot be read ({why})")),
@@ -430,8 +441,7 @@ fn failover_candidate(server: &Server, follows: bool) -> Result<&Source, String>
     if !source.using_gtid {
         return Err("it replicates without GTID (Using_Gtid = No)".into());
     }
-    // Applied but never received: written on the replica itself.
-    let errant = facts.current_pos.ahead_of(&source.io_pos);
+    let errant = errant_of_replica(facts, source, others);
     if errant > 0 {
         return Err(format!(
             "it has {errant} transaction(s) of its own (errant GTIDs, {} against {} received)",
@@ -439,6 +449,28 @@ fn failover_candidate(server: &Server, follows: bool) -> Result<&Source, String>
         ));
     }
     Ok(source)
+}
+
+/// Transactions a replica has that came from no primary. MariaDB: applied
+/// but never received. MySQL, whose received set includes what it
+/// executed: those of its own `server_uuid` that no other reachable server
+/// has (a former primary's own transactions, replicated to the others, are
+/// not errant).
+fn errant_of_replica(facts: &ServerFacts, source: &Source, others: &[&ServerFacts]) -> u64 {
+    match &facts.current_pos {
+        Gtid::MySql(executed) => {
+            let mut elsewhere = super::gtid::GtidSet::default();
+            for o in others {
+                if let Gtid::MySql(set) = &o.current_pos {
+                    elsewhere = elsewhere.union(set);
+                }
+            }
+            executed
+                .only(&facts.server_uuid)
+                .missing_from(&elsewhere, None)
+        }
+        Gtid::MariaDb(_) => facts.current_pos.ahead_of(&source.io_pos),
+    }
 }
 
 /// What to do with a server that takes writes beside the pool's primary,

@@ -330,3 +330,55 @@ fn a_returning_primary_is_fenced_then_rejoined_or_left_for_repair() {
     ];
     assert_eq!(repairs(&unclear, true), vec![]);
 }
+
+const UA: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+const UB: &str = "4c7d2a3e-2f7b-11ee-a8f1-0242ac120002";
+const UC: &str = "5d8e3b4f-3a8c-11ee-b9a2-0242ac120003";
+
+/// A MySQL replica of server 1 (uuid UA) with this executed set.
+fn mysql_replica(id: u32, uuid: &str, executed: &str) -> Seen {
+    let set = Gtid::mysql(executed).unwrap();
+    Seen::Answered(ServerFacts {
+        flavour: Flavour::MySql,
+        server_id: id,
+        server_uuid: uuid.into(),
+        read_only: true,
+        binlog_pos: set.clone(),
+        current_pos: set.clone(),
+        binlog_state: set.clone(),
+        source: Some(Source {
+            host: "127.0.0.1".into(),
+            port: 3301,
+            server_id: 1,
+            io_running: false,
+            sql_running: true,
+            using_gtid: true,
+            io_pos: set,
+        }),
+        semi_sync: false,
+    })
+}
+
+#[test]
+fn a_mysql_replica_s_own_writes_no_one_else_has_are_errant() {
+    let mut servers = vec![
+        server("db1", Seen::Unreachable("refused".into())),
+        server("db2", mysql_replica(2, UB, &format!("{UA}:1-10,{UB}:1-2"))),
+        server("db3", mysql_replica(3, UC, &format!("{UA}:1-10"))),
+    ];
+    let plan = failover(&servers, 0).unwrap();
+    assert_eq!(plan.new, 2, "db2 wrote two transactions of its own");
+    // Both have db2's transactions (db2 was a primary once): not errant, and
+    // db2, further along, is chosen.
+    servers[2].seen = mysql_replica(3, UC, &format!("{UA}:1-10,{UB}:1-2"));
+    servers[1].seen = mysql_replica(2, UB, &format!("{UA}:1-11,{UB}:1-2"));
+    assert_eq!(failover(&servers, 0).unwrap().new, 1);
+    // Alone with its own writes: blocked, saying why.
+    servers[2].seen = Seen::Unreachable("timeout".into());
+    servers[1].seen = mysql_replica(2, UB, &format!("{UA}:1-10,{UB}:1-2"));
+    let blocked = failover(&servers, 0).unwrap_err().to_string();
+    assert!(
+        blocked.contains("db2: it has 2 transaction(s) of its own"),
+        "{blocked}"
+    );
+}
