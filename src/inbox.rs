@@ -63,6 +63,8 @@ pub enum Event {
     RepairsDone {
         /// The pool's name.
         pool: String,
+        /// Whether one of them failed.
+        failed: bool,
     },
     /// A switchover the control module started is over.
     PromotionDone {
@@ -279,8 +281,8 @@ impl Inbox {
 
     /// Tells the control module that the repairs it started on `pool` are
     /// over.
-    pub async fn repairs_done(&self, pool: String) {
-        let _ = self.tx.send(Event::RepairsDone { pool }).await;
+    pub async fn repairs_done(&self, pool: String, failed: bool) {
+        let _ = self.tx.send(Event::RepairsDone { pool, failed }).await;
     }
 
     /// Tells the control module that a switchover it started is over; it

@@ -99,6 +99,8 @@ pub struct ReplicationState {
     pub manual_repair: std::collections::BTreeMap<String, u64>,
     /// No automatic failover before this (the cool-down after one).
     pub quiet_until: Option<tokio::time::Instant>,
+    /// No fence or rejoin tried again before this (a rejoin failed).
+    pub repair_quiet_until: Option<tokio::time::Instant>,
 }
 
 /// Entries the timeline keeps: the oldest go first.

@@ -51,7 +51,13 @@ pub fn evaluate(pool: &Pool, memory: &mut Memory, now: Instant) -> Option<Instan
         }
     }
     let next = pool_memory(pool, &decision, &before);
-    for note in log_pool_changes(pool, &before, &next) {
+    // While dbsplice itself moves the primary, the probes may for a moment
+    // see the new primary writable before the old one read-only: no alert.
+    let mut shown = next.clone();
+    if memory.is_promoting(name) {
+        shown.multiple_writers.clone_from(&before.multiple_writers);
+    }
+    for note in log_pool_changes(pool, &before, &shown) {
         memory.note("pool", note);
     }
     if before.tier == Some(Tier::Standby) && next.tier == Some(Tier::Primary) {

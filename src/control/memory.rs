@@ -74,6 +74,11 @@ impl Memory {
         self.replication.entry(pool.to_owned()).or_default()
     }
 
+    /// Whether a switchover or failover of `pool` is under way.
+    pub fn is_promoting(&self, pool: &str) -> bool {
+        self.replication.get(pool).is_some_and(|r| r.promoting)
+    }
+
     /// Notes a health transition of `address` for the failover clock.
     pub fn health_changed(&mut self, address: &str, down: bool, now: tokio::time::Instant) {
         if down {

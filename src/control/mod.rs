@@ -281,7 +281,7 @@ impl Control {
                 transition: Some(t),
             } => self.note_transition(&address, t),
             Event::Topology { pool, servers } => self.topology(pool, servers),
-            Event::RepairsDone { pool } => self.repairs_done(&pool),
+            Event::RepairsDone { pool, failed } => self.repairs_done(&pool, failed),
             Event::Health { .. } => {}
             Event::Ping { reply } => {
                 let _ = reply.send(());

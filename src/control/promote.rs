@@ -21,6 +21,11 @@ use crate::vocabulary::{FailoverMode, Health};
 /// promotions.
 pub const FAILOVER_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// A rejoin that failed is not tried again for this long: its cause (a
+/// privilege, a server that refuses) is for a person to fix. (A fence is
+/// tried again at every look.)
+pub const REPAIR_BACKOFF: Duration = Duration::from_secs(30);
+
 impl Control {
     /// Starts a watcher for each pool with a `[replication]` table that has
     /// none, and stops those of pools that lost theirs.
@@ -184,9 +189,19 @@ impl Control {
             }
         }
         self.note_manual_repairs(&name, manual);
+        // After a failed rejoin, rejoins wait; fences never do.
+        let quiet = self
+            .memory
+            .replication(&name)
+            .repair_quiet_until
+            .is_some_and(|q| Instant::now() < q);
         let actions: Vec<Repair> = repairs
             .into_iter()
-            .filter(|r| !matches!(r, Repair::ManualRepair { .. }))
+            .filter(|r| match r {
+                Repair::ManualRepair { .. } => false,
+                Repair::Rejoin { .. } => !quiet,
+                Repair::Fence(_) => true,
+            })
             .collect();
         if !actions.is_empty() {
             self.repair(name, servers, actions);
@@ -219,7 +234,11 @@ impl Control {
         self.memory.replication(&name).repairing = true;
         let inbox = self.inbox.clone();
         self.life.tasks.spawn(async move {
+            let mut failed = false;
             for action in actions {
+                // A fence that fails is tried again at the next look (a
+                // writable former primary must not wait); a rejoin waits.
+                let rejoin = matches!(action, Repair::Rejoin { .. });
                 let (what, result) = match action {
                     Repair::Fence(i) => {
                         let Some(s) = servers.get(i) else { continue };
@@ -242,16 +261,22 @@ impl Control {
                 };
                 match result {
                     Ok(()) => tracing::warn!(pool = %config.name, "{what}"),
+                    Err(why) if rejoin => {
+                        failed = true;
+                        tracing::error!(pool = %config.name, "not {what}: {why}; tried again in {}s", REPAIR_BACKOFF.as_secs());
+                    }
                     Err(why) => tracing::error!(pool = %config.name, "not {what}: {why}"),
                 }
             }
-            inbox.repairs_done(config.name.clone()).await;
+            inbox.repairs_done(config.name.clone(), failed).await;
         });
     }
 
     /// Fences and rejoins of `name` are over.
-    pub(super) fn repairs_done(&mut self, name: &str) {
-        self.memory.replication(name).repairing = false;
+    pub(super) fn repairs_done(&mut self, name: &str, failed: bool) {
+        let state = self.memory.replication(name);
+        state.repairing = false;
+        state.repair_quiet_until = failed.then(|| Instant::now() + REPAIR_BACKOFF);
     }
 
     /// Starts a failover of pool `name` when its last primary has failed
