@@ -38,7 +38,26 @@ struct Ctx<'a> {
     flavour: Flavour,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A context for acting on `pool`'s servers, which needs its
+    /// `[replication]` table.
+    fn new(pool: &'a PoolConfig, admins: Vec<Prober>, inbox: Inbox) -> Result<Ctx<'a>, String> {
+        let replication = pool
+            .replication
+            .as_ref()
+            .ok_or("the pool has no [replication] table")?;
+        Ok(Ctx {
+            admins,
+            pool,
+            replication,
+            inbox,
+            steps: Vec::new(),
+            started_unix: super::report::unix_now(),
+            semi_sync: false,
+            flavour: Flavour::MariaDb,
+        })
+    }
+
     /// Runs `statements` on `addr` as one step named `name`; the answers,
     /// or why the step failed (the first failing statement, or the session).
     async fn step(
@@ -133,24 +152,9 @@ pub async fn switchover(
     to: Option<String>,
     origin: String,
 ) -> Report {
-    let Some(replication) = pool.replication.as_ref() else {
-        return refused(
-            pool,
-            &origin,
-            Vec::new(),
-            None,
-            "the pool has no [replication] table".into(),
-        );
-    };
-    let mut ctx = Ctx {
-        admins,
-        pool,
-        replication,
-        inbox,
-        steps: Vec::new(),
-        started_unix: super::report::unix_now(),
-        semi_sync: false,
-        flavour: Flavour::MariaDb,
+    let mut ctx = match Ctx::new(pool, admins, inbox) {
+        Ok(ctx) => ctx,
+        Err(why) => return refused(pool, &origin, Vec::new(), None, why),
     };
     let (servers, plan, lock) = match plan_under_lock(&mut ctx, to.as_deref()).await {
         Ok(planned) => planned,
@@ -753,24 +757,9 @@ pub async fn failover(
     plan: &plan::FailoverPlan,
 ) -> Report {
     let origin = "automatic failover".to_owned();
-    let Some(replication) = pool.replication.as_ref() else {
-        return refused(
-            pool,
-            &origin,
-            Vec::new(),
-            None,
-            "the pool has no [replication] table".into(),
-        );
-    };
-    let mut ctx = Ctx {
-        admins,
-        pool,
-        replication,
-        inbox,
-        steps: Vec::new(),
-        started_unix: super::report::unix_now(),
-        semi_sync: false,
-        flavour: Flavour::MariaDb,
+    let mut ctx = match Ctx::new(pool, admins, inbox) {
+        Ok(ctx) => ctx,
+        Err(why) => return refused(pool, &origin, Vec::new(), None, why),
     };
     ctx.semi_sync = servers
         .get(plan.old)
@@ -921,19 +910,7 @@ pub async fn fence(
     server: &Server,
     at: usize,
 ) -> Result<(), String> {
-    let Some(replication) = pool.replication.as_ref() else {
-        return Err("the pool has no [replication] table".into());
-    };
-    let mut ctx = Ctx {
-        admins,
-        pool,
-        replication,
-        inbox,
-        steps: Vec::new(),
-        started_unix: super::report::unix_now(),
-        semi_sync: false,
-        flavour: Flavour::MariaDb,
-    };
+    let mut ctx = Ctx::new(pool, admins, inbox)?;
     if let plan::Seen::Answered(f) = &server.seen {
         ctx.flavour = f.flavour;
     }
@@ -958,23 +935,11 @@ pub async fn rejoin(
     at: usize,
     primary: &Server,
 ) -> Result<(), String> {
-    let Some(replication) = pool.replication.as_ref() else {
-        return Err("the pool has no [replication] table".into());
-    };
     let (own, flavour) = match &server.seen {
         plan::Seen::Answered(f) => (f.current_pos.to_string(), f.flavour),
         plan::Seen::Unreachable(why) | plan::Seen::Unusable(why) => return Err(why.clone()),
     };
-    let mut ctx = Ctx {
-        admins,
-        pool,
-        replication,
-        inbox,
-        steps: Vec::new(),
-        started_unix: super::report::unix_now(),
-        semi_sync: false,
-        flavour: Flavour::MariaDb,
-    };
+    let mut ctx = Ctx::new(pool, admins, inbox)?;
     ctx.semi_sync = matches!(&primary.seen, plan::Seen::Answered(f) if f.semi_sync);
     ctx.flavour = flavour;
     repoint(&mut ctx, server, at, primary, Some(&own))

@@ -163,18 +163,23 @@ pub enum Refusal {
     NoCandidate(String),
 }
 
-/// Plans a switchover from the one writable server to `to` (or, without it,
-/// the most advanced replica that may be promoted; ties by tier, then by
-/// config order).
-pub fn switchover(servers: &[Server], to: Option<&str>) -> Result<SwitchoverPlan, Refusal> {
-    let writable: Vec<usize> = (0..servers.len())
+/// The indexes of the servers that answered writable.
+fn writable(servers: &[Server]) -> Vec<usize> {
+    (0..servers.len())
         .filter(|&i| {
             servers
                 .get(i)
                 .and_then(Server::facts)
                 .is_some_and(|f| !f.read_only)
         })
-        .collect();
+        .collect()
+}
+
+/// Plans a switchover from the one writable server to `to` (or, without it,
+/// the most advanced replica that may be promoted; ties by tier, then by
+/// config order).
+pub fn switchover(servers: &[Server], to: Option<&str>) -> Result<SwitchoverPlan, Refusal> {
+    let writable = writable(servers);
     let old = match writable.as_slice() {
         [] => return Err(Refusal::NoPrimary),
         [one] => *one,
@@ -503,14 +508,7 @@ pub enum Repair {
 /// that replicate from no one are rejoined (with `rejoin`) or reported.
 /// Nothing when who is primary is not clear.
 pub fn repairs(servers: &[Server], rejoin: bool) -> Vec<Repair> {
-    let writable: Vec<usize> = (0..servers.len())
-        .filter(|&i| {
-            servers
-                .get(i)
-                .and_then(Server::facts)
-                .is_some_and(|f| !f.read_only)
-        })
-        .collect();
+    let writable = writable(servers);
     let followed = |i: usize| {
         let Some(p) = servers.get(i) else {
             return false;

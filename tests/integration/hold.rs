@@ -215,8 +215,7 @@ async fn holding_is_bounded_by_hold_max_hold_timeout_and_shutdown() {
     // Two held, the third refused at once naming hold_max.
     let first = tokio::spawn(raw_client(addr));
     let second = tokio::spawn(raw_client(addr));
-    let snapshot = proxy.app.as_ref().unwrap().snapshot();
-    let waiting = Arc::clone(&snapshot.pool("main").unwrap().waiting);
+    let waiting = waiting_of(&proxy);
     wait_until(Duration::from_secs(5), || async {
         (waiting.held() == 2).then_some(())
     })
@@ -284,16 +283,7 @@ async fn a_held_client_is_released_by_a_reload_that_adds_a_backend() {
     proxy.wait_health(dead.addr(), Health::Down).await;
     let addr = proxy.addr("rw");
     let held = tokio::spawn(port_of_new_session(addr));
-    let waiting = Arc::clone(
-        &proxy
-            .app
-            .as_ref()
-            .unwrap()
-            .snapshot()
-            .pool("main")
-            .unwrap()
-            .waiting,
-    );
+    let waiting = waiting_of(&proxy);
     wait_until(Duration::from_secs(5), || async {
         (waiting.held() == 1).then_some(())
     })
@@ -356,16 +346,7 @@ async fn clients_past_a_backend_s_max_connections_are_served_in_arrival_order_as
     proxy.wait_health(db.addr(), Health::Up).await;
     let addr = proxy.addr("rw");
     let first = crate::support::connect(addr).await.unwrap();
-    let waiting = Arc::clone(
-        &proxy
-            .app
-            .as_ref()
-            .unwrap()
-            .snapshot()
-            .pool("main")
-            .unwrap()
-            .waiting,
-    );
+    let waiting = waiting_of(&proxy);
     // Each client arrives once the one before it is held.
     let (connected, mut order) = tokio::sync::mpsc::unbounded_channel();
     let mut closers = Vec::new();
@@ -408,7 +389,7 @@ async fn pause_promote_resume_fails_no_new_connection() {
     let addr = proxy.addr("rw");
     let (old, new) = (cluster.servers[0].port, cluster.servers[1].port);
     let app = proxy.app.as_ref().unwrap();
-    let waiting = Arc::clone(&app.snapshot().pool("main").unwrap().waiting);
+    let waiting = waiting_of(&proxy);
     let clients = ClientLoop::start(addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -489,16 +470,7 @@ async fn a_full_only_backend_holds_clients_until_a_slot_frees_and_is_never_down(
     .await
     .expect("the probe sees the server full");
     let client = tokio::spawn(port_of_new_session(proxy.addr("rw")));
-    let waiting = Arc::clone(
-        &proxy
-            .app
-            .as_ref()
-            .unwrap()
-            .snapshot()
-            .pool("main")
-            .unwrap()
-            .waiting,
-    );
+    let waiting = waiting_of(&proxy);
     wait_until(Duration::from_secs(5), || async {
         (waiting.held() == 1).then_some(())
     })

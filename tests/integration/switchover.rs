@@ -64,9 +64,9 @@ async fn proxy(cluster: &Cluster, settings: &str) -> Proxy {
     proxy_with(cluster, "", settings).await
 }
 
-/// [`proxy`] with `pool` settings too (before the `[replication]` table).
-pub(crate) async fn proxy_with(cluster: &Cluster, pool: &str, settings: &str) -> Proxy {
-    let backends: Vec<String> = cluster
+/// A `[[pool.main.backend]]` table per server of `cluster`, named db1, db2...
+fn backend_tables(cluster: &Cluster) -> Vec<String> {
+    cluster
         .servers
         .iter()
         .enumerate()
@@ -77,7 +77,12 @@ pub(crate) async fn proxy_with(cluster: &Cluster, pool: &str, settings: &str) ->
                 i + 1
             )
         })
-        .collect();
+        .collect()
+}
+
+/// [`proxy`] with `pool` settings too (before the `[replication]` table).
+pub(crate) async fn proxy_with(cluster: &Cluster, pool: &str, settings: &str) -> Proxy {
+    let backends: Vec<String> = backend_tables(cluster);
     let body = format!(
         "role = \"writer\"\n{pool}\n{}[pool.main.replication]\nuser = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\n\
          replication_user = \"{USER}\"\nreplication_password = \"{PASSWORD}\"\n{settings}\n",
@@ -436,18 +441,7 @@ async fn the_command_and_the_api_report_each_step() {
     let dir = crate::support::Scratch::new("switchover-cli");
     std::fs::write(dir.0.join("admin.token"), "tok-switch").unwrap();
     std::fs::write(dir.0.join("admin.password"), format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let backends: String = cluster
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "[[pool.main.backend]]\naddress = \"{}\"\nname = \"db{}\"\n",
-                s.addr(),
-                i + 1
-            )
-        })
-        .collect();
+    let backends: String = backend_tables(&cluster).concat();
     let path = dir.0.join("dbsplice.toml");
     std::fs::write(
         &path,
