@@ -336,19 +336,21 @@ fn server_line(s: &Value) -> String {
     let link = if source.is_null() {
         "replicates from no one".to_owned()
     } else {
-        let yes = |k: &str| {
+        // An IO thread that is not running may be stopped or still
+        // trying to connect: either way it receives nothing.
+        let yes = |k: &str, no: &'static str| {
             if at(source, k).as_bool() == Some(true) {
                 "running"
             } else {
-                "stopped"
+                no
             }
         };
         format!(
             "replicates from {}:{} (IO {}, SQL {}, received {})",
             at(source, "host").as_str().unwrap_or_default(),
             at(source, "port"),
-            yes("io_running"),
-            yes("sql_running"),
+            yes("io_running", "not connected"),
+            yes("sql_running", "stopped"),
             at(source, "gtid_io_pos").as_str().unwrap_or_default()
         )
     };

@@ -114,7 +114,7 @@ function renderReplication(r) {
     cell(row, s.read_only ? "read-only" : "writable");
     const src = s.replicates_from;
     cell(row, src ? src.host + ":" + src.port : "no one");
-    cell(row, src ? (src.io_running ? "running" : "stopped") : "-");
+    cell(row, src ? (src.io_running ? "running" : "not connected") : "-");
     cell(row, src ? (src.sql_running ? "running" : "stopped") : "-");
     cell(row, src ? src.gtid_io_pos : "-");
     cell(row, s.gtid_current_pos);

@@ -330,6 +330,10 @@ pub enum Blocked {
     /// alone is not dead.
     #[error("replica {0} still sees the primary (its IO thread is connected)")]
     ReplicaSeesPrimary(String),
+    /// A replica lets dbsplice in but its replication cannot be read: it
+    /// may still receive from the primary.
+    #[error("replica {0} answers but its replication cannot be read ({1}): it may still see the primary")]
+    ReplicaUnknown(String, String),
     /// Another server already takes writes.
     #[error("{0} is writable already")]
     AnotherWriter(String),
@@ -340,9 +344,10 @@ pub enum Blocked {
 
 impl Blocked {
     /// Every `reason` label, for metrics that show each from zero.
-    pub const LABELS: [&'static str; 5] = [
+    pub const LABELS: [&'static str; 6] = [
         "primary_answers",
         "replica_sees_primary",
+        "replica_unknown",
         "another_writer",
         "no_candidate",
         // A failover that was tried and did not happen (lock, catch-up).
@@ -354,6 +359,7 @@ impl Blocked {
         match self {
             Blocked::PrimaryAnswers(_) => "primary_answers",
             Blocked::ReplicaSeesPrimary(_) => "replica_sees_primary",
+            Blocked::ReplicaUnknown(..) => "replica_unknown",
             Blocked::AnotherWriter(_) => "another_writer",
             Blocked::NoCandidate(_) => "no_candidate",
         }
@@ -362,7 +368,7 @@ impl Blocked {
 
 /// Plans the promotion of a replica in place of `old`, the primary the
 /// checks found dead: only when no reachable server still answers as or
-/// reaches it, and only a replica of it that received with GTID and has
+/// reaches it (nor hides whether it does), and only a replica of it that received with GTID and has
 /// nothing of its own (the most advanced by what it received; ties by
 /// tier, then config order).
 pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked> {
@@ -378,6 +384,9 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
             .is_some_and(|src| primary.is_source(src))
     };
     for (i, s) in servers.iter().enumerate() {
+        if let (true, Seen::Unusable(why)) = (i != old, &s.seen) {
+            return Err(Blocked::ReplicaUnknown(s.name.clone(), why.clone()));
+        }
         let Some(f) = s.facts() else { continue };
         if i != old && !f.read_only {
             return Err(Blocked::AnotherWriter(s.name.clone()));

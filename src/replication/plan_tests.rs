@@ -213,7 +213,7 @@ fn a_failover_promotes_what_received_most_and_applies_it_first() {
 #[test]
 fn a_failover_is_blocked_while_anything_still_sees_the_primary() {
     type Edit = fn(&mut Vec<Server>);
-    let table: [(&str, Edit, &str, &str); 6] = [
+    let table: [(&str, Edit, &str, &str); 7] = [
         (
             "dbsplice reaches it",
             |s| s[0].seen = primary(1, "0-1-100"),
@@ -231,6 +231,12 @@ fn a_failover_is_blocked_while_anything_still_sees_the_primary() {
             |s| source_of(&mut s[2]).io_running = true,
             "replica_sees_primary",
             "replica db3 still sees the primary",
+        ),
+        (
+            "a replica's link cannot be read",
+            |s| s[1].seen = Seen::Unusable("SHOW SLAVE STATUS failed: denied".into()),
+            "replica_unknown",
+            "replica db2 answers but its replication cannot be read",
         ),
         (
             "promoted already",

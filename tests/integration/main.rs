@@ -26,6 +26,7 @@ mod galera;
 mod hold;
 mod load;
 mod mysql_replication;
+mod no_failover;
 mod reload;
 mod roles;
 mod soak;

@@ -65,30 +65,41 @@ async fn proxy(cluster: &Cluster, settings: &str) -> Proxy {
 }
 
 /// A `[[pool.main.backend]]` table per server of `cluster`, named db1, db2...
-fn backend_tables(cluster: &Cluster) -> Vec<String> {
+/// with `extra[i]` (if any) in server `i`'s table.
+fn backend_tables(cluster: &Cluster, extra: &[&str]) -> Vec<String> {
     cluster
         .servers
         .iter()
         .enumerate()
         .map(|(i, s)| {
             format!(
-                "[[pool.main.backend]]\naddress = \"{}\"\nname = \"db{}\"\n",
+                "[[pool.main.backend]]\naddress = \"{}\"\nname = \"db{}\"\n{}\n",
                 s.addr(),
-                i + 1
+                i + 1,
+                extra.get(i).copied().unwrap_or_default()
             )
         })
         .collect()
 }
 
-/// [`proxy`] with `pool` settings too (before the `[replication]` table).
-pub(crate) async fn proxy_with(cluster: &Cluster, pool: &str, settings: &str) -> Proxy {
-    let backends: Vec<String> = backend_tables(cluster);
+/// The config of [`proxy_with`], with `extra` in the backends' tables.
+pub(crate) fn config_text(cluster: &Cluster, pool: &str, settings: &str, extra: &[&str]) -> String {
     let body = format!(
         "role = \"writer\"\n{pool}\n{}[pool.main.replication]\nuser = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\n\
          replication_user = \"{USER}\"\nreplication_password = \"{PASSWORD}\"\n{settings}\n",
         mysql_check(CHECK_USER, CHECK_PASSWORD, "")
     );
-    let proxy = Proxy::start(&crate::support::config(&body, &backends));
+    crate::support::config(&body, &backend_tables(cluster, extra))
+}
+
+/// [`proxy`] with `pool` settings too (before the `[replication]` table).
+pub(crate) async fn proxy_with(cluster: &Cluster, pool: &str, settings: &str) -> Proxy {
+    let proxy = Proxy::start(&config_text(cluster, pool, settings, &[]));
+    reaches_primary(cluster, proxy).await
+}
+
+/// `proxy`, once its writer listener reaches the cluster's first server.
+pub(crate) async fn reaches_primary(cluster: &Cluster, proxy: Proxy) -> Proxy {
     let (addr, primary) = (proxy.addr("rw"), cluster.servers[0].port);
     wait_until(Duration::from_secs(20), || async {
         (port_of_new_session(addr).await == Some(primary)).then_some(())
@@ -441,7 +452,7 @@ async fn the_command_and_the_api_report_each_step() {
     let dir = crate::support::Scratch::new("switchover-cli");
     std::fs::write(dir.0.join("admin.token"), "tok-switch").unwrap();
     std::fs::write(dir.0.join("admin.password"), format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let backends: String = backend_tables(&cluster).concat();
+    let backends: String = backend_tables(&cluster, &[]).concat();
     let path = dir.0.join("dbsplice.toml");
     std::fs::write(
         &path,
