@@ -293,12 +293,16 @@ impl Control {
         if r.failover != FailoverMode::Auto {
             return;
         }
-        let Some(primary) = self.memory.pool(name).last_writer.clone() else {
+        // The last writer; for an instance that has seen none (started while
+        // the primary was dead), the server the replicas follow.
+        let old = match self.memory.pool(name).last_writer.clone() {
+            Some(primary) => pool.members.iter().position(|m| m.state.address == primary),
+            None => plan::followed(servers),
+        };
+        let Some((old, primary)) = old.and_then(|i| Some((i, pool.members.get(i)?))) else {
             return;
         };
-        let Some(old) = pool.members.iter().position(|m| m.state.address == primary) else {
-            return;
-        };
+        let primary = primary.state.address.clone();
         let down_long_enough = pool
             .members
             .get(old)

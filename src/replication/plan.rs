@@ -307,6 +307,25 @@ fn most_advanced(
     })
 }
 
+/// The server every answering replica replicates from, when they all name
+/// the same one: who the primary was, for an instance that never saw it
+/// answer (started while it was dead).
+pub fn followed(servers: &[Server]) -> Option<usize> {
+    let mut found = None;
+    for source in servers
+        .iter()
+        .filter_map(Server::facts)
+        .filter_map(|f| f.source.as_ref())
+    {
+        let i = servers.iter().position(|s| s.is_source(source))?;
+        if found.is_some_and(|j| j != i) {
+            return None;
+        }
+        found = Some(i);
+    }
+    found
+}
+
 /// A failover to carry out, by index into the servers given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverPlan {

@@ -388,3 +388,22 @@ fn a_mysql_replica_s_own_writes_no_one_else_has_are_errant() {
         "{blocked}"
     );
 }
+
+#[test]
+fn the_primary_is_known_by_who_the_replicas_follow() {
+    assert_eq!(followed(&three()), Some(0));
+    assert_eq!(followed(&dead_primary()), Some(0), "dead, by host and port");
+    let mut split = dead_primary();
+    source_of(&mut split[2]).port = 3302;
+    source_of(&mut split[2]).server_id = 2;
+    assert_eq!(followed(&split), None, "the replicas disagree");
+    let mut unknown = dead_primary();
+    source_of(&mut unknown[1]).port = 9999;
+    assert_eq!(
+        followed(&unknown),
+        None,
+        "one follows a server not in the pool"
+    );
+    let alone = vec![server("db1", primary(1, "0-1-1"))];
+    assert_eq!(followed(&alone), None, "no replica");
+}

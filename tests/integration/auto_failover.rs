@@ -486,3 +486,25 @@ async fn no_failover_without_the_lock_and_why_says_so() {
     .await
     .expect("promoted once the lock is free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_while_the_primary_is_dead_fails_over() {
+    let mut cluster = cluster().await;
+    cluster.servers[0].kill();
+    // Never having seen a writer, it knows the primary by whom the
+    // replicas follow.
+    let toml = crate::switchover::config_text(&cluster, HOLD, AUTO, &[]);
+    let proxy = Proxy::start(&toml);
+    let started = tokio::time::Instant::now();
+    let ports = [cluster.servers[1].port, cluster.servers[2].port];
+    let addr = proxy.addr("rw");
+    wait_until(Duration::from_secs(30), || async {
+        let port = port_of_new_session(addr).await?;
+        ports.contains(&port).then_some(())
+    })
+    .await
+    .expect("a replica is promoted");
+    eprintln!("promoted {:?} after the start", started.elapsed());
+    let status = dbsplice::admin::status::status(proxy.app.as_ref().unwrap().shared());
+    assert_eq!(status["pools"][0]["replication"]["failovers"], 1);
+}
