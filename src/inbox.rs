@@ -115,6 +115,21 @@ pub enum Event {
         /// The change of health, when there was one.
         transition: Option<Transition>,
     },
+    /// A backend's host name was resolved again.
+    Resolved {
+        /// The backend's address as written in the config.
+        address: String,
+        /// Its host name.
+        host: String,
+        /// Its addresses (IPv4 first), or why it did not resolve.
+        result: Result<Vec<std::net::SocketAddr>, String>,
+    },
+    /// A probe of the backend at `address` failed: its host name should be
+    /// resolved again soon (it may have moved).
+    ResolveSoon {
+        /// The backend's address as written in the config.
+        address: String,
+    },
     /// Answer at once: the watchdog's proof that the control module still
     /// handles events.
     Ping {
@@ -351,6 +366,31 @@ impl Inbox {
         let _ = self.tx.try_send(Event::Health {
             address: address.to_owned(),
             transition,
+        });
+    }
+
+    /// Tells the control module what a backend's host name resolves to now.
+    pub async fn resolved(
+        &self,
+        address: String,
+        host: String,
+        result: Result<Vec<std::net::SocketAddr>, String>,
+    ) {
+        let _ = self
+            .tx
+            .send(Event::Resolved {
+                address,
+                host,
+                result,
+            })
+            .await;
+    }
+
+    /// Asks for the backend's host name to be resolved again soon; dropped
+    /// when the inbox is full (the next failed probe asks again).
+    pub fn resolve_soon(&self, address: &str) {
+        let _ = self.tx.try_send(Event::ResolveSoon {
+            address: address.to_owned(),
         });
     }
 

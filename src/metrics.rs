@@ -15,6 +15,16 @@ pub const BACKEND_UP: Metric = (
     "dbsplice_backend_up",
     "1 when the backend's health checks pass",
 );
+/// Where the backend is now and where it came from.
+pub const BACKEND_INFO: Metric = (
+    "dbsplice_backend_info",
+    "Always 1: the backend's address as written, the IP it is reached at now (ip) and where it came from (origin: file, dns, srv, discovered)",
+);
+/// Its host name fails to resolve.
+pub const BACKEND_UNRESOLVED: Metric = (
+    "dbsplice_backend_unresolved",
+    "1 while the backend's host name does not resolve (its last address is kept)",
+);
 /// Role.
 pub const BACKEND_WRITABLE: Metric = (
     "dbsplice_backend_writable",

@@ -33,6 +33,7 @@ const LEVELS: &[(&str, u8)] = &[
     // 2: tasks and IO.
     ("config::load", 2),
     ("config::watch", 2),
+    ("config::resolve", 2),
     ("health", 2),
     ("proxy", 2),
     ("admin", 2),

@@ -74,6 +74,8 @@ fn describe() {
     }
     describe_gauge!(BACKEND_PROBE_SECONDS.0, BACKEND_PROBE_SECONDS.1);
     for (name, help) in [
+        BACKEND_INFO,
+        BACKEND_UNRESOLVED,
         BACKEND_ELIGIBLE,
         BACKEND_UP,
         BACKEND_WRITABLE,
@@ -136,6 +138,7 @@ fn backends(shared: &Shared) {
                 ("address", m.state.address.clone()),
             ];
             let s = &m.state;
+            whereabouts(&labels, s);
             gauge!(BACKEND_ELIGIBLE.0, &labels).set(flag(m.is_eligible()));
             gauge!(BACKEND_UP.0, &labels).set(flag(s.health() == Health::Up));
             let writable = match s.role() {
@@ -159,6 +162,16 @@ fn backends(shared: &Shared) {
             }
         }
     }
+}
+
+/// Where the backend is reached now, where it came from, and whether its
+/// name resolves.
+fn whereabouts(labels: &[(&'static str, String); 3], s: &crate::cluster::BackendState) {
+    let mut info = labels.to_vec();
+    info.push(("ip", s.addr().to_string()));
+    info.push(("origin", "file".to_owned()));
+    gauge!(BACKEND_INFO.0, &info).set(1.0);
+    gauge!(BACKEND_UNRESOLVED.0, labels).set(flag(s.unresolved().is_some()));
 }
 
 #[allow(clippy::cast_precision_loss)]

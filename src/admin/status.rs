@@ -130,6 +130,9 @@ fn backend(pool: &Pool, decided: &PoolView, m: &Member) -> Value {
     json!({
         "name": m.name,
         "address": s.address,
+        "ip": s.addr().to_string(),
+        "origin": "file",
+        "unresolved": s.unresolved().map(|why| why.to_string()),
         "tier": m.tier.as_str(),
         "weight": m.weight,
         "health": s.health().as_str(),
@@ -164,10 +167,19 @@ pub fn why(shared: &Shared, name: &str) -> Option<Value> {
         let decided = shared.pool(&pool.config.name);
         for m in pool.members.iter().filter(|m| m.name == name) {
             let mut answer = json!({ "pool": pool.config.name, "eligible": m.is_eligible(), "why": explain(pool, &decided, m) });
-            if let (Some(failover), Value::Object(fields)) =
-                (failover_words(&decided, m), &mut answer)
-            {
-                fields.insert("failover".into(), json!(failover));
+            if let Value::Object(fields) = &mut answer {
+                if let Some(failover) = failover_words(&decided, m) {
+                    fields.insert("failover".into(), json!(failover));
+                }
+                if let Some(why) = m.state.unresolved() {
+                    fields.insert(
+                        "dns".into(),
+                        json!(format!(
+                            "its host name does not resolve ({why}); it is reached at its last address, {}",
+                            m.state.addr()
+                        )),
+                    );
+                }
             }
             answers.push(answer);
         }

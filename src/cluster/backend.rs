@@ -23,8 +23,12 @@ const LAG_NOT_REPLICA: u64 = u64::MAX - 1;
 pub struct BackendState {
     /// The address as written in the config: the backend's identity.
     pub address: String,
-    /// Where to connect.
-    pub addr: SocketAddr,
+    /// Where to connect: the address the config's host last resolved to
+    /// (written by the control module, read at each connect and probe).
+    addr: ArcSwap<SocketAddr>,
+    /// Why the host name last failed to resolve, while it does (the last
+    /// address is kept meanwhile); written by the control module.
+    unresolved: Mutex<Option<Arc<str>>>,
     health: AtomicU8,
     /// Milliseconds since [`epoch`] when it last came back from down; 0: never.
     recovered_at: AtomicU64,
@@ -122,7 +126,8 @@ impl BackendState {
     pub fn new(address: String, addr: SocketAddr) -> BackendState {
         BackendState {
             address,
-            addr,
+            addr: ArcSwap::from_pointee(addr),
+            unresolved: Mutex::new(None),
             health: AtomicU8::new(Health::Unknown as u8),
             recovered_at: AtomicU64::new(0),
             role: AtomicU8::new(0),
@@ -139,6 +144,32 @@ impl BackendState {
             admin: Mutex::new(None),
             counters: Counters::default(),
         }
+    }
+
+    /// Where to connect now.
+    pub fn addr(&self) -> SocketAddr {
+        **self.addr.load()
+    }
+
+    /// Its host name now resolves to `addr`: new sessions and probes go
+    /// there; open sessions stay where they are. Whether it moved.
+    pub fn set_addr(&self, addr: SocketAddr) -> bool {
+        *lock(&self.unresolved) = None;
+        if self.addr() == addr {
+            return false;
+        }
+        self.addr.store(Arc::new(addr));
+        true
+    }
+
+    /// Its host name failed to resolve (`why`); the last address is kept.
+    pub fn set_unresolved(&self, why: &str) {
+        *lock(&self.unresolved) = Some(Arc::from(why));
+    }
+
+    /// Why its host name does not resolve now, if it does not.
+    pub fn unresolved(&self) -> Option<Arc<str>> {
+        lock(&self.unresolved).clone()
     }
 
     /// The checker's current verdict.
@@ -371,6 +402,11 @@ impl Drop for SessionGuard {
             self.backend.slot_freed();
         }
     }
+}
+
+/// The value behind `mutex`, poisoned or not (every writer leaves it whole).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

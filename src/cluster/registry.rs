@@ -23,25 +23,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The state for `address`, created if new (or if it now resolves elsewhere).
+    /// The state for `address`, created if new. A host name that now
+    /// resolves elsewhere keeps its state (health, sessions, decisions):
+    /// new sessions go to the new address.
     pub fn get_or_insert(&mut self, address: &str, addr: SocketAddr) -> Arc<BackendState> {
-        let mut moved = false;
         let state = self
             .states
             .entry(address.to_owned())
-            .and_modify(|s| {
-                if s.addr != addr {
-                    moved = true;
-                    *s = Arc::new(BackendState::new(address.to_owned(), addr));
-                }
-            })
             .or_insert_with(|| Arc::new(BackendState::new(address.to_owned(), addr)));
-        let state = Arc::clone(state);
-        if moved {
-            // Another server: nothing decided about the old one applies.
-            self.members.retain(|(_, a), _| a != address);
+        if state.set_addr(addr) {
+            tracing::warn!(backend = address, to = %addr, "backend's host name resolves to a new address");
+            state.request_probe();
         }
-        state
+        Arc::clone(state)
     }
 
     /// The state for `address`, if known.
@@ -98,6 +92,10 @@ mod tests {
         let b = r.get_or_insert("db:3306", addr);
         assert!(Arc::ptr_eq(&a, &b));
         let moved = r.get_or_insert("db:3306", "127.0.0.2:3306".parse().unwrap());
-        assert!(!Arc::ptr_eq(&a, &moved), "a new resolution is a new server");
+        assert!(
+            Arc::ptr_eq(&a, &moved),
+            "a name that moved is the same backend"
+        );
+        assert_eq!(a.addr(), "127.0.0.2:3306".parse().unwrap());
     }
 }

@@ -157,6 +157,16 @@ fn tell_backends_their_waiters(pools: &HashMap<String, Arc<Pool>>) {
 }
 
 impl Pool {
+    /// The pool's settings with each backend's address as it resolves now
+    /// (the config's is the one found when it was loaded).
+    pub fn config_now(&self) -> PoolConfig {
+        let mut config = self.config.clone();
+        for (b, m) in config.backends.iter_mut().zip(&self.members) {
+            b.addr = m.state.addr();
+        }
+        config
+    }
+
     fn build(config: &PoolConfig, registry: &mut Registry) -> Pool {
         let members: Vec<Member> = config
             .backends

@@ -21,7 +21,8 @@ impl Config {
     /// Parses and validates `text` read from `path`, and reads the files the
     /// config names (relative to its directory).
     pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config = Config::from_toml(path, text, &resolve_system)?;
+        let lookup = lookup_of(text);
+        let mut config = Config::from_toml(path, text, &|a| resolve_with(&lookup, a))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut problems: Vec<Problem> = config
             .pools
@@ -165,6 +166,39 @@ impl super::replication::ReplicationConfig {
             }
         }
         problems
+    }
+}
+
+/// How the file `text` has names resolved: with `resolver = "IP:PORT"`, by
+/// asking that server (the key itself is checked with the rest of the file).
+fn lookup_of(text: &str) -> super::resolve::Lookup {
+    let server = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("resolver")?.as_str()?.parse().ok());
+    super::resolve::Lookup { server }
+}
+
+/// Resolves through `lookup` (the first address, IPv4 first); literal IPs
+/// never touch DNS.
+pub fn resolve_with(
+    lookup: &super::resolve::Lookup,
+    address: &Address,
+) -> Result<SocketAddr, String> {
+    let found = lookup.addresses_blocking(&address.host, address.port);
+    match (found, lookup.server) {
+        (Ok(addrs), _) => addrs
+            .first()
+            .copied()
+            .ok_or_else(|| format!("host \"{}\" resolved to no address", address.host)),
+        (Err(e), None) => Err(format!(
+            "host \"{}\" cannot be resolved ({e}); write an IP address or a name this host can resolve",
+            address.host
+        )),
+        (Err(e), Some(server)) => Err(format!(
+            "host \"{}\" cannot be resolved by the resolver {server} ({e}); write an IP address, a name it answers for, or remove the resolver key",
+            address.host
+        )),
     }
 }
 

@@ -12,6 +12,7 @@ mod duration;
 pub mod load;
 mod raw;
 pub mod replication;
+pub mod resolve;
 mod routing;
 mod validate;
 pub mod watch;
@@ -43,6 +44,9 @@ pub struct Config {
     pub reload_poll: Duration,
     /// Threads that accept and carry client sessions; `None`: one per CPU.
     pub workers: Option<usize>,
+    /// The DNS server asked for every host name (`IP:port`); `None`: the
+    /// system's resolver.
+    pub resolver: Option<SocketAddr>,
     /// The admin server, if enabled.
     pub admin: Option<AdminConfig>,
     /// Listeners in file order.
@@ -120,6 +124,9 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Distinct backends tried for one client before it gets an error.
     pub connect_attempts: u32,
+    /// How often a backend's host name is resolved again (and at once
+    /// after a failed probe).
+    pub resolve_interval: Duration,
     /// How backends are checked.
     pub check: CheckConfig,
     /// Which backends may take clients, and what happens to sessions.

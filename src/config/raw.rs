@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub shutdown_grace: Option<ConfigDuration>,
     pub reload_poll: Option<ConfigDuration>,
     pub workers: Option<i64>,
+    pub resolver: Option<String>,
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
@@ -83,6 +84,7 @@ pub struct RawPool {
     pub on_primary_return: Option<OnDown>,
     pub on_remove: Option<OnDown>,
     pub send_proxy: Option<ProxyVersion>,
+    pub resolve_interval: Option<ConfigDuration>,
     pub replication: Option<RawReplication>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,

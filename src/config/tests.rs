@@ -243,7 +243,7 @@ fn password_and_key_files_are_read_relative_to_the_config() {
 /// message must contain.
 #[test]
 fn each_mistake_is_named_with_a_fix() {
-    let table: [(&str, &str, &str, bool, &[&str]); 20] = [
+    let table: [(&str, &str, &str, bool, &[&str]); 22] = [
         (
             "no workers",
             "shutdown_grace = \"10s\"",
@@ -366,6 +366,20 @@ fn each_mistake_is_named_with_a_fix() {
             "nowhere.invalid",
             false,
             &["backend[1].address", "cannot be resolved"],
+        ),
+        (
+            "resolving too often",
+            "connect_attempts = 2",
+            "connect_attempts = 2\nresolve_interval = \"100ms\"",
+            false,
+            &["pool.main.resolve_interval", "\"1s\" or more"],
+        ),
+        (
+            "a resolver that is not an address",
+            "shutdown_grace = \"10s\"",
+            "shutdown_grace = \"10s\"\nresolver = \"dns.example\"",
+            false,
+            &["resolver", "IP:port", "remove the key"],
         ),
         (
             "zero attempts",
@@ -516,6 +530,7 @@ const EVERY_KEY: &str = r#"
 shutdown_grace = "30s"
 reload_poll = "10s"
 workers = 2
+resolver = "127.0.0.53:53"
 
 [admin]
 listen = "127.0.0.1:9306"
@@ -538,6 +553,7 @@ allow = ["10.0.0.0/8", "127.0.0.1"]
 balance = "least-connections"
 connect_timeout = "1s"
 connect_attempts = 3
+resolve_interval = "30s"
 role = "writer"
 on_multiple_writers = "keep"
 max_lag = "10s"

@@ -34,6 +34,39 @@ impl Problems {
     }
 }
 
+/// How often host names are resolved again unless a pool says otherwise.
+pub(super) const DEFAULT_RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// The shortest `resolve_interval`.
+const MIN_RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `resolver` key: a DNS server's `IP:port`.
+fn resolver(text: &str, problems: &mut Problems) -> Option<std::net::SocketAddr> {
+    let parsed = text.parse().ok();
+    if parsed.is_none() {
+        problems.add(
+            "resolver",
+            format!("\"{text}\" is not a DNS server's IP:port; write for example \"127.0.0.53:53\", or remove the key for the system's resolver"),
+        );
+    }
+    parsed
+}
+
+/// A pool's `resolve_interval`, at least a second.
+fn resolve_interval(
+    key: &str,
+    raw: Option<super::duration::ConfigDuration>,
+    problems: &mut Problems,
+) -> std::time::Duration {
+    let every = raw.map_or(DEFAULT_RESOLVE_INTERVAL, |d| d.0);
+    if every < MIN_RESOLVE_INTERVAL {
+        problems.add(
+            format!("{key}.resolve_interval"),
+            "names would be asked of DNS more than once a second; write \"1s\" or more (\"30s\" is the default)",
+        );
+    }
+    every
+}
+
 /// Most session threads a config may ask for.
 const MAX_WORKERS: usize = 1024;
 
@@ -74,10 +107,12 @@ pub fn validate(raw: RawConfig, resolve: &Resolver<'_>) -> Result<Config, Vec<Pr
             None
         }
     });
+    let resolver = raw.resolver.and_then(|text| resolver(&text, &mut problems));
     if !problems.0.is_empty() {
         return Err(problems.0);
     }
     Ok(Config {
+        resolver,
         admin,
         reload_poll: raw
             .reload_poll
@@ -202,6 +237,7 @@ fn pool_config(
         .replication
         .take()
         .and_then(|r| super::replication::replication_config(&key, r, routing.role, problems));
+    let resolve_interval = resolve_interval(&key, raw.resolve_interval, problems);
     let written = raw.backend.len();
     let backends = backend_configs(&key, raw.backend, resolve, problems);
     // A backend dropped for an unresolvable address was reported already.
@@ -221,6 +257,7 @@ fn pool_config(
         balance: raw.balance.unwrap_or(Balance::LeastConnections),
         connect_timeout: raw.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
         connect_attempts: raw.connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+        resolve_interval,
         check,
         routing,
         backends,

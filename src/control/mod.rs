@@ -19,6 +19,7 @@ pub mod listeners;
 pub mod memory;
 pub mod promote;
 pub mod reload;
+mod resolved;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -102,7 +103,13 @@ pub struct Control {
     /// look again at once.
     watchers:
         std::collections::HashMap<String, (CancellationToken, std::sync::Arc<tokio::sync::Notify>)>,
+    /// Names the resolver should ask again soon (a probe failed).
+    resolve_soon: mpsc::Sender<String>,
 }
+
+/// Names waiting to be resolved again at once, at most (more wait for the
+/// next failed probe).
+const RESOLVE_HINTS: usize = 256;
 
 /// How often a resume waiting for fresh probes looks whether they are done.
 const RESUME_POLL: std::time::Duration = std::time::Duration::from_millis(10);
@@ -135,6 +142,7 @@ pub fn start(
         cap.limit()
     );
     let mut control = Control {
+        resolve_soon: start_resolver(&routes, &inbox, &life),
         supervisor: Supervisor::new(inbox.clone(), histograms),
         listeners: Listeners::new(Arc::clone(&routes), cap, workers, life.clone()),
         routes,
@@ -283,6 +291,7 @@ impl Control {
             Event::Topology { pool, servers } => self.topology(pool, servers),
             Event::RepairsDone { pool, failed } => self.repairs_done(&pool, failed),
             Event::Health { .. } => {}
+            Event::Resolved { .. } | Event::ResolveSoon { .. } => self.resolver_event(event),
             Event::Ping { reply } => {
                 let _ = reply.send(());
             }
@@ -338,22 +347,14 @@ impl Control {
 
     fn note_on_timeline(&self, address: &str, t: Transition) {
         let snapshot = self.routes.load();
-        let mut names: Vec<&str> = snapshot
-            .pools()
-            .flat_map(|p| p.members.iter())
-            .filter(|m| m.state.address == address)
-            .map(|m| m.name.as_str())
-            .collect();
+        let mut names: Vec<&str> = names_of(&snapshot, address);
         names.sort_unstable();
         names.dedup();
         let reason = snapshot
             .backend(address)
             .map(|s| s.reason().to_string())
             .unwrap_or_default();
-        let who = match names.as_slice() {
-            [name] if *name == address => address.to_owned(),
-            _ => format!("{} ({address})", names.join(", ")),
-        };
+        let who = who(&names, address);
         self.shared.timeline.push(
             "backend",
             format!("{who} {} (was {}): {reason}", t.to, t.from),
@@ -486,5 +487,41 @@ impl Control {
             format!("{name}: manual fail-back, {held} backends released"),
         );
         Some(held)
+    }
+}
+
+/// Starts the task that resolves backend names again; where to ask it for
+/// one at once.
+fn start_resolver(
+    routes: &Arc<ArcSwap<Snapshot>>,
+    inbox: &Inbox,
+    life: &Lifecycle,
+) -> mpsc::Sender<String> {
+    let (soon, hints) = mpsc::channel(RESOLVE_HINTS);
+    life.tasks.spawn(crate::config::resolve::run(
+        Arc::clone(routes),
+        inbox.clone(),
+        hints,
+        life.stop_checks.child_token(),
+    ));
+    soon
+}
+
+/// The names the backend at `address` has in the pools of `snapshot`.
+fn names_of<'a>(snapshot: &'a Snapshot, address: &str) -> Vec<&'a str> {
+    snapshot
+        .pools()
+        .flat_map(|p| p.members.iter())
+        .filter(|m| m.state.address == address)
+        .map(|m| m.name.as_str())
+        .collect()
+}
+
+/// A backend as the timeline names it: its names, and its address when
+/// that differs.
+fn who(names: &[&str], address: &str) -> String {
+    match names {
+        [name] if *name == address => address.to_owned(),
+        _ => format!("{} ({address})", names.join(", ")),
     }
 }

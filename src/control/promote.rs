@@ -123,7 +123,7 @@ impl Control {
             ));
         }
         let admins = execute::admins(&pool.config)?;
-        Ok((pool.config.clone(), admins))
+        Ok((pool.config_now(), admins))
     }
 
     /// Records a finished switchover or failover and answers whoever asked.

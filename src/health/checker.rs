@@ -33,6 +33,8 @@ pub struct Checker {
     pub inbox: Inbox,
     /// Where probe durations are recorded.
     pub histograms: Arc<crate::health::histograms::ProbeHistograms>,
+    /// The address's host is a name: a failed probe has it resolved again.
+    pub named: bool,
 }
 
 impl Checker {
@@ -80,7 +82,7 @@ impl Checker {
         // without a permit would still be correct.
         let _permit = self.slots.acquire().await.ok();
         let started = tokio::time::Instant::now();
-        let outcome = self.prober.probe(self.state.addr).await;
+        let outcome = self.prober.probe(self.state.addr()).await;
         let took = started.elapsed();
         if !matches!(outcome, Outcome::Skipped { .. }) {
             self.state
@@ -129,6 +131,9 @@ impl Checker {
                 return;
             }
         };
+        if !passed && self.named {
+            self.inbox.resolve_soon(&state.address);
+        }
         let transition = tracker.observe(passed);
         state.set_health(tracker.health(), &reason);
         // As stored: with the server's control characters replaced.

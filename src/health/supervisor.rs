@@ -94,6 +94,7 @@ impl Supervisor {
                     slots: Arc::clone(&self.slots),
                     inbox: self.inbox.clone(),
                     histograms: Arc::clone(&self.histograms),
+                    named: backend.address.host.parse::<std::net::IpAddr>().is_err(),
                 };
                 tasks.spawn(checker.run(stop.clone()));
             }

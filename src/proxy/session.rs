@@ -493,7 +493,7 @@ async fn attempt(
 ) -> Result<(TcpStream, Vec<u8>), Attempt> {
     let connect = tokio::time::timeout(
         pool.config.connect_timeout,
-        TcpStream::connect(member.state.addr),
+        TcpStream::connect(member.state.addr()),
     );
     match connect.await {
         Ok(Ok(stream)) => prepare(stream, &pool.config.routing, proxy_header).await,

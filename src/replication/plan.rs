@@ -402,18 +402,7 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
             .and_then(|f| f.source.as_ref())
             .is_some_and(|src| primary.is_source(src))
     };
-    for (i, s) in servers.iter().enumerate() {
-        if let (true, Seen::Unusable(why)) = (i != old, &s.seen) {
-            return Err(Blocked::ReplicaUnknown(s.name.clone(), why.clone()));
-        }
-        let Some(f) = s.facts() else { continue };
-        if i != old && !f.read_only {
-            return Err(Blocked::AnotherWriter(s.name.clone()));
-        }
-        if followers(s) && f.source.as_ref().is_some_and(|src| src.io_running) {
-            return Err(Blocked::ReplicaSeesPrimary(s.name.clone()));
-        }
-    }
+    nothing_sees(servers, old, &followers)?;
     let mut best: Option<(usize, &Source)> = None;
     let mut reasons = Vec::new();
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != old) {
@@ -450,6 +439,29 @@ pub fn failover(servers: &[Server], old: usize) -> Result<FailoverPlan, Blocked>
         apply: src.io_pos.clone(),
         others,
     })
+}
+
+/// Refuses a failover while a reachable server takes writes, still
+/// receives from the dead primary `old`, or hides whether it does.
+fn nothing_sees(
+    servers: &[Server],
+    old: usize,
+    followers: &dyn Fn(&Server) -> bool,
+) -> Result<(), Blocked> {
+    let others = servers.iter().enumerate().filter(|(i, _)| *i != old);
+    for s in others.map(|(_, s)| s) {
+        if let Seen::Unusable(why) = &s.seen {
+            return Err(Blocked::ReplicaUnknown(s.name.clone(), why.clone()));
+        }
+        let Some(f) = s.facts() else { continue };
+        if !f.read_only {
+            return Err(Blocked::AnotherWriter(s.name.clone()));
+        }
+        if followers(s) && f.source.as_ref().is_some_and(|src| src.io_running) {
+            return Err(Blocked::ReplicaSeesPrimary(s.name.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `server`, a replica of the dead primary when `follows`, may

@@ -33,7 +33,7 @@ pub async fn run(
     let mut ids: HashMap<String, (u32, bool)> = HashMap::new();
     loop {
         let config = match routes.load().pool(&pool) {
-            Some(p) if p.config.replication.is_some() => p.config.clone(),
+            Some(p) if p.config.replication.is_some() => p.config_now(),
             _ => return,
         };
         if let Ok(admins) = execute::admins(&config) {

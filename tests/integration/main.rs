@@ -18,6 +18,7 @@ mod balancing;
 mod checks;
 mod cli;
 mod data_path;
+mod dns;
 mod exhaustion;
 mod failover;
 mod fake_server;

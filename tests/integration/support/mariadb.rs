@@ -82,6 +82,32 @@ impl MariaDb {
         MariaDb::start_copy(datadir, None, extra_args).await
     }
 
+    /// A server listening on `ip:port` of the loopback network (any of
+    /// 127.0.0.0/8): two of them can share a port, as two hosts would.
+    pub async fn start_at(ip: Ipv4Addr, port: u16) -> MariaDb {
+        let dir = scratch_root().join(format!(
+            "dbsplice-test-{}-{}",
+            std::process::id(),
+            next_port_seed()
+        ));
+        copy_dir(template(), &dir.join("data"));
+        std::fs::write(dir.join("init.sql"), init_sql()).unwrap();
+        std::fs::write(dir.join("extra-args"), "").unwrap();
+        let mut server = MariaDb {
+            port,
+            ip,
+            netns: None,
+            dir: dir.clone(),
+            child: None,
+        };
+        assert!(
+            server.restart_inner().await,
+            "could not start mariadbd on {ip}:{port}: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        server
+    }
+
     async fn start_on(netns: Option<&Netns>, extra_args: &[String]) -> MariaDb {
         MariaDb::start_copy(template(), netns, extra_args).await
     }

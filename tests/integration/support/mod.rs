@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod certs;
 pub mod cluster;
+pub mod dns;
 pub mod fake;
 pub mod galera;
 pub mod mariadb;
