@@ -124,6 +124,16 @@ pub enum Event {
         /// Its addresses (IPv4 first), or why it did not resolve.
         result: Result<Vec<std::net::SocketAddr>, String>,
     },
+    /// A source of a pool's members (a `resolve = "all"` name, an SRV
+    /// record) was looked up again.
+    Expanded {
+        /// The pool's name.
+        pool: String,
+        /// The source's key.
+        source: String,
+        /// The members it gives now, or why the lookup failed.
+        result: Result<Vec<crate::config::BackendConfig>, String>,
+    },
     /// A probe of the backend at `address` failed: its host name should be
     /// resolved again soon (it may have moved).
     ResolveSoon {
@@ -381,6 +391,23 @@ impl Inbox {
             .send(Event::Resolved {
                 address,
                 host,
+                result,
+            })
+            .await;
+    }
+
+    /// Tells the control module what a source of `pool`'s members gives now.
+    pub async fn expanded(
+        &self,
+        pool: String,
+        source: String,
+        result: Result<Vec<crate::config::BackendConfig>, String>,
+    ) {
+        let _ = self
+            .tx
+            .send(Event::Expanded {
+                pool,
+                source,
                 result,
             })
             .await;

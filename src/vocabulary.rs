@@ -263,3 +263,50 @@ impl OverrideMode {
         }
     }
 }
+
+/// How many members a backend whose host name has several addresses gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveMode {
+    /// One member, at the first address (IPv4 before IPv6).
+    #[default]
+    First,
+    /// One member per address, named `NAME#IP`.
+    All,
+}
+
+impl ResolveMode {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolveMode::First => "first",
+            ResolveMode::All => "all",
+        }
+    }
+}
+
+/// Where a pool member came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[pool.NAME.backend]]` table of the file.
+    #[default]
+    File,
+    /// One address of a backend with `resolve = "all"`.
+    Dns,
+    /// A target of a `[[pool.NAME.backend_srv]]` record.
+    Srv,
+    /// Found in the cluster by `discover`.
+    Discovered,
+}
+
+impl Origin {
+    /// The word status and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::File => "file",
+            Origin::Dns => "dns",
+            Origin::Srv => "srv",
+            Origin::Discovered => "discovered",
+        }
+    }
+}

@@ -138,7 +138,7 @@ fn backends(shared: &Shared) {
                 ("address", m.state.address.clone()),
             ];
             let s = &m.state;
-            whereabouts(&labels, s);
+            whereabouts(&labels, s, m.origin);
             gauge!(BACKEND_ELIGIBLE.0, &labels).set(flag(m.is_eligible()));
             gauge!(BACKEND_UP.0, &labels).set(flag(s.health() == Health::Up));
             let writable = match s.role() {
@@ -166,10 +166,14 @@ fn backends(shared: &Shared) {
 
 /// Where the backend is reached now, where it came from, and whether its
 /// name resolves.
-fn whereabouts(labels: &[(&'static str, String); 3], s: &crate::cluster::BackendState) {
+fn whereabouts(
+    labels: &[(&'static str, String); 3],
+    s: &crate::cluster::BackendState,
+    origin: crate::vocabulary::Origin,
+) {
     let mut info = labels.to_vec();
     info.push(("ip", s.addr().to_string()));
-    info.push(("origin", "file".to_owned()));
+    info.push(("origin", origin.as_str().to_owned()));
     gauge!(BACKEND_INFO.0, &info).set(1.0);
     gauge!(BACKEND_UNRESOLVED.0, labels).set(flag(s.unresolved().is_some()));
 }

@@ -131,7 +131,7 @@ fn backend(pool: &Pool, decided: &PoolView, m: &Member) -> Value {
         "name": m.name,
         "address": s.address,
         "ip": s.addr().to_string(),
-        "origin": "file",
+        "origin": m.origin.as_str(),
         "unresolved": s.unresolved().map(|why| why.to_string()),
         "tier": m.tier.as_str(),
         "weight": m.weight,

@@ -55,6 +55,8 @@ pub struct Member {
     pub max_connections: Option<u32>,
     /// The pool's slow start.
     pub slow_start: Option<std::time::Duration>,
+    /// Where it came from.
+    pub origin: crate::vocabulary::Origin,
     /// Live state shared with the checker and other pools.
     pub state: Arc<BackendState>,
     /// The control module's decision for this backend in this pool.
@@ -177,6 +179,7 @@ impl Pool {
                 tier: b.tier,
                 max_connections: b.max_connections,
                 slow_start: config.routing.slow_start,
+                origin: b.origin,
                 state: registry.get_or_insert(&b.address.text, b.addr),
                 decision: registry.member(&config.name, &b.address.text),
             })

@@ -31,54 +31,60 @@ impl Config {
             .flat_map(|(key, mysql)| mysql.load_files(&key, base))
             .collect();
         problems.extend(replication_files(&mut config, base));
-        if let Some(admin) = config.admin.as_mut() {
-            if let (Some(cert), Some(key)) = (&admin.cert_file, &admin.key_file) {
-                let read = |field: &str, file: &Path| {
-                    std::fs::read(base.join(file)).map_err(|e| Problem {
-                        key: format!("admin.{field}"),
-                        message: format!(
-                            "cannot read {}: {e}; fix the path or the file's permissions",
-                            base.join(file).display()
-                        ),
-                    })
-                };
-                match (read("cert_file", cert), read("key_file", key)) {
-                    (Ok(c), Ok(k)) => {
-                        admin.tls_pem =
-                            Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned())))
-                    }
-                    (c, k) => problems.extend(c.err().into_iter().chain(k.err())),
+        problems.extend(expand_sources(&mut config, &lookup));
+        let Some(admin) = config.admin.as_mut() else {
+            return finish(path, config, problems);
+        };
+        if let (Some(cert), Some(key)) = (&admin.cert_file, &admin.key_file) {
+            let read = |field: &str, file: &Path| {
+                std::fs::read(base.join(file)).map_err(|e| Problem {
+                    key: format!("admin.{field}"),
+                    message: format!(
+                        "cannot read {}: {e}; fix the path or the file's permissions",
+                        base.join(file).display()
+                    ),
+                })
+            };
+            match (read("cert_file", cert), read("key_file", key)) {
+                (Ok(c), Ok(k)) => {
+                    admin.tls_pem = Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned())))
                 }
-            }
-            if let Some(file) = &admin.token_file {
-                let full = base.join(file);
-                match std::fs::read_to_string(&full) {
-                    Ok(t) if !t.trim().is_empty() => admin.token = Some(Secret::new(t.trim())),
-                    Ok(_) => problems.push(Problem {
-                        key: "admin.token_file".into(),
-                        message: format!(
-                            "{} is empty; write a long random token into it",
-                            full.display()
-                        ),
-                    }),
-                    Err(e) => problems.push(Problem {
-                        key: "admin.token_file".into(),
-                        message: format!(
-                            "cannot read {}: {e}; fix the path or the file's permissions",
-                            full.display()
-                        ),
-                    }),
-                }
+                (c, k) => problems.extend(c.err().into_iter().chain(k.err())),
             }
         }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                file: path.to_owned(),
-                problems,
-            })
+        if let Some(file) = &admin.token_file {
+            let full = base.join(file);
+            match std::fs::read_to_string(&full) {
+                Ok(t) if !t.trim().is_empty() => admin.token = Some(Secret::new(t.trim())),
+                Ok(_) => problems.push(Problem {
+                    key: "admin.token_file".into(),
+                    message: format!(
+                        "{} is empty; write a long random token into it",
+                        full.display()
+                    ),
+                }),
+                Err(e) => problems.push(Problem {
+                    key: "admin.token_file".into(),
+                    message: format!(
+                        "cannot read {}: {e}; fix the path or the file's permissions",
+                        full.display()
+                    ),
+                }),
+            }
         }
+        finish(path, config, problems)
+    }
+}
+
+/// The config, or every problem found in it.
+fn finish(path: &Path, config: Config, problems: Vec<Problem>) -> Result<Config, ConfigError> {
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            file: path.to_owned(),
+            problems,
+        })
     }
 }
 
@@ -167,6 +173,32 @@ impl super::replication::ReplicationConfig {
         }
         problems
     }
+}
+
+/// Looks up every pool's sources (`resolve = "all"` names, SRV records)
+/// and puts the members they give in place; a source that fails is a
+/// problem of the file.
+fn expand_sources(config: &mut Config, lookup: &super::resolve::Lookup) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for pool in config.pools.values_mut() {
+        for source in pool.sources.clone() {
+            match lookup.members_blocking(&source) {
+                Ok(members) => {
+                    super::expand::replace(pool, &source.key, members);
+                }
+                Err(why) => problems.push(Problem {
+                    key: source.config_key.clone(),
+                    message: format!(
+                        "{why}; fix the name or its DNS records (resolver: {})",
+                        lookup
+                            .server
+                            .map_or("the system's".to_owned(), |s| s.to_string())
+                    ),
+                }),
+            }
+        }
+    }
+    problems
 }
 
 /// How the file `text` has names resolved: with `resolver = "IP:PORT"`, by

@@ -9,6 +9,7 @@ mod check;
 mod cidr;
 mod diff;
 mod duration;
+pub mod expand;
 pub mod load;
 mod raw;
 pub mod replication;
@@ -131,8 +132,11 @@ pub struct PoolConfig {
     pub check: CheckConfig,
     /// Which backends may take clients, and what happens to sessions.
     pub routing: Routing,
-    /// Backends in file order.
+    /// Members: the file's backends in file order, each `resolve = "all"`
+    /// backend replaced by one per address, then what the `sources` found.
     pub backends: Vec<BackendConfig>,
+    /// Names whose answers give members, looked up again while running.
+    pub sources: Vec<expand::Source>,
     /// How dbsplice manages the pool's GTID replication, if it does.
     pub replication: Option<replication::ReplicationConfig>,
 }
@@ -193,6 +197,11 @@ pub struct BackendConfig {
     pub max_connections: Option<u32>,
     /// May be promoted to primary (`candidate = false`: never).
     pub candidate: bool,
+    /// Where it came from: the file, or what one of the pool's `sources`
+    /// (its key) found.
+    pub origin: crate::vocabulary::Origin,
+    /// The key of the source that gave it (`None` for the file's own).
+    pub source: Option<String>,
 }
 
 /// One thing wrong with a config, found after parsing.

@@ -85,9 +85,21 @@ pub struct RawPool {
     pub on_remove: Option<OnDown>,
     pub send_proxy: Option<ProxyVersion>,
     pub resolve_interval: Option<ConfigDuration>,
+    pub resolve: Option<crate::vocabulary::ResolveMode>,
     pub replication: Option<RawReplication>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,
+    #[serde(default)]
+    pub backend_srv: Vec<RawBackendSrv>,
+}
+
+/// One `[[pool.NAME.backend_srv]]`: the targets of an SRV record, each a
+/// member.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackendSrv {
+    pub name: String,
+    pub max_connections: Option<u32>,
 }
 
 /// One `[pool.NAME.replication]`: how dbsplice manages a GTID primary and

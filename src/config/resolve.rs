@@ -18,9 +18,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::expand::{self, Source, SourceKind};
+use super::BackendConfig;
 use crate::cluster::Snapshot;
 use crate::inbox::Inbox;
-use crate::net::dns::{self, Answer, Failure, Kind};
+use crate::net::dns::{self, Answer, Failure, Kind, Srv};
 
 /// One lookup, all tries included, takes at most this long.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
@@ -85,6 +87,114 @@ impl Lookup {
         };
         ordered(host, found)
     }
+}
+
+impl Lookup {
+    /// The DNS server SRV questions go to: `resolver`, or the first
+    /// `nameserver` of `/etc/resolv.conf`.
+    fn dns_server(&self) -> Result<SocketAddr, String> {
+        match self.server {
+            Some(server) => Ok(server),
+            None => system_nameserver(),
+        }
+    }
+
+    /// The members source `source` gives now.
+    pub async fn members(&self, source: &Source) -> Result<Vec<BackendConfig>, String> {
+        match &source.kind {
+            SourceKind::All(template) => {
+                let found = self
+                    .addresses(&template.address.host, template.address.port)
+                    .await?;
+                Ok(expand::from_addresses(&source.key, template, &found))
+            }
+            SourceKind::Srv {
+                name,
+                max_connections,
+            } => {
+                let server = self.dns_server()?;
+                let records =
+                    tokio::time::timeout(LOOKUP_DEADLINE, exchange(server, name, Kind::Srv))
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "{server} gave no answer within {}s",
+                                LOOKUP_DEADLINE.as_secs()
+                            )
+                        })??;
+                let mut targets = Vec::new();
+                for srv in services(name, records)? {
+                    if let Ok(found) = self.addresses(&srv.target, srv.port).await {
+                        targets.extend(found.first().map(|a| (srv.clone(), *a)));
+                    }
+                }
+                srv_members(&source.key, name, *max_connections, &targets)
+            }
+        }
+    }
+
+    /// [`Lookup::members`] for a thread that may block (the config load).
+    pub fn members_blocking(&self, source: &Source) -> Result<Vec<BackendConfig>, String> {
+        match &source.kind {
+            SourceKind::All(template) => {
+                let found =
+                    self.addresses_blocking(&template.address.host, template.address.port)?;
+                Ok(expand::from_addresses(&source.key, template, &found))
+            }
+            SourceKind::Srv {
+                name,
+                max_connections,
+            } => {
+                let records = exchange_blocking(self.dns_server()?, name, Kind::Srv)?;
+                let mut targets = Vec::new();
+                for srv in services(name, records)? {
+                    if let Ok(found) = self.addresses_blocking(&srv.target, srv.port) {
+                        targets.extend(found.first().map(|a| (srv.clone(), *a)));
+                    }
+                }
+                srv_members(&source.key, name, *max_connections, &targets)
+            }
+        }
+    }
+}
+
+/// The SRV records in `answer`, the target `.` (no such service) left out.
+fn services(name: &str, answer: Answer) -> Result<Vec<Srv>, String> {
+    match answer {
+        Answer::Services(records) => Ok(records
+            .into_iter()
+            .filter(|s| !s.target.is_empty())
+            .collect()),
+        Answer::Addresses(_) => Err(format!("\"{name}\" gave no SRV records")),
+    }
+}
+
+/// The members of SRV records whose targets resolved; an error when the
+/// name has records but no target resolves.
+fn srv_members(
+    key: &str,
+    name: &str,
+    max_connections: Option<u32>,
+    targets: &[(Srv, SocketAddr)],
+) -> Result<Vec<BackendConfig>, String> {
+    if targets.is_empty() {
+        return Err(format!("\"{name}\" has no SRV target that resolves"));
+    }
+    Ok(expand::from_services(key, max_connections, targets))
+}
+
+/// The first `nameserver` of `/etc/resolv.conf`, on port 53.
+fn system_nameserver() -> Result<SocketAddr, String> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").map_err(|e| {
+        format!("cannot read /etc/resolv.conf for a DNS server ({e}); set resolver = \"IP:PORT\"")
+    })?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .ok_or_else(|| {
+            "/etc/resolv.conf names no nameserver; set resolver = \"IP:PORT\"".to_owned()
+        })
 }
 
 /// IPv4 before IPv6, each in the order given, without repeats; an error
@@ -207,72 +317,118 @@ fn exchange_blocking(server: SocketAddr, name: &str, kind: Kind) -> Result<Answe
     Err(format!("{server} gave no answer"))
 }
 
-/// One backend address whose host is a name.
+/// One lookup the resolver repeats.
 #[derive(Debug, Clone)]
-struct Name {
-    host: String,
-    port: u16,
-    /// The shortest `resolve_interval` of the pools that have it.
+enum Job {
+    /// A member's host name, re-resolved in place.
+    Name { host: String, port: u16 },
+    /// A source of members of `pool`.
+    Source { pool: String, source: Source },
+}
+
+/// A job and how often it is due: the shortest `resolve_interval` of the
+/// pools that have it.
+#[derive(Debug, Clone)]
+struct Due {
+    job: Job,
     every: Duration,
 }
 
-/// The backend addresses of `snapshot` whose host is a name, by address.
-fn names(snapshot: &Snapshot) -> HashMap<String, Name> {
-    let mut out: HashMap<String, Name> = HashMap::new();
+/// What the resolver repeats for `snapshot`, by key (a name's address as
+/// written, or the pool and a source's key); and for each member that a
+/// source gave, that source's key: a failed probe of it looks again.
+fn jobs(snapshot: &Snapshot) -> (HashMap<String, Due>, HashMap<String, Vec<String>>) {
+    let mut jobs: HashMap<String, Due> = HashMap::new();
+    let mut sources_of: HashMap<String, Vec<String>> = HashMap::new();
     for pool in snapshot.config.pools.values() {
+        let every = pool.resolve_interval;
+        for source in &pool.sources {
+            let job = Job::Source {
+                pool: pool.name.clone(),
+                source: source.clone(),
+            };
+            jobs.insert(
+                format!("{}\u{0}{}", pool.name, source.key),
+                Due { job, every },
+            );
+        }
         for b in &pool.backends {
-            if b.address.host.parse::<IpAddr>().is_ok() {
+            if let Some(s) = &b.source {
+                let key = format!("{}\u{0}{s}", pool.name);
+                sources_of
+                    .entry(b.address.text.clone())
+                    .or_default()
+                    .push(key);
+            }
+            // One address of a name's several stays at it.
+            let fixed = b.origin == crate::vocabulary::Origin::Dns;
+            if fixed || b.address.host.parse::<IpAddr>().is_ok() {
                 continue;
             }
-            out.entry(b.address.text.clone())
-                .and_modify(|n| n.every = n.every.min(pool.resolve_interval))
-                .or_insert_with(|| Name {
-                    host: b.address.host.clone(),
-                    port: b.address.port,
-                    every: pool.resolve_interval,
-                });
+            let job = Job::Name {
+                host: b.address.host.clone(),
+                port: b.address.port,
+            };
+            let due = jobs
+                .entry(b.address.text.clone())
+                .or_insert(Due { job, every });
+            due.every = due.every.min(every);
         }
     }
-    out
+    (jobs, sources_of)
 }
 
-/// Re-resolves the running config's backend names until `stop`: each every
-/// `resolve_interval` after it was last asked, and at once (but not within
-/// a second of the last lookup) when `soon` names it. Each answer goes to
-/// the control module.
+/// Runs one job on a task of its own; its answer goes to the control module.
+fn start(lookup: Lookup, key: &str, job: &Job, inbox: &Inbox) {
+    let (inbox, key, job) = (inbox.clone(), key.to_owned(), job.clone());
+    tokio::spawn(async move {
+        match job {
+            Job::Name { host, port } => {
+                let result = lookup.addresses(&host, port).await;
+                inbox.resolved(key, host, result).await;
+            }
+            Job::Source { pool, source } => {
+                let result = lookup.members(&source).await;
+                inbox.expanded(pool, source.key, result).await;
+            }
+        }
+    });
+}
+
+/// Re-resolves the running config's names until `stop`: each member's
+/// host name and each pool's sources, every `resolve_interval` after it
+/// was last asked, and at once (but not within a second of the last
+/// lookup) when `soon` names a member whose probe failed. Each answer goes
+/// to the control module.
 pub async fn run(
     routes: Arc<ArcSwap<Snapshot>>,
     inbox: Inbox,
     mut soon: mpsc::Receiver<String>,
     stop: CancellationToken,
 ) {
-    // When each name was last asked; a name first seen was just resolved by
-    // the config's load.
+    // When each job was last run; one first seen was just run by the
+    // config's load.
     let mut asked: HashMap<String, Instant> = HashMap::new();
     loop {
         let snapshot = routes.load_full();
         let lookup = Lookup {
             server: snapshot.config.resolver,
         };
-        let names = names(&snapshot);
+        let (jobs, sources_of) = jobs(&snapshot);
         let now = Instant::now();
-        asked.retain(|a, _| names.contains_key(a));
-        for address in names.keys() {
-            asked.entry(address.clone()).or_insert(now);
+        asked.retain(|key, _| jobs.contains_key(key));
+        for key in jobs.keys() {
+            asked.entry(key.clone()).or_insert(now);
         }
-        for (address, name) in &names {
-            if asked.get(address).is_some_and(|t| now >= *t + name.every) {
-                asked.insert(address.clone(), now);
-                let (inbox, address, name) = (inbox.clone(), address.clone(), name.clone());
-                tokio::spawn(async move {
-                    let result = lookup.addresses(&name.host, name.port).await;
-                    inbox.resolved(address, name.host, result).await;
-                });
+        for (key, due) in &jobs {
+            if asked.get(key).is_some_and(|t| now >= *t + due.every) {
+                asked.insert(key.clone(), now);
+                start(lookup, key, &due.job, &inbox);
             }
         }
-        let next = names
+        let next = jobs
             .iter()
-            .filter_map(|(a, n)| asked.get(a).map(|t| *t + n.every))
+            .filter_map(|(key, due)| asked.get(key).map(|t| *t + due.every))
             .min()
             .unwrap_or(now + Duration::from_secs(60));
         tokio::select! {
@@ -280,11 +436,14 @@ pub async fn run(
             () = tokio::time::sleep_until(next) => {}
             hint = soon.recv() => {
                 let Some(address) = hint else { return };
-                // Due at once, unless asked within the last second.
                 let now = Instant::now();
-                if let (Some(t), Some(n)) = (asked.get_mut(&address), names.get(&address)) {
-                    if now >= *t + MIN_GAP {
-                        *t = now.checked_sub(n.every).unwrap_or(*t);
+                let also = sources_of.get(&address).cloned().unwrap_or_default();
+                for key in std::iter::once(address).chain(also) {
+                    // Due at once, unless asked within the last second.
+                    if let (Some(t), Some(due)) = (asked.get_mut(&key), jobs.get(&key)) {
+                        if now >= *t + MIN_GAP {
+                            *t = now.checked_sub(due.every).unwrap_or(*t);
+                        }
                     }
                 }
             }

@@ -554,6 +554,7 @@ balance = "least-connections"
 connect_timeout = "1s"
 connect_attempts = 3
 resolve_interval = "30s"
+resolve = "first"
 role = "writer"
 on_multiple_writers = "keep"
 max_lag = "10s"
@@ -616,6 +617,10 @@ weight = 1
 tier = "primary"
 max_connections = 500
 candidate = true
+
+[[pool.main.backend_srv]]
+name = "_mysql._tcp.db.example"
+max_connections = 500
 "#;
 
 /// The keys the example config documents, set or commented out.

@@ -238,20 +238,7 @@ fn pool_config(
         .take()
         .and_then(|r| super::replication::replication_config(&key, r, routing.role, problems));
     let resolve_interval = resolve_interval(&key, raw.resolve_interval, problems);
-    let written = raw.backend.len();
-    let backends = backend_configs(&key, raw.backend, resolve, problems);
-    // A backend dropped for an unresolvable address was reported already.
-    if written == 0 {
-        problems.add(
-            format!("{key}.backend"),
-            format!("pool \"{name}\" has no backend; add a [[{key}.backend]] with an address"),
-        );
-    } else if backends.len() == written && !backends.iter().any(|b| b.tier == Tier::Primary) {
-        problems.add(
-            format!("{key}.backend"),
-            format!("pool \"{name}\" has no primary backend; write tier = \"primary\" on at least one backend"),
-        );
-    }
+    let (backends, sources) = members(&key, name, &mut raw, resolve, problems);
     Some(PoolConfig {
         name: name.to_owned(),
         balance: raw.balance.unwrap_or(Balance::LeastConnections),
@@ -261,8 +248,90 @@ fn pool_config(
         check,
         routing,
         backends,
+        sources,
         replication,
     })
+}
+
+/// The pool's members as the file lists them (each `resolve = "all"`
+/// backend at its first address until the load looks up the rest), and
+/// the names whose answers give more.
+fn members(
+    key: &str,
+    name: &str,
+    raw: &mut RawPool,
+    resolve: &Resolver<'_>,
+    problems: &mut Problems,
+) -> (Vec<BackendConfig>, Vec<super::expand::Source>) {
+    let written = raw.backend.len();
+    let srv = std::mem::take(&mut raw.backend_srv);
+    let mut backends = backend_configs(key, std::mem::take(&mut raw.backend), resolve, problems);
+    // A backend dropped for an unresolvable address was reported already.
+    if written == 0 && srv.is_empty() {
+        problems.add(
+            format!("{key}.backend"),
+            format!("pool \"{name}\" has no backend; add a [[{key}.backend]] with an address, or a [[{key}.backend_srv]] with an SRV name"),
+        );
+    } else if srv.is_empty()
+        && backends.len() == written
+        && !backends.iter().any(|b| b.tier == Tier::Primary)
+    {
+        problems.add(
+            format!("{key}.backend"),
+            format!("pool \"{name}\" has no primary backend; write tier = \"primary\" on at least one backend"),
+        );
+    }
+    let mut sources = Vec::new();
+    if raw.resolve == Some(crate::vocabulary::ResolveMode::All) {
+        for (i, b) in backends.iter_mut().enumerate() {
+            if b.address.host.parse::<std::net::IpAddr>().is_err() {
+                let source =
+                    super::expand::Source::all(format!("{key}.backend[{i}].address"), b.clone());
+                if let Some(first) = super::expand::from_addresses(&source.key, b, &[b.addr]).pop()
+                {
+                    *b = first;
+                }
+                sources.push(source);
+            }
+        }
+    }
+    sources.extend(srv_sources(key, srv, problems));
+    (backends, sources)
+}
+
+/// The sources of the pool's `[[backend_srv]]` tables.
+fn srv_sources(
+    key: &str,
+    srv: Vec<super::raw::RawBackendSrv>,
+    problems: &mut Problems,
+) -> Vec<super::expand::Source> {
+    let mut sources = Vec::new();
+    for (i, s) in srv.into_iter().enumerate() {
+        let config_key = format!("{key}.backend_srv[{i}]");
+        if s.name.trim_end_matches('.').is_empty() || s.name.contains(char::is_whitespace) {
+            problems.add(
+                format!("{config_key}.name"),
+                format!(
+                    "\"{}\" is not an SRV name; write for example \"_mysql._tcp.db.example\"",
+                    s.name
+                ),
+            );
+            continue;
+        }
+        if s.max_connections == Some(0) {
+            problems.add(
+                format!("{config_key}.max_connections"),
+                "0 would refuse every session; write 1 or more, or remove the key",
+            );
+        }
+        let name = s.name.trim_end_matches('.').to_owned();
+        sources.push(super::expand::Source::srv(
+            config_key,
+            name,
+            s.max_connections,
+        ));
+    }
+    sources
 }
 
 fn backend_configs(
@@ -316,6 +385,8 @@ fn backend_configs(
             tier: b.tier.unwrap_or(Tier::Primary),
             max_connections: b.max_connections,
             candidate: b.candidate.unwrap_or(true),
+            origin: crate::vocabulary::Origin::File,
+            source: None,
         });
     }
     out

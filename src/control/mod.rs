@@ -291,7 +291,9 @@ impl Control {
             Event::Topology { pool, servers } => self.topology(pool, servers),
             Event::RepairsDone { pool, failed } => self.repairs_done(&pool, failed),
             Event::Health { .. } => {}
-            Event::Resolved { .. } | Event::ResolveSoon { .. } => self.resolver_event(event),
+            Event::Resolved { .. } | Event::Expanded { .. } | Event::ResolveSoon { .. } => {
+                self.resolver_event(event)
+            }
             Event::Ping { reply } => {
                 let _ = reply.send(());
             }

@@ -136,7 +136,7 @@ impl Control {
     /// Applies `config` in one swap of the routing snapshot. Listeners that
     /// are new or moved are bound first, so a bind error rejects the whole
     /// config and nothing is half-applied.
-    fn apply(&mut self, config: Config) -> Result<ConfigDiff, ReloadError> {
+    pub(super) fn apply(&mut self, config: Config) -> Result<ConfigDiff, ReloadError> {
         let current = self.routes.load_full();
         let diff = ConfigDiff::between(&current.config, &config);
         if diff.is_empty() {

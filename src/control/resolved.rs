@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use super::Control;
+use crate::config::{expand, BackendConfig};
 use crate::inbox::Event;
 
 impl Control {
@@ -16,6 +17,11 @@ impl Control {
                 host,
                 result,
             } => self.resolved(&address, &host, result),
+            Event::Expanded {
+                pool,
+                source,
+                result,
+            } => self.expanded(&pool, &source, result),
             // Dropped when the resolver is behind: the next failed probe
             // asks again.
             Event::ResolveSoon { address } => drop(self.resolve_soon.try_send(address)),
@@ -66,5 +72,49 @@ impl Control {
             }
         };
         self.shared.timeline.push("dns", text);
+    }
+
+    /// Puts what source `source` of `pool` gives now in place of what it
+    /// gave: members it no longer gives leave as a reload removes them
+    /// (`on_remove`), new ones are probed. A failed lookup keeps them.
+    fn expanded(&mut self, pool: &str, source: &str, result: Result<Vec<BackendConfig>, String>) {
+        let members = match result {
+            Ok(members) => members,
+            Err(why) => {
+                tracing::warn!(
+                    pool,
+                    source,
+                    "lookup failed, the members it gave stay: {why}"
+                );
+                return;
+            }
+        };
+        let current = self.routes.load_full();
+        let mut config = (*current.config).clone();
+        let Some(p) = config.pools.get_mut(pool) else {
+            return;
+        };
+        if !p.sources.iter().any(|s| s.key == source) {
+            return; // gone from the config meanwhile
+        }
+        if !expand::replace(p, source, members) {
+            return;
+        }
+        let n = p
+            .backends
+            .iter()
+            .filter(|b| b.source.as_deref() == Some(source))
+            .count();
+        match self.apply(config) {
+            Ok(diff) if diff.is_empty() => {}
+            Ok(diff) => {
+                tracing::warn!(pool, source, members = n, "members changed: {diff}");
+                self.shared.timeline.push(
+                    "dns",
+                    format!("{pool}: {source} gives {n} member(s): {diff}"),
+                );
+            }
+            Err(e) => tracing::error!(pool, source, "members not changed: {e}"),
+        }
     }
 }

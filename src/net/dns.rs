@@ -145,33 +145,47 @@ pub fn parse(message: &[u8], id: u16, kind: Kind) -> Result<Answer, Failure> {
         if rtype != kind.code() {
             continue; // a CNAME on the way, or something else.
         }
-        match kind {
-            Kind::A => addresses.push(IpAddr::V4(Ipv4Addr::from(
-                <[u8; 4]>::try_from(data).map_err(|_| WRONG_LENGTH)?,
-            ))),
-            Kind::Aaaa => addresses.push(IpAddr::V6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(data).map_err(|_| WRONG_LENGTH)?,
-            ))),
-            Kind::Srv => {
-                let w = |i: usize| be16(data, i).ok_or(WRONG_LENGTH);
-                let (priority, weight, port) = (w(0)?, w(2)?, w(4)?);
-                if data.len() < 7 {
-                    return Err(WRONG_LENGTH);
-                }
-                let target = read_name(message, data_at + 6)?;
-                services.push(Srv {
-                    priority,
-                    weight,
-                    port,
-                    target,
-                });
-            }
-        }
+        record(message, kind, data, data_at, &mut addresses, &mut services)?;
     }
     Ok(match kind {
         Kind::A | Kind::Aaaa => Answer::Addresses(addresses),
         Kind::Srv => Answer::Services(services),
     })
+}
+
+/// Reads one record of the kind asked for, whose data `data` is at
+/// `data_at` of `message`.
+fn record(
+    message: &[u8],
+    kind: Kind,
+    data: &[u8],
+    data_at: usize,
+    addresses: &mut Vec<IpAddr>,
+    services: &mut Vec<Srv>,
+) -> Result<(), Failure> {
+    match kind {
+        Kind::A => addresses.push(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(data).map_err(|_| WRONG_LENGTH)?,
+        ))),
+        Kind::Aaaa => addresses.push(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(data).map_err(|_| WRONG_LENGTH)?,
+        ))),
+        Kind::Srv => {
+            let w = |i: usize| be16(data, i).ok_or(WRONG_LENGTH);
+            let (priority, weight, port) = (w(0)?, w(2)?, w(4)?);
+            if data.len() < 7 {
+                return Err(WRONG_LENGTH);
+            }
+            let target = read_name(message, data_at + 6)?;
+            services.push(Srv {
+                priority,
+                weight,
+                port,
+                target,
+            });
+        }
+    }
+    Ok(())
 }
 
 const WRONG_LENGTH: Failure = Failure::Malformed("a record has the wrong length");

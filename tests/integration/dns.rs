@@ -208,3 +208,194 @@ async fn a_failed_probe_has_the_name_resolved_at_once() {
     );
     drop(b);
 }
+
+const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+
+/// dbsplice asking `dns`, its pool `main` with `keys` and the backend
+/// `tables`.
+fn proxy_with_pool(dns: &Dns, keys: &str, tables: &str) -> Proxy {
+    let toml = format!(
+        "resolver = \"{}\"\nshutdown_grace = \"5s\"\n[[listener]]\nname = \"rw\"\nlisten = \"127.0.0.1:0\"\npool = \"main\"\n\n\
+         [pool.main]\nresolve_interval = \"1s\"\n{keys}\n{}\n{tables}",
+        dns.addr,
+        mysql_check(CHECK_USER, CHECK_PASSWORD, "")
+    );
+    Proxy::start(&toml)
+}
+
+/// (name, weight, tier, origin, health) of each member, once `ready` says
+/// they are as expected.
+async fn members_once(
+    proxy: &Proxy,
+    ready: impl Fn(&[(String, u64, String, String, String)]) -> bool,
+) -> Vec<(String, u64, String, String, String)> {
+    let read = || {
+        let status = dbsplice::admin::status::status(proxy.app.as_ref().unwrap().shared());
+        status["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let s = |k: &str| b[k].as_str().unwrap_or_default().to_owned();
+                (
+                    s("name"),
+                    b["weight"].as_u64().unwrap(),
+                    s("tier"),
+                    s("origin"),
+                    s("health"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let found = wait_until(Duration::from_secs(15), || async {
+        let m = read();
+        ready(&m).then_some(m)
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("members never as expected: {:?}", read()))
+}
+
+/// Sessions held open through `proxy`, by the server address they reached.
+async fn spread(
+    proxy: &Proxy,
+    n: usize,
+) -> (
+    std::collections::BTreeMap<String, usize>,
+    Vec<mysql_async::Conn>,
+) {
+    let mut by = std::collections::BTreeMap::new();
+    let mut open = Vec::new();
+    for _ in 0..n {
+        let mut c = crate::support::connect(proxy.addr("rw")).await.unwrap();
+        let bind: String = c
+            .query_first("SELECT @@bind_address")
+            .await
+            .unwrap()
+            .unwrap();
+        *by.entry(bind).or_insert(0) += 1;
+        open.push(c);
+    }
+    (by, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_targets_are_members_with_the_records_weights_and_priorities() {
+    let dns = Dns::start().await;
+    let port = free_port();
+    let (a, b, c) = tokio::join!(
+        MariaDb::start_at(A, port),
+        MariaDb::start_at(B, port),
+        MariaDb::start_at(C, port)
+    );
+    for (name, ip) in [("a.db.test", A), ("b.db.test", B), ("c.db.test", C)] {
+        dns.set(name, Record::A(vec![ip]));
+    }
+    let srv = |targets: &[(u16, u16, &str)]| {
+        Record::Srv(
+            targets
+                .iter()
+                .map(|(p, w, t)| (*p, *w, port, (*t).to_owned()))
+                .collect(),
+        )
+    };
+    dns.set(
+        "_mysql._tcp.db.test",
+        srv(&[
+            (10, 3, "a.db.test"),
+            (10, 1, "b.db.test"),
+            (20, 1, "c.db.test"),
+        ]),
+    );
+    let proxy = proxy_with_pool(
+        &dns,
+        "",
+        "[[pool.main.backend_srv]]\nname = \"_mysql._tcp.db.test\"\n",
+    );
+    let up =
+        |m: &[(String, u64, String, String, String)]| m.len() == 3 && m.iter().all(|x| x.4 == "up");
+    let members = members_once(&proxy, up).await;
+    let seen: Vec<(&str, u64, &str, &str)> = members
+        .iter()
+        .map(|(n, w, t, o, _)| (n.as_str(), *w, t.as_str(), o.as_str()))
+        .collect();
+    let name = |host: &str| format!("{host}:{port}");
+    assert_eq!(
+        seen,
+        [
+            (name("a.db.test").as_str(), 3, "primary", "srv"),
+            (name("b.db.test").as_str(), 1, "primary", "srv"),
+            (name("c.db.test").as_str(), 1, "standby", "srv"),
+        ]
+    );
+    // Least connections by weight: three to a for each one to b, none to
+    // the standby.
+    let (by, open) = spread(&proxy, 40).await;
+    eprintln!("40 sessions over the SRV targets: {by:?}");
+    assert_eq!(by.get("127.0.0.2"), Some(&30), "{by:?}");
+    assert_eq!(by.get("127.0.0.3"), Some(&10), "{by:?}");
+    assert_eq!(by.get("127.0.0.4"), None, "{by:?}");
+    drop(open);
+
+    // b leaves the record and a leaves its priority: c, the lowest
+    // priority left, is the primary.
+    dns.set(
+        "_mysql._tcp.db.test",
+        srv(&[(30, 1, "a.db.test"), (20, 2, "c.db.test")]),
+    );
+    let moved = |m: &[(String, u64, String, String, String)]| {
+        m.len() == 2 && m.iter().any(|x| x.0.starts_with("c.") && x.2 == "primary")
+    };
+    let members = members_once(&proxy, moved).await;
+    eprintln!("after the record changed: {members:?}");
+    assert!(members
+        .iter()
+        .any(|x| x.0.starts_with("a.") && x.2 == "standby"));
+    wait_until(Duration::from_secs(10), || async {
+        (served_by(&proxy).await? == C.to_string()).then_some(())
+    })
+    .await
+    .expect("new sessions go to the new primary tier");
+    drop((a, b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_all_gives_a_member_per_address_and_follows_the_answer() {
+    let dns = Dns::start().await;
+    let port = free_port();
+    let (a, b, c) = tokio::join!(
+        MariaDb::start_at(A, port),
+        MariaDb::start_at(B, port),
+        MariaDb::start_at(C, port)
+    );
+    dns.set("db.test", Record::A(vec![A, B]));
+    let proxy = proxy_with_pool(
+        &dns,
+        "resolve = \"all\"",
+        &format!("[[pool.main.backend]]\naddress = \"db.test:{port}\"\nname = \"db\"\n"),
+    );
+    let two_up = |names: [&'static str; 2]| {
+        move |m: &[(String, u64, String, String, String)]| {
+            m.len() == 2
+                && m.iter()
+                    .zip(names)
+                    .all(|(x, n)| x.0 == n && x.3 == "dns" && x.4 == "up")
+        }
+    };
+    members_once(&proxy, two_up(["db#127.0.0.2", "db#127.0.0.3"])).await;
+    let (by, open) = spread(&proxy, 10).await;
+    assert_eq!(
+        (by.get("127.0.0.2"), by.get("127.0.0.3")),
+        (Some(&5), Some(&5)),
+        "{by:?}"
+    );
+    drop(open);
+    dns.set("db.test", Record::A(vec![B, C]));
+    members_once(&proxy, two_up(["db#127.0.0.3", "db#127.0.0.4"])).await;
+    let (by, _open) = spread(&proxy, 10).await;
+    assert_eq!(
+        (by.get("127.0.0.3"), by.get("127.0.0.4")),
+        (Some(&5), Some(&5)),
+        "{by:?}"
+    );
+    drop((a, b, c));
+}
