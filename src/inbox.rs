@@ -134,6 +134,17 @@ pub enum Event {
         /// The members it gives now, or why the lookup failed.
         result: Result<Vec<crate::config::BackendConfig>, String>,
     },
+    /// A round of discovery found the members the cluster lists beside the
+    /// pool's own.
+    Discovered {
+        /// The pool's name.
+        pool: String,
+        /// Every member to keep: those listed now, and those no longer
+        /// listed within `forget_after`.
+        members: Vec<crate::config::BackendConfig>,
+        /// Of those, the addresses no longer listed: drained.
+        leaving: Vec<String>,
+    },
     /// A probe of the backend at `address` failed: its host name should be
     /// resolved again soon (it may have moved).
     ResolveSoon {
@@ -409,6 +420,24 @@ impl Inbox {
                 pool,
                 source,
                 result,
+            })
+            .await;
+    }
+
+    /// Tells the control module what a round of discovery found in `pool`'s
+    /// cluster.
+    pub async fn discovered(
+        &self,
+        pool: String,
+        members: Vec<crate::config::BackendConfig>,
+        leaving: Vec<String>,
+    ) {
+        let _ = self
+            .tx
+            .send(Event::Discovered {
+                pool,
+                members,
+                leaving,
             })
             .await;
     }

@@ -310,3 +310,26 @@ impl Origin {
         }
     }
 }
+
+/// Where a pool learns its cluster's other members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoverMode {
+    /// A Galera node's `wsrep_incoming_addresses`.
+    Galera,
+    /// A primary's `SHOW SLAVE HOSTS` (replicas with `report_host`).
+    Replicas,
+    /// MySQL group replication's `replication_group_members`.
+    GroupReplication,
+}
+
+impl DiscoverMode {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoverMode::Galera => "galera",
+            DiscoverMode::Replicas => "replicas",
+            DiscoverMode::GroupReplication => "group_replication",
+        }
+    }
+}

@@ -34,6 +34,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("config::load", 2),
     ("config::watch", 2),
     ("config::resolve", 2),
+    ("config::discover", 2),
     ("health", 2),
     ("proxy", 2),
     ("admin", 2),

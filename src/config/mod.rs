@@ -8,6 +8,7 @@
 mod check;
 mod cidr;
 mod diff;
+pub mod discover;
 mod duration;
 pub mod expand;
 pub mod load;
@@ -137,6 +138,11 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
     /// Names whose answers give members, looked up again while running.
     pub sources: Vec<expand::Source>,
+    /// Where the cluster's other members are learned, if anywhere.
+    pub discover: Option<crate::vocabulary::DiscoverMode>,
+    /// A discovered member no longer listed is drained, and dropped after
+    /// this long.
+    pub forget_after: Duration,
     /// How dbsplice manages the pool's GTID replication, if it does.
     pub replication: Option<replication::ReplicationConfig>,
 }

@@ -86,6 +86,8 @@ pub struct RawPool {
     pub send_proxy: Option<ProxyVersion>,
     pub resolve_interval: Option<ConfigDuration>,
     pub resolve: Option<crate::vocabulary::ResolveMode>,
+    pub discover: Option<crate::vocabulary::DiscoverMode>,
+    pub forget_after: Option<ConfigDuration>,
     pub replication: Option<RawReplication>,
     #[serde(default)]
     pub backend: Vec<RawBackend>,

@@ -36,6 +36,8 @@ impl Problems {
 
 /// How often host names are resolved again unless a pool says otherwise.
 pub(super) const DEFAULT_RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a discovered member the cluster no longer lists stays, drained.
+const DEFAULT_FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 /// The shortest `resolve_interval`.
 const MIN_RESOLVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -238,6 +240,7 @@ fn pool_config(
         .take()
         .and_then(|r| super::replication::replication_config(&key, r, routing.role, problems));
     let resolve_interval = resolve_interval(&key, raw.resolve_interval, problems);
+    let discover = discovery(&key, &raw, &check, problems);
     let (backends, sources) = members(&key, name, &mut raw, resolve, problems);
     Some(PoolConfig {
         name: name.to_owned(),
@@ -249,8 +252,40 @@ fn pool_config(
         routing,
         backends,
         sources,
+        discover,
+        forget_after: raw.forget_after.map_or(DEFAULT_FORGET_AFTER, |d| d.0),
         replication,
     })
+}
+
+/// The pool's `discover`, which asks the members with the MySQL check's
+/// login and starts from the file's members.
+fn discovery(
+    key: &str,
+    raw: &RawPool,
+    check: &super::CheckConfig,
+    problems: &mut Problems,
+) -> Option<crate::vocabulary::DiscoverMode> {
+    let mode = raw.discover?;
+    if check.mysql.is_none() {
+        problems.add(
+            format!("{key}.discover"),
+            format!("discover = \"{}\" asks the members with the check's login; set [{key}.check] kind = \"mysql\" with a user", mode.as_str()),
+        );
+    }
+    if raw.backend.is_empty() {
+        problems.add(
+            format!("{key}.discover"),
+            "discovery starts from the members the file lists; add a [[backend]] table for a seed server",
+        );
+    }
+    if raw.forget_after.is_some_and(|d| d.0.is_zero()) {
+        problems.add(
+            format!("{key}.forget_after"),
+            "0s would drop a member at its first missed listing; write for example \"10m\"",
+        );
+    }
+    Some(mode)
 }
 
 /// The pool's members as the file lists them (each `resolve = "all"`

@@ -291,12 +291,11 @@ impl Control {
             Event::Topology { pool, servers } => self.topology(pool, servers),
             Event::RepairsDone { pool, failed } => self.repairs_done(&pool, failed),
             Event::Health { .. } => {}
-            Event::Resolved { .. } | Event::Expanded { .. } | Event::ResolveSoon { .. } => {
-                self.resolver_event(event)
-            }
-            Event::Ping { reply } => {
-                let _ = reply.send(());
-            }
+            Event::Resolved { .. }
+            | Event::Expanded { .. }
+            | Event::Discovered { .. }
+            | Event::ResolveSoon { .. } => self.resolver_event(event),
+            Event::Ping { reply } => drop(reply.send(())),
             Event::Reload { .. } | Event::Shutdown { .. } => {
                 debug_assert!(false, "handled by the loop");
             }
@@ -492,8 +491,8 @@ impl Control {
     }
 }
 
-/// Starts the task that resolves backend names again; where to ask it for
-/// one at once.
+/// Starts the tasks that resolve backend names again and discover cluster
+/// members; where to ask the resolver for a name at once.
 fn start_resolver(
     routes: &Arc<ArcSwap<Snapshot>>,
     inbox: &Inbox,
@@ -504,6 +503,11 @@ fn start_resolver(
         Arc::clone(routes),
         inbox.clone(),
         hints,
+        life.stop_checks.child_token(),
+    ));
+    life.tasks.spawn(crate::config::discover::run(
+        Arc::clone(routes),
+        inbox.clone(),
         life.stop_checks.child_token(),
     ));
     soon

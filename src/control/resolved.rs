@@ -5,8 +5,10 @@
 use std::net::SocketAddr;
 
 use super::Control;
-use crate::config::{expand, BackendConfig};
+use crate::cluster::backend::Override;
+use crate::config::{discover, expand, BackendConfig};
 use crate::inbox::Event;
+use crate::vocabulary::{Origin, OverrideMode};
 
 impl Control {
     /// An answer from the resolver, or a name to pass on to it.
@@ -22,6 +24,11 @@ impl Control {
                 source,
                 result,
             } => self.expanded(&pool, &source, result),
+            Event::Discovered {
+                pool,
+                members,
+                leaving,
+            } => self.discovered(&pool, members, &leaving),
             // Dropped when the resolver is behind: the next failed probe
             // asks again.
             Event::ResolveSoon { address } => drop(self.resolve_soon.try_send(address)),
@@ -117,4 +124,63 @@ impl Control {
             Err(e) => tracing::error!(pool, source, "members not changed: {e}"),
         }
     }
+
+    /// Puts what discovery found in place of what it found before, drains
+    /// the members the cluster no longer lists and lets those listed again
+    /// take sessions.
+    fn discovered(&mut self, pool: &str, members: Vec<BackendConfig>, leaving: &[String]) {
+        let current = self.routes.load_full();
+        let mut config = (*current.config).clone();
+        let Some(p) = config.pools.get_mut(pool).filter(|p| p.discover.is_some()) else {
+            return;
+        };
+        if expand::replace(p, discover::SOURCE, members) {
+            match self.apply(config) {
+                Ok(diff) if diff.is_empty() => {}
+                Ok(diff) => {
+                    tracing::warn!(pool, "discovered members changed: {diff}");
+                    self.shared
+                        .timeline
+                        .push("discovery", format!("{pool}: {diff}"));
+                }
+                Err(e) => tracing::error!(pool, "discovered members not changed: {e}"),
+            }
+        }
+        let snapshot = self.routes.load_full();
+        let Some(p) = snapshot.pool(pool) else { return };
+        let now = std::time::Instant::now();
+        for m in p.members.iter().filter(|m| m.origin == Origin::Discovered) {
+            let gone = leaving.contains(&m.state.address);
+            let current = m.state.admin_override(now);
+            let ours = current
+                .as_ref()
+                .is_some_and(|o| o.origin == LEFT_THE_CLUSTER);
+            if gone && current.is_none() {
+                m.state.set_admin_override(Some(Override {
+                    mode: OverrideMode::Drain,
+                    origin: LEFT_THE_CLUSTER.to_owned(),
+                    since_unix: crate::replication::report::unix_now(),
+                    until: None,
+                }));
+                tracing::warn!(pool, backend = %m.name, "the cluster no longer lists it: drained until forget_after");
+                self.shared.timeline.push(
+                    "discovery",
+                    format!(
+                        "{pool}: {} left the cluster: drained, dropped after forget_after",
+                        m.name
+                    ),
+                );
+            } else if !gone && ours {
+                m.state.set_admin_override(None);
+                tracing::info!(pool, backend = %m.name, "the cluster lists it again");
+                self.shared.timeline.push(
+                    "discovery",
+                    format!("{pool}: {} is back in the cluster", m.name),
+                );
+            }
+        }
+    }
 }
+
+/// The origin of the drain discovery puts on a member that left.
+const LEFT_THE_CLUSTER: &str = "discovery: the cluster no longer lists it";

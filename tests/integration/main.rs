@@ -18,6 +18,7 @@ mod balancing;
 mod checks;
 mod cli;
 mod data_path;
+mod discovery;
 mod dns;
 mod exhaustion;
 mod failover;

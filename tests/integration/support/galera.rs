@@ -44,6 +44,9 @@ fn args(i: usize, me: &Ports, all: &[Ports], bootstrap: bool) -> Vec<String> {
         "--wsrep-sst-donor=node0,".to_owned(),
         format!("--wsrep-cluster-address=gcomm://{}", peers.join(",")),
         format!("--wsrep-node-address=127.0.0.1:{}", me.gcomm),
+        // What wsrep_incoming_addresses lists for it (with its own port),
+        // where clients (and dbsplice's discovery) reach it.
+        "--wsrep-node-incoming-address=127.0.0.1".to_owned(),
         format!(
             "--wsrep-provider-options=gmcast.listen_addr=tcp://127.0.0.1:{};ist.recv_addr=127.0.0.1:{};gcache.size=16M",
             me.gcomm, me.ist
