@@ -243,7 +243,7 @@ fn password_and_key_files_are_read_relative_to_the_config() {
 /// message must contain.
 #[test]
 fn each_mistake_is_named_with_a_fix() {
-    let table: [(&str, &str, &str, bool, &[&str]); 22] = [
+    let table: [(&str, &str, &str, bool, &[&str]); 24] = [
         (
             "no workers",
             "shutdown_grace = \"10s\"",
@@ -373,6 +373,20 @@ fn each_mistake_is_named_with_a_fix() {
             "connect_attempts = 2\nresolve_interval = \"100ms\"",
             false,
             &["pool.main.resolve_interval", "\"1s\" or more"],
+        ),
+        (
+            "forgetting at once",
+            "connect_attempts = 2",
+            "connect_attempts = 2\ndiscover = \"galera\"\nforget_after = \"0s\"",
+            false,
+            &["pool.main.forget_after", "\"10m\""],
+        ),
+        (
+            "an SRV name with a space",
+            "[[pool.main.backend]]",
+            "[[pool.main.backend_srv]]\nname = \"_mysql._tcp. db\"\n[[pool.main.backend]]",
+            false,
+            &["pool.main.backend_srv[0].name", "not an SRV name"],
         ),
         (
             "a resolver that is not an address",
@@ -555,6 +569,8 @@ connect_timeout = "1s"
 connect_attempts = 3
 resolve_interval = "30s"
 resolve = "first"
+discover = "galera"
+forget_after = "10m"
 role = "writer"
 on_multiple_writers = "keep"
 max_lag = "10s"

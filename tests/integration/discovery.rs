@@ -119,3 +119,58 @@ async fn a_galera_cluster_listed_by_one_seed_is_discovered_and_followed() {
         ports.iter().copied().collect()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_of_a_listed_primary_are_discovered() {
+    let cluster = crate::support::cluster::Cluster::start(2).await;
+    let ports: Vec<u16> = cluster.servers.iter().map(|s| s.port).collect();
+    // SHOW SLAVE HOSTS needs REPLICATION MASTER ADMIN (MariaDB 10.5.2 and
+    // later): the check user is given it, as the docs ask.
+    let mut primary = cluster.servers[0].admin().await;
+    primary
+        .query_drop(format!(
+            "GRANT REPLICATION MASTER ADMIN ON *.* TO '{CHECK_USER}'@'%'"
+        ))
+        .await
+        .unwrap();
+    primary.disconnect().await.unwrap();
+    let seed = format!(
+        "[[pool.main.backend]]\naddress = \"127.0.0.1:{}\"\nname = \"primary\"\n",
+        ports[0]
+    );
+    let body = format!(
+        "discover = \"replicas\"\nforget_after = \"2s\"\n{}",
+        mysql_check(CHECK_USER, CHECK_PASSWORD, "")
+    );
+    let proxy = Proxy::start(&config(&body, &[seed]));
+    let all: BTreeSet<String> = ["primary".to_owned()]
+        .into_iter()
+        .chain(ports[1..].iter().map(|p| format!("127.0.0.1:{p}")))
+        .collect();
+    let took = serving(&proxy, &all).await;
+    eprintln!("the primary listed: its two replicas serve {took:?} after the start");
+    assert_eq!(
+        ports_reached(&proxy, 9).await,
+        ports.iter().copied().collect()
+    );
+
+    // A replica that stops replicating leaves the primary's list once the
+    // primary's dump thread finds it gone: the first event it sends meets a
+    // reset connection, the next one fails.
+    let mut replica = cluster.servers[2].admin().await;
+    replica.query_drop("STOP SLAVE").await.unwrap();
+    let mut primary = cluster.servers[0].admin().await;
+    for sql in ["CREATE DATABASE gone_1", "CREATE DATABASE gone_2"] {
+        primary.query_drop(sql).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let without: BTreeSet<String> = all
+        .iter()
+        .filter(|n| !n.ends_with(&ports[2].to_string()))
+        .cloned()
+        .collect();
+    let took = serving(&proxy, &without).await;
+    eprintln!("a replica stopped replicating: dropped {took:?} later (forget_after 2s)");
+    replica.query_drop("START SLAVE").await.unwrap();
+    serving(&proxy, &all).await;
+}

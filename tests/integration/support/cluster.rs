@@ -17,6 +17,8 @@ fn args(id: usize) -> Vec<String> {
         format!("--server-id={}", id + 1),
         "--log-slave-updates=ON".to_owned(),
         format!("--read-only={}", if id == 0 { "OFF" } else { "ON" }),
+        // How a primary's SHOW SLAVE HOSTS names its replicas.
+        "--report-host=127.0.0.1".to_owned(),
     ]
 }
 
