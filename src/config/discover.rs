@@ -106,83 +106,94 @@ fn host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
 /// What the answers to [`statements`] say.
 pub fn told(mode: DiscoverMode, answers: &[QueryOutcome]) -> Result<Told, String> {
     match mode {
-        DiscoverMode::Galera => {
-            let var = |i: usize| -> Result<String, String> {
-                Ok(rows(answers, i)?
-                    .rows
-                    .first()
-                    .and_then(|r| r.get(1)?.clone())
-                    .unwrap_or_default())
-            };
-            let (id, status, incoming) = (var(0)?, var(1)?, var(2)?);
-            if id.is_empty() {
-                return Err("it is not a Galera node (no wsrep_gcomm_uuid)".into());
-            }
-            let listed = if status.eq_ignore_ascii_case("Primary") {
-                // "AUTO": a node without wsrep_node_incoming_address
-                // whose address the server could not tell.
-                incoming
-                    .split(',')
-                    .filter(|a| !a.trim().eq_ignore_ascii_case("AUTO"))
-                    .filter_map(|a| host_port(a, 3306))
-                    .map(|(host, port)| Listed {
-                        host,
-                        port,
-                        id: None,
-                    })
-                    .collect()
-            } else {
-                Vec::new() // outside the primary component: its list is stale
-            };
-            Ok(Told { id, listed })
-        }
-        DiscoverMode::Replicas => {
-            let id = rows(answers, 0)?.first("id").unwrap_or_default().to_owned();
-            let hosts = rows(answers, 1)?;
-            let listed = hosts
-                .rows
-                .iter()
-                .filter_map(|r| {
-                    let host = cell(hosts, r, "Host").filter(|h| !h.is_empty())?;
-                    let port = cell(hosts, r, "Port")?.parse().ok().filter(|p| *p != 0)?;
-                    let id = cell(hosts, r, "Server_id").map(str::to_owned);
-                    Some(Listed {
-                        host: host.to_owned(),
-                        port,
-                        id,
-                    })
-                })
-                .collect();
-            Ok(Told { id, listed })
-        }
-        DiscoverMode::GroupReplication => {
-            let id = rows(answers, 0)?
-                .first("id")
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            let members = rows(answers, 1)?;
-            let listed = members
-                .rows
-                .iter()
-                .filter(|r| {
-                    cell(members, r, "MEMBER_STATE").is_some_and(|s| {
-                        s.eq_ignore_ascii_case("ONLINE") || s.eq_ignore_ascii_case("RECOVERING")
-                    })
-                })
-                .filter_map(|r| {
-                    let host = cell(members, r, "MEMBER_HOST").filter(|h| !h.is_empty())?;
-                    let port = cell(members, r, "MEMBER_PORT")?.parse().ok()?;
-                    let id = cell(members, r, "MEMBER_ID").map(str::to_ascii_lowercase);
-                    Some(Listed {
-                        host: host.to_owned(),
-                        port,
-                        id,
-                    })
-                })
-                .collect();
-            Ok(Told { id, listed })
-        }
+        DiscoverMode::Galera => galera(answers),
+        DiscoverMode::Replicas => replicas(answers),
+        DiscoverMode::GroupReplication => group_members(answers),
     }
+}
+
+/// A Galera node's identity and, from the primary component, the nodes'
+/// incoming addresses.
+fn galera(answers: &[QueryOutcome]) -> Result<Told, String> {
+    let var = |i: usize| -> Result<String, String> {
+        Ok(rows(answers, i)?
+            .rows
+            .first()
+            .and_then(|r| r.get(1)?.clone())
+            .unwrap_or_default())
+    };
+    let (id, status, incoming) = (var(0)?, var(1)?, var(2)?);
+    if id.is_empty() {
+        return Err("it is not a Galera node (no wsrep_gcomm_uuid)".into());
+    }
+    let listed = if status.eq_ignore_ascii_case("Primary") {
+        // "AUTO": a node without wsrep_node_incoming_address whose address
+        // the server could not tell.
+        incoming
+            .split(',')
+            .filter(|a| !a.trim().eq_ignore_ascii_case("AUTO"))
+            .filter_map(|a| host_port(a, 3306))
+            .map(|(host, port)| Listed {
+                host,
+                port,
+                id: None,
+            })
+            .collect()
+    } else {
+        Vec::new() // outside the primary component: its list is stale
+    };
+    Ok(Told { id, listed })
+}
+
+/// A primary's server id and its replicas that report a host.
+fn replicas(answers: &[QueryOutcome]) -> Result<Told, String> {
+    let id = rows(answers, 0)?.first("id").unwrap_or_default().to_owned();
+    let hosts = rows(answers, 1)?;
+    let listed = hosts
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let host = cell(hosts, r, "Host").filter(|h| !h.is_empty())?;
+            let port = cell(hosts, r, "Port")?.parse().ok().filter(|p| *p != 0)?;
+            let id = cell(hosts, r, "Server_id").map(str::to_owned);
+            Some(Listed {
+                host: host.to_owned(),
+                port,
+                id,
+            })
+        })
+        .collect();
+    Ok(Told { id, listed })
+}
+
+/// A group member's uuid and the members online or recovering.
+fn group_members(answers: &[QueryOutcome]) -> Result<Told, String> {
+    let id = rows(answers, 0)?
+        .first("id")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let members = rows(answers, 1)?;
+    let member = |r: &[Option<String>]| {
+        cell(members, r, "MEMBER_STATE").is_some_and(|s| {
+            s.eq_ignore_ascii_case("ONLINE") || s.eq_ignore_ascii_case("RECOVERING")
+        })
+    };
+    let listed = members
+        .rows
+        .iter()
+        .filter(|r| member(r))
+        .filter_map(|r| {
+            let host = cell(members, r, "MEMBER_HOST").filter(|h| !h.is_empty())?;
+            let port = cell(members, r, "MEMBER_PORT")?.parse().ok()?;
+            let id = cell(members, r, "MEMBER_ID").map(str::to_ascii_lowercase);
+            Some(Listed {
+                host: host.to_owned(),
+                port,
+                id,
+            })
+        })
+        .collect();
+    Ok(Told { id, listed })
 }
 
 /// A discovered member: like the pool's defaults, named and identified
@@ -223,15 +234,17 @@ async fn ask(
     told(mode, &facts.answers)
 }
 
-/// One round of discovery for `pool`: the members the cluster lists that
-/// are not the pool's own (by identity or address), with their address;
-/// `None` when no member answered (nothing is known, nothing changes).
-async fn round(
-    pool: &PoolConfig,
-    mode: DiscoverMode,
-    lookup: Lookup,
-) -> Option<Vec<BackendConfig>> {
-    let timeout = pool.check.timeout + SESSION_SLACK;
+/// What the pool's members say: the identities of its own (not
+/// discovered) members, each answering member's identity by address, and
+/// everyone listed.
+struct Answers {
+    own_ids: HashSet<String>,
+    id_at: HashMap<SocketAddr, String>,
+    listed: Vec<Listed>,
+}
+
+/// Asks every member of `pool` at once.
+async fn ask_members(pool: &PoolConfig, mode: DiscoverMode, timeout: Duration) -> Answers {
     let asks: Vec<_> = pool
         .backends
         .iter()
@@ -243,19 +256,19 @@ async fn round(
             }))
         })
         .collect();
-    // The file's members (and other sources') by identity; every answering
-    // member's identity by address.
-    let mut own_ids: HashSet<String> = HashSet::new();
-    let mut id_at: HashMap<SocketAddr, String> = HashMap::new();
-    let mut listed: Vec<Listed> = Vec::new();
+    let mut answers = Answers {
+        own_ids: HashSet::new(),
+        id_at: HashMap::new(),
+        listed: Vec::new(),
+    };
     for answer in asks {
         match answer.await {
             Ok((addr, own, Ok(told))) => {
                 if own {
-                    own_ids.insert(told.id.clone());
+                    answers.own_ids.insert(told.id.clone());
                 }
-                id_at.insert(addr, told.id);
-                listed.extend(told.listed);
+                answers.id_at.insert(addr, told.id);
+                answers.listed.extend(told.listed);
             }
             Ok((addr, _, Err(why))) => {
                 tracing::debug!(pool = %pool.name, %addr, "discovery: no answer: {why}");
@@ -263,7 +276,20 @@ async fn round(
             Err(_) => {}
         }
     }
-    if id_at.is_empty() {
+    answers
+}
+
+/// One round of discovery for `pool`: the members the cluster lists that
+/// are not the pool's own (by identity or address), with their address;
+/// `None` when no member answered (nothing is known, nothing changes).
+async fn round(
+    pool: &PoolConfig,
+    mode: DiscoverMode,
+    lookup: Lookup,
+) -> Option<Vec<BackendConfig>> {
+    let timeout = pool.check.timeout + SESSION_SLACK;
+    let answers = ask_members(pool, mode, timeout).await;
+    if answers.id_at.is_empty() {
         return None;
     }
     let own: HashSet<SocketAddr> = pool
@@ -274,7 +300,7 @@ async fn round(
         .collect();
     let mut found: Vec<BackendConfig> = Vec::new();
     let mut found_ids: HashSet<String> = HashSet::new();
-    for l in listed {
+    for l in answers.listed {
         let Ok(addrs) = lookup.addresses(&l.host, l.port).await else {
             continue;
         };
@@ -285,7 +311,7 @@ async fn round(
             continue;
         }
         // Who it is: listed, known, or asked (Galera lists addresses only).
-        let id = match l.id.or_else(|| id_at.get(&addr).cloned()) {
+        let id = match l.id.or_else(|| answers.id_at.get(&addr).cloned()) {
             Some(id) => Some(id),
             None => match Prober::new(&pool.check, &l.host, pool.routing.send_proxy) {
                 Ok(prober) => ask(&prober, addr, mode, timeout).await.ok().map(|t| t.id),
@@ -293,7 +319,7 @@ async fn round(
             },
         };
         let Some(id) = id else { continue };
-        if own_ids.contains(&id) || !found_ids.insert(id) {
+        if answers.own_ids.contains(&id) || !found_ids.insert(id) {
             continue; // a member reached under another name
         }
         found.push(member(&l.host, l.port, addr));

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use super::Control;
 use crate::cluster::backend::Override;
 use crate::config::{discover, expand, BackendConfig};
+use crate::health::probe::{Outcome, Prober};
 use crate::inbox::Event;
+use crate::vocabulary::OnDown;
 use crate::vocabulary::{Origin, OverrideMode};
 
 impl Control {
@@ -58,6 +60,7 @@ impl Control {
                 if state.set_addr(*first) {
                     tracing::warn!(backend = address, from = %was, to = %first, "backend's host name resolves to a new address: new sessions go there");
                     state.request_probe();
+                    self.watch_old_address(address, was);
                     format!(
                         "{who}: {host} now resolves to {first} (was {was}); new sessions go there"
                     )
@@ -179,6 +182,64 @@ impl Control {
                 );
             }
         }
+    }
+
+    /// The sessions open at `old` when the backend at `address` moved
+    /// keep their own evict token; a task probes `old` and, once it fails
+    /// the check's `fall` probes in a row, closes them per each pool's
+    /// `on_down`, as if the backend had gone down. It ends then, when the
+    /// backend moves back to `old`, or at shutdown.
+    fn watch_old_address(&self, address: &str, old: SocketAddr) {
+        let snapshot = self.routes.load_full();
+        let mut tokens = Vec::new();
+        let mut check = None;
+        for pool in snapshot.pools() {
+            for m in pool.members.iter().filter(|m| m.state.address == address) {
+                tokens.push((pool.config.routing.on_down, m.decision.take_evict_token()));
+                let host = pool
+                    .config
+                    .backends
+                    .iter()
+                    .find(|b| b.address.text == address)
+                    .map_or("", |b| b.address.host.as_str());
+                check.get_or_insert_with(|| {
+                    let prober =
+                        Prober::new(&pool.config.check, host, pool.config.routing.send_proxy);
+                    (
+                        prober,
+                        pool.config.check.clone(),
+                        std::sync::Arc::clone(&m.state),
+                    )
+                });
+            }
+        }
+        let Some((Ok(prober), check, state)) = check else {
+            return;
+        };
+        let stop = self.life.stop_checks.child_token();
+        let address = address.to_owned();
+        self.life.tasks.spawn(async move {
+            let mut failed = 0;
+            while failed < check.fall {
+                let pause = tokio::time::sleep(check.interval);
+                if stop.run_until_cancelled(pause).await.is_none() || state.addr() == old {
+                    return;
+                }
+                let passed = matches!(prober.probe(old).await, Outcome::Pass { .. } | Outcome::Full { .. });
+                failed = if passed { 0 } else { failed + 1 };
+            }
+            tracing::warn!(backend = %address, at = %old, "the backend's former address stopped answering: its sessions there follow on_down");
+            for (policy, token) in tokens {
+                match policy {
+                    OnDown::Keep => {}
+                    OnDown::Close => token.cancel(),
+                    OnDown::Drain(grace) => {
+                        tokio::time::sleep(grace).await;
+                        token.cancel();
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -399,3 +399,44 @@ async fn resolve_all_gives_a_member_per_address_and_follows_the_answer() {
     );
     drop((a, b, c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_left_at_a_former_address_follow_on_down_when_it_stops_answering() {
+    let dns = Dns::start().await;
+    let port = free_port();
+    let (a, b) = tokio::join!(MariaDb::start_at(A, port), MariaDb::start_at(B, port));
+    dns.set("db.test", Record::A(vec![A]));
+    let proxy = proxy(&dns, port, "resolve_interval = \"1s\"\non_down = \"close\"");
+    wait_until(Duration::from_secs(20), || async {
+        (served_by(&proxy).await? == A.to_string()).then_some(())
+    })
+    .await
+    .expect("db.test reaches the first server");
+    let mut at_a = crate::support::connect(proxy.addr("rw")).await.unwrap();
+    dns.set("db.test", Record::A(vec![B]));
+    wait_until(Duration::from_secs(10), || async {
+        (served_by(&proxy).await? == B.to_string()).then_some(())
+    })
+    .await
+    .expect("new sessions follow the name");
+    let mut at_b = crate::support::connect(proxy.addr("rw")).await.unwrap();
+    // The old server still answers: its session goes on.
+    at_a.query_drop("DO 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    at_a.query_drop("DO 1").await.unwrap();
+    // It freezes: the session there is closed (on_down = "close") instead
+    // of hanging, and the one at the new address goes on.
+    a.pause();
+    let frozen = tokio::time::Instant::now();
+    let closed = crate::support::closed_within(&mut at_a, Duration::from_secs(10)).await;
+    eprintln!(
+        "the former address froze: its session closed after {:?}",
+        frozen.elapsed()
+    );
+    a.resume();
+    assert!(closed, "the session at the former address was closed");
+    at_b.query_drop("DO 1")
+        .await
+        .expect("the session at the new address goes on");
+    drop(b);
+}
