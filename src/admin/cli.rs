@@ -360,10 +360,26 @@ fn server_line(s: &Value) -> String {
     )
 }
 
+/// Where a backend is reached now, and where it came from when not the
+/// file: `10.0.0.5:3306`, `10.0.0.7:3306 (srv)`, with `?` while its name
+/// does not resolve.
+fn reached_at(b: &Value) -> String {
+    let ip = at(b, "ip").as_str().unwrap_or("-");
+    let origin = at(b, "origin").as_str().unwrap_or("file");
+    let mut out = ip.to_owned();
+    if origin != "file" {
+        out.push_str(&format!(" ({origin})"));
+    }
+    if !at(b, "unresolved").is_null() {
+        out.push('?');
+    }
+    out
+}
+
 /// Pools and backends as an aligned text table.
 pub fn table(status: &Value) -> String {
     let mut rows = vec![[
-        "POOL", "BACKEND", "HEALTH", "IN", "ROLE", "LAG", "ACTIVE", "ADMIN", "REASON",
+        "POOL", "BACKEND", "AT", "HEALTH", "IN", "ROLE", "LAG", "ACTIVE", "ADMIN", "REASON",
     ]
     .map(String::from)
     .to_vec()];
@@ -373,6 +389,7 @@ pub fn table(status: &Value) -> String {
             rows.push(vec![
                 text(at(pool, "name")),
                 text(at(b, "name")),
+                reached_at(b),
                 text(at(b, "health")),
                 if at(b, "eligible").as_bool() == Some(true) {
                     "yes".into()
@@ -394,7 +411,7 @@ pub fn table(status: &Value) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|c| {
             rows.iter()
                 .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
@@ -422,15 +439,24 @@ mod tests {
     #[test]
     fn a_table_lines_up() {
         let status = serde_json::json!({"pools": [{"name": "main", "backends": [
-            {"name": "db1", "health": "up", "eligible": true, "role": "writable", "lag_seconds": null, "active_sessions": 3, "admin": null, "reason": "ok"},
-            {"name": "db2-long", "health": "down", "eligible": false, "role": "read-only", "lag_seconds": 4, "active_sessions": 0, "admin": {"state": "drain"}, "reason": "refused"},
+            {"name": "db1", "ip": "10.0.0.1:3306", "origin": "file", "unresolved": null, "health": "up", "eligible": true, "role": "writable", "lag_seconds": null, "active_sessions": 3, "admin": null, "reason": "ok"},
+            {"name": "db2-long", "ip": "10.0.0.2:3306", "origin": "srv", "unresolved": "SERVFAIL", "health": "down", "eligible": false, "role": "read-only", "lag_seconds": 4, "active_sessions": 0, "admin": {"state": "drain"}, "reason": "refused"},
         ]}]});
         let t = table(&status);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("POOL  BACKEND   HEALTH"), "{t}");
         assert!(
-            lines[2].contains("db2-long  down    no   read-only  4s   0       drain  refused"),
+            lines[0].starts_with("POOL  BACKEND   AT                    HEALTH"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("db1       10.0.0.1:3306         up "),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains(
+                "db2-long  10.0.0.2:3306 (srv)?  down    no   read-only  4s   0       drain  refused"
+            ),
             "{t}"
         );
     }

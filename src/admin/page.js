@@ -43,7 +43,15 @@ function backendRow(body, pool, b, now, seconds, counts) {
   const key = pool.name + "/" + b.name;
   counts.set(key + "/sessions", b.total_sessions);
   counts.set(key + "/bytes", b.bytes_to_backend + b.bytes_to_client);
-  cell(row, b.name); cell(row, b.address); cell(row, b.tier);
+  cell(row, b.name);
+  // Where it is reached now, when that is not the address as written, and
+  // where it came from when not the file.
+  let where = b.address;
+  if (b.ip && b.ip !== b.address) { where += " (" + b.ip + ")"; }
+  if (b.origin && b.origin !== "file") { where += " [" + b.origin + "]"; }
+  const at = cell(row, where);
+  if (b.unresolved) { at.title = "its name does not resolve: " + b.unresolved; at.classList.add("why"); }
+  cell(row, b.tier);
   const state = cell(row, b.state, "state " + (STATE_CLASS[b.state] || "out"));
   state.title = b.why;
   state.classList.add("why");

@@ -41,6 +41,9 @@ impl ConfigDiff {
         if old.reload_poll != new.reload_poll {
             d.settings_changed.push("reload_poll".to_owned());
         }
+        if old.resolver != new.resolver {
+            d.settings_changed.push("resolver".to_owned());
+        }
         if old.workers != new.workers {
             // The threads are started once, at start.
             d.settings_changed
@@ -96,6 +99,12 @@ impl ConfigDiff {
                 p.check.clone(),
                 p.routing.clone(),
                 p.replication.clone(),
+                (
+                    p.resolve_interval,
+                    p.sources.clone(),
+                    p.discover,
+                    p.forget_after,
+                ),
             )
         };
         if settings(old) != settings(new) {
@@ -220,5 +229,20 @@ mod tests {
             p.connect_timeout = std::time::Duration::from_secs(9);
         }
         assert_eq!(ConfigDiff::between(&base, &slower).pools_changed, ["p"]);
+        let mut discovering = base.clone();
+        if let Some(p) = discovering.pools.get_mut("p") {
+            p.discover = Some(crate::vocabulary::DiscoverMode::Galera);
+            p.resolve_interval = std::time::Duration::from_secs(5);
+        }
+        assert_eq!(
+            ConfigDiff::between(&base, &discovering).pools_changed,
+            ["p"]
+        );
+        let mut asking = base.clone();
+        asking.resolver = Some("127.0.0.53:53".parse().unwrap());
+        assert_eq!(
+            ConfigDiff::between(&base, &asking).settings_changed,
+            ["resolver"]
+        );
     }
 }

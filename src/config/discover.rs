@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::expand::MAX_MEMBERS;
 use super::raw::Address;
 use super::resolve::Lookup;
 use super::{BackendConfig, PoolConfig};
@@ -300,7 +301,12 @@ async fn round(
         .collect();
     let mut found: Vec<BackendConfig> = Vec::new();
     let mut found_ids: HashSet<String> = HashSet::new();
-    for l in answers.listed {
+    // A member's list is bytes from a server: only so many are looked at.
+    for l in answers.listed.into_iter().take(4 * MAX_MEMBERS) {
+        if found.len() == MAX_MEMBERS {
+            tracing::warn!(pool = %pool.name, "the cluster lists more than {MAX_MEMBERS} members: the rest are left out");
+            break;
+        }
         let Ok(addrs) = lookup.addresses(&l.host, l.port).await else {
             continue;
         };

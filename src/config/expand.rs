@@ -9,6 +9,11 @@ use super::{Address, BackendConfig, PoolConfig};
 use crate::net::dns::Srv;
 use crate::vocabulary::{Origin, Tier};
 
+/// Members one source gives at most (the first in its answer): a DNS
+/// answer or a cluster's list, however long, cannot make a pool probe
+/// more servers than this.
+pub const MAX_MEMBERS: usize = 64;
+
 /// A name whose answer gives some of a pool's members.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
@@ -69,6 +74,7 @@ pub fn from_addresses(
 ) -> Vec<BackendConfig> {
     addrs
         .iter()
+        .take(MAX_MEMBERS)
         .map(|addr| {
             let ip = addr.ip();
             BackendConfig {
@@ -97,7 +103,10 @@ pub fn from_services(
 ) -> Vec<BackendConfig> {
     let best = targets.iter().map(|(s, _)| s.priority).min();
     let mut out: Vec<BackendConfig> = Vec::new();
-    for (srv, addr) in targets {
+    for (srv, addr) in targets.iter() {
+        if out.len() == MAX_MEMBERS {
+            break;
+        }
         let text = format!("{}:{}", srv.target, srv.port);
         if out.iter().any(|b| b.address.text == text) {
             continue; // the same target twice: one member
