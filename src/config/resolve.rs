@@ -306,7 +306,18 @@ fn exchange_blocking(server: SocketAddr, name: &str, kind: Kind) -> Result<Answe
             socket
                 .set_read_timeout(Some(left))
                 .map_err(|e| format!("{server}: {e}"))?;
-            let Ok(n) = socket.recv(&mut buf) else { break };
+            let n = match socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(format!("{server}: {e}")),
+            };
             match dns::parse(buf.get(..n).unwrap_or_default(), id, kind) {
                 Err(Failure::NotOurs) => continue,
                 Ok(answer) => return Ok(answer),

@@ -361,7 +361,7 @@ fn srv_sources(
         }
         let name = s.name.trim_end_matches('.').to_owned();
         sources.push(super::expand::Source::srv(
-            config_key,
+            format!("{config_key}.name"),
             name,
             s.max_connections,
         ));
