@@ -163,6 +163,7 @@ function renderTimeline(timeline) {
 
 function render(status) {
   document.getElementById("generation").textContent = status.generation;
+  document.getElementById("version").textContent = status.version + " (" + status.commit + "), pid " + status.pid;
   document.getElementById("ready").textContent = status.ready ? "ready" : "not ready";
   const now = Date.now();
   document.getElementById("refreshed").textContent = new Date(now).toLocaleTimeString();

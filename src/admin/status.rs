@@ -16,6 +16,9 @@ pub fn status(shared: &Shared) -> Value {
     let listeners: Vec<Value> = shared.listeners().iter().map(listener).collect();
     let pools: Vec<Value> = snapshot.pools().map(|p| pool(shared, p)).collect();
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("DBSPLICE_COMMIT"),
+        "pid": std::process::id(),
         "generation": snapshot.generation,
         "ready": shared.is_ready(),
         "reloads": {

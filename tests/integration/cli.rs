@@ -422,6 +422,18 @@ async fn the_admin_api_reports_and_acts_with_a_token() {
         "{status}"
     );
     assert_eq!(status["pools"][0]["backends"][0]["eligible"], true);
+    // Which build runs, as dbsplice_build_info says it.
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    let commit = status["commit"].as_str().unwrap().to_owned();
+    assert!(!commit.is_empty(), "{status}");
+    let build = http(admin, "GET", "/metrics", None).await.1;
+    assert!(
+        build.contains(&format!(
+            "dbsplice_build_info{{version=\"{}\",commit=\"{commit}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{build}"
+    );
 
     // Known traffic, then a scrape with matching figures.
     let scrape = http(admin, "GET", "/metrics", None).await.1;
