@@ -99,8 +99,7 @@ impl Control {
                 return;
             }
         };
-        let current = self.routes.load_full();
-        let mut config = (*current.config).clone();
+        let mut config = self.running_config();
         let Some(p) = config.pools.get_mut(pool) else {
             return;
         };
@@ -132,8 +131,7 @@ impl Control {
     /// the members the cluster no longer lists and lets those listed again
     /// take sessions.
     fn discovered(&mut self, pool: &str, members: Vec<BackendConfig>, leaving: &[String]) {
-        let current = self.routes.load_full();
-        let mut config = (*current.config).clone();
+        let mut config = self.running_config();
         let Some(p) = config.pools.get_mut(pool).filter(|p| p.discover.is_some()) else {
             return;
         };
@@ -182,6 +180,20 @@ impl Control {
                 );
             }
         }
+    }
+
+    /// The running config with each member at the address it resolves to
+    /// now (the config keeps the one found when it was applied): what a
+    /// change of members is applied to, so that it moves no backend back.
+    fn running_config(&self) -> crate::config::Config {
+        let snapshot = self.routes.load_full();
+        let mut config = (*snapshot.config).clone();
+        for (name, pool) in &mut config.pools {
+            if let Some(now) = snapshot.pool(name) {
+                *pool = now.config_now();
+            }
+        }
+        config
     }
 
     /// The sessions open at `old` when the backend at `address` moved

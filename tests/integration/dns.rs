@@ -440,3 +440,57 @@ async fn sessions_left_at_a_former_address_follow_on_down_when_it_stops_answerin
         .expect("the session at the new address goes on");
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_members_moves_no_backend_back_to_a_former_address() {
+    let dns = Dns::start().await;
+    let port = free_port();
+    let (a, b, c) = tokio::join!(
+        MariaDb::start_at(A, port),
+        MariaDb::start_at(B, port),
+        MariaDb::start_at(C, port)
+    );
+    dns.set("db.test", Record::A(vec![A]));
+    dns.set("c.db.test", Record::A(vec![C]));
+    let srv = |weight: u16| Record::Srv(vec![(10, weight, port, "c.db.test".to_owned())]);
+    dns.set("_mysql._tcp.x.test", srv(1));
+    let proxy = proxy_with_pool(
+        &dns,
+        "",
+        &format!(
+            "[[pool.main.backend]]\naddress = \"db.test:{port}\"\nname = \"db\"\n\
+             [[pool.main.backend_srv]]\nname = \"_mysql._tcp.x.test\"\n"
+        ),
+    );
+    let ip_of = |name: &str| {
+        let status = dbsplice::admin::status::status(proxy.app.as_ref().unwrap().shared());
+        status["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .map(|b| {
+                (
+                    b["ip"].as_str().unwrap().to_owned(),
+                    b["weight"].as_u64().unwrap(),
+                )
+            })
+    };
+    dns.set("db.test", Record::A(vec![B]));
+    let moved = format!("{B}:{port}");
+    wait_until(Duration::from_secs(10), || async {
+        (ip_of("db")?.0 == moved).then_some(())
+    })
+    .await
+    .expect("db moved");
+    // The SRV record changes: its members are applied again, db stays.
+    dns.set("_mysql._tcp.x.test", srv(7));
+    let target = format!("c.db.test:{port}");
+    wait_until(Duration::from_secs(10), || async {
+        (ip_of(&target)?.1 == 7).then_some(())
+    })
+    .await
+    .expect("the SRV member's weight follows the record");
+    assert_eq!(ip_of("db").unwrap().0, moved, "db was not moved back");
+    drop((a, b, c));
+}
