@@ -192,19 +192,38 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
     })
 }
 
+/// A backend or pool name as one URL path segment: `#`, `%`, `?` and `/`
+/// written `%XX` (a name of a `resolve = "all"` member holds `#`).
+fn encoded(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '#' | '%' | '?' | '/' | ' ' => out.push_str(&format!("%{:02X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The method and path that carry out `action`.
 fn route(action: &Action) -> (&'static str, String) {
     match action {
         Action::Status => ("GET", "/api/status".to_owned()),
         Action::Drain(name, until) => (
             "POST",
-            with_for(&format!("/api/backends/{name}/drain"), until.as_deref()),
+            with_for(
+                &format!("/api/backends/{}/drain", encoded(name)),
+                until.as_deref(),
+            ),
         ),
         Action::Disable(name, until) => (
             "POST",
-            with_for(&format!("/api/backends/{name}/disable"), until.as_deref()),
+            with_for(
+                &format!("/api/backends/{}/disable", encoded(name)),
+                until.as_deref(),
+            ),
         ),
-        Action::Enable(name) => ("POST", format!("/api/backends/{name}/enable")),
+        Action::Enable(name) => ("POST", format!("/api/backends/{}/enable", encoded(name))),
         Action::Reload => ("POST", "/api/reload".to_owned()),
         Action::Failback(pool) => ("POST", format!("/api/pools/{pool}/failback")),
         Action::Pause(pool, until) => (
@@ -435,6 +454,16 @@ pub fn table(status: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_one_path_segment() {
+        assert_eq!(encoded("db#10.0.0.5"), "db%2310.0.0.5");
+        assert_eq!(encoded("a/b?c%"), "a%2Fb%3Fc%25");
+        assert_eq!(
+            route(&Action::Enable("db#fd00::5".into())).1,
+            "/api/backends/db%23fd00::5/enable"
+        );
+    }
 
     #[test]
     fn a_table_lines_up() {

@@ -67,7 +67,9 @@ pub fn admit(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let owned = || parts.iter().map(|s| (*s).to_owned()).collect();
+    // A name may hold `#` (`db#10.0.0.5`, one address of a name): written
+    // `%23` in a URL.
+    let owned = || parts.iter().map(|s| percent_decoded(s)).collect();
     if is_read(&parts) {
         return match *method {
             Method::GET | Method::HEAD => Ok(Admitted::Read(owned())),
@@ -99,6 +101,31 @@ pub fn admit(
         owned(),
         query.unwrap_or_default().to_owned(),
     ))
+}
+
+/// `segment` with each `%XX` replaced by its byte; a `%` not followed by
+/// two hex digits, or bytes that are not UTF-8, leave it as written.
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| segment.to_owned())
 }
 
 fn is_read(path: &[&str]) -> bool {
@@ -156,6 +183,24 @@ mod tests {
             admit(&Method::GET, "/api/status", None, &local, admin),
             Ok(Admitted::Read(vec!["api".into(), "status".into()]))
         );
+        // One address of a name's several is named NAME#IP.
+        assert_eq!(
+            admit(
+                &Method::GET,
+                "/api/backends/db%2310.0.0.5/why",
+                None,
+                &local,
+                admin
+            ),
+            Ok(Admitted::Read(vec![
+                "api".into(),
+                "backends".into(),
+                "db#10.0.0.5".into(),
+                "why".into()
+            ]))
+        );
+        assert_eq!(percent_decoded("a%zz%2"), "a%zz%2", "not hex: as written");
+        assert_eq!(percent_decoded("%ff%fe"), "%ff%fe", "not UTF-8: as written");
         let status = |m: &Method, path: &str, h: &HeaderMap| {
             admit(m, path, None, h, admin).map_err(|r| r.status)
         };
