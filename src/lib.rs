@@ -7,7 +7,8 @@
 //!   [`config`] (TOML to a validated [`config::Config`]), [`balance`]
 //!   (picks, tiers, eligibility, hold-down), [`health::state`] (rise/fall),
 //!   [`mysql`] (the packets dbsplice sends itself), [`metrics`] (names),
-//!   [`net`] (PROXY header, IO-error classes);
+//!   [`net`] (PROXY header, IO-error classes), [`dns`] (the DNS messages
+//!   dbsplice exchanges itself);
 //! - shared state: [`cluster`], one immutable [`cluster::Snapshot`] behind an
 //!   `ArcSwap` plus per-backend and per-member atomics that outlive
 //!   snapshots; [`inbox`], the typed events the control module acts on;
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod health;
 pub mod inbox;
 pub mod logging;

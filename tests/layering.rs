@@ -23,6 +23,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("mysql", 0),
     ("metrics", 0),
     ("net", 0),
+    ("dns", 0),
     ("args", 0),
     ("replication::gtid", 0),
     ("replication::plan", 0),

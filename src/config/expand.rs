@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use super::{Address, BackendConfig, PoolConfig};
-use crate::net::dns::Srv;
+use crate::dns::Srv;
 use crate::vocabulary::{Origin, Tier};
 
 /// Members one source gives at most (the first in its answer): a DNS

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::expand::{self, Source, SourceKind};
 use super::BackendConfig;
 use crate::cluster::Snapshot;
+use crate::dns::{self, Answer, Failure, Kind, Srv};
 use crate::inbox::Inbox;
-use crate::net::dns::{self, Answer, Failure, Kind, Srv};
 
 /// One lookup, all tries included, takes at most this long.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);

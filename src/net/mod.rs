@@ -1,9 +1,7 @@
-//! What the data path, the checkers and the resolver share about the
-//! network, without doing IO themselves: the PROXY protocol header dbsplice
-//! sends first, how a failed connect or accept is classified and described,
-//! and the DNS messages dbsplice exchanges itself.
+//! What the data path and the checkers share about the network, without doing
+//! IO themselves: the PROXY protocol header dbsplice sends first, and how a
+//! failed connect or accept is classified and described.
 
-pub mod dns;
 pub mod errors;
 pub mod proxy_header;
 
