@@ -72,6 +72,8 @@ pub struct PoolView {
     pub last_writer: Option<String>,
     /// What dbsplice knows and did of the pool's replication.
     pub replication: ReplicationState,
+    /// The pool's sources whose last lookup failed, and why, by key.
+    pub source_failures: BTreeMap<String, String>,
 }
 
 /// A pool's replication as dbsplice manages it (`[replication]` pools).

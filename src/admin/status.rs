@@ -73,6 +73,11 @@ fn pool(shared: &Shared, pool: &Pool) -> Value {
         "paused_for_seconds": pool.waiting.paused_for().map(|d| d.as_secs_f64()),
         "hold_timeouts": pool.waiting.timeouts(),
         "replication": pool.config.replication.as_ref().map(|r| replication(r, &decided.replication)),
+        "sources": pool.config.sources.iter().map(|s| json!({
+            "key": s.key,
+            "failing": decided.source_failures.get(&s.key),
+        })).collect::<Vec<Value>>(),
+        "discover": pool.config.discover.map(|d| d.as_str()),
         "backends": backends,
     })
 }

@@ -4,7 +4,7 @@
 //! use, and the counts of failovers and writer changes. The snapshot carries
 //! none of it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::admin::shared::PoolView;
 use crate::balance::hold;
@@ -19,6 +19,8 @@ pub struct Memory {
     pools: HashMap<String, PoolMemory>,
     /// By pool name: replication managed by dbsplice.
     replication: HashMap<String, crate::admin::shared::ReplicationState>,
+    /// By pool, then source key: why its last lookup failed, while it does.
+    source_failures: HashMap<String, BTreeMap<String, String>>,
     /// By backend address: since when its checker has found it down.
     down_since: HashMap<String, tokio::time::Instant>,
     /// What the last decisions changed, in words, for the timeline.
@@ -127,6 +129,18 @@ impl Memory {
             .retain(|pool, _| members.keys().any(|(p, _)| p == pool));
     }
 
+    /// Records how source `key` of `pool` last answered (`Err`: why it
+    /// failed); whether that changed.
+    pub fn source_answered(&mut self, pool: &str, key: &str, failure: Option<&str>) -> bool {
+        let failures = self.source_failures.entry(pool.to_owned()).or_default();
+        let changed = failures.get(key).map(String::as_str) != failure;
+        match failure {
+            Some(why) => failures.insert(key.to_owned(), why.to_owned()),
+            None => failures.remove(key),
+        };
+        changed
+    }
+
     /// What the admin server shows of `pool`.
     pub fn view(&self, pool: &str) -> PoolView {
         let memory = self.pools.get(pool).cloned().unwrap_or_default();
@@ -153,6 +167,7 @@ impl Memory {
             writer_changes: memory.writer_changes,
             last_writer: memory.last_writer,
             replication: self.replication.get(pool).cloned().unwrap_or_default(),
+            source_failures: self.source_failures.get(pool).cloned().unwrap_or_default(),
         }
     }
 }

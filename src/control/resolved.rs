@@ -88,16 +88,26 @@ impl Control {
     /// gave: members it no longer gives leave as a reload removes them
     /// (`on_remove`), new ones are probed. A failed lookup keeps them.
     fn expanded(&mut self, pool: &str, source: &str, result: Result<Vec<BackendConfig>, String>) {
-        let members = match result {
-            Ok(members) => members,
-            Err(why) => {
-                tracing::warn!(
-                    pool,
-                    source,
-                    "lookup failed, the members it gave stay: {why}"
-                );
-                return;
-            }
+        let failure = result.as_ref().err().map(String::as_str);
+        if self.memory.source_answered(pool, source, failure) {
+            let text = match failure {
+                Some(why) => {
+                    tracing::warn!(
+                        pool,
+                        source,
+                        "lookup failed, the members it gave stay: {why}"
+                    );
+                    format!("{pool}: {source} does not resolve ({why}); the members it gave stay")
+                }
+                None => {
+                    tracing::info!(pool, source, "resolves again");
+                    format!("{pool}: {source} resolves again")
+                }
+            };
+            self.shared.timeline.push("dns", text);
+        }
+        let Ok(members) = result else {
+            return; // said above when it started failing
         };
         let mut config = self.running_config();
         let Some(p) = config.pools.get_mut(pool) else {

@@ -355,6 +355,22 @@ async fn srv_targets_are_members_with_the_records_weights_and_priorities() {
     })
     .await
     .expect("new sessions go to the new primary tier");
+
+    // The record stops resolving: its members stay, and status says why.
+    dns.set("_mysql._tcp.db.test", Record::Fail);
+    let status = || dbsplice::admin::status::status(proxy.app.as_ref().unwrap().shared());
+    let failing = wait_until(Duration::from_secs(10), || async {
+        status()["pools"][0]["sources"][0]["failing"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await
+    .expect("the source's failure is shown");
+    assert!(failing.contains("SERVFAIL"), "{failing}");
+    assert_eq!(
+        status()["pools"][0]["backends"].as_array().unwrap().len(),
+        2
+    );
     drop((a, b, c));
 }
 
