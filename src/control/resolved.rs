@@ -1,6 +1,9 @@
-//! A backend's host name resolved again: the backend moves to the new
-//! address (new sessions and probes go there; open sessions stay where
-//! they are), or keeps its last one and says the name fails.
+//! Backends that move, and members that come and go: a backend's host name
+//! resolved again (the backend moves to the new address, its sessions at
+//! the old one follow `on_down` once that stops answering; or it keeps its
+//! last address and says the name fails), a source's answer (`resolve =
+//! "all"`, SRV) and a discovery round, each put in place through the
+//! reload's `apply`.
 
 use std::net::SocketAddr;
 
@@ -247,8 +250,11 @@ impl Control {
                 if stop.run_until_cancelled(pause).await.is_none() || state.addr() == old {
                     return;
                 }
-                let passed = matches!(prober.probe(old).await, Outcome::Pass { .. } | Outcome::Full { .. });
-                failed = if passed { 0 } else { failed + 1 };
+                match prober.probe(old).await {
+                    Outcome::Pass { .. } | Outcome::Full { .. } => failed = 0,
+                    Outcome::Fail { .. } => failed += 1,
+                    Outcome::Skipped { .. } => {} // neither: the next one says
+                }
             }
             tracing::warn!(backend = %address, at = %old, "the backend's former address stopped answering: its sessions there follow on_down");
             for (policy, token) in tokens {
