@@ -74,6 +74,14 @@ impl Registry {
         self.waiting.retain(|pool, _| pools.contains(pool.as_str()));
     }
 
+    /// Where each known backend is reached now, by address as written.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.states
+            .iter()
+            .map(|(address, s)| (address.clone(), s.addr()))
+            .collect()
+    }
+
     /// Every known state.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<BackendState>> {
         self.states.values()

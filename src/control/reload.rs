@@ -144,12 +144,14 @@ impl Control {
         }
         let bound = bind_new_listeners(&current.config, &config)?;
         let config = Arc::new(config);
+        let addresses = self.registry.addresses();
         let next = Arc::new(Snapshot::build(
             Arc::clone(&config),
             current.generation + 1,
             &mut self.registry,
         ));
         self.routes.store(Arc::clone(&next));
+        self.watch_moved(addresses);
         for name in &diff.listeners_removed {
             self.listeners.stop(name);
         }

@@ -209,6 +209,17 @@ impl Control {
         config
     }
 
+    /// Watches the former address of each backend that a config just
+    /// applied moved (its name resolved elsewhere at the load); `before`:
+    /// where each was reached until then.
+    pub(super) fn watch_moved(&self, before: Vec<(String, SocketAddr)>) {
+        for (address, was) in before {
+            if self.registry.get(&address).is_some_and(|s| s.addr() != was) {
+                self.watch_old_address(&address, was);
+            }
+        }
+    }
+
     /// The sessions open at `old` when the backend at `address` moved
     /// keep their own evict token; a task probes `old` and, once it fails
     /// the check's `fall` probes in a row, closes them per each pool's

@@ -510,3 +510,44 @@ async fn a_change_of_members_moves_no_backend_back_to_a_former_address() {
     assert_eq!(ip_of("db").unwrap().0, moved, "db was not moved back");
     drop((a, b, c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_finds_a_name_moved_watches_its_former_address_too() {
+    let dns = Dns::start().await;
+    let port = free_port();
+    let (a, b) = tokio::join!(MariaDb::start_at(A, port), MariaDb::start_at(B, port));
+    dns.set("db.test", Record::A(vec![A]));
+    // Hours between lookups: only the reload looks again.
+    let body = format!(
+        "resolve_interval = \"1h\"\non_down = \"close\"\n{}",
+        mysql_check(CHECK_USER, CHECK_PASSWORD, "")
+    );
+    let backend = format!("[[pool.main.backend]]\naddress = \"db.test:{port}\"\nname = \"db\"\n");
+    let dir = crate::support::Scratch::new("dns-reload");
+    let path = dir.0.join("dbsplice.toml");
+    let toml = format!(
+        "resolver = \"{}\"\n{}",
+        dns.addr,
+        crate::support::config(&body, &[backend])
+    );
+    std::fs::write(&path, toml).unwrap();
+    let proxy = Proxy::start_file(&path);
+    wait_until(Duration::from_secs(20), || async {
+        (served_by(&proxy).await? == A.to_string()).then_some(())
+    })
+    .await
+    .expect("db.test reaches the first server");
+    let mut at_a = crate::support::connect(proxy.addr("rw")).await.unwrap();
+    dns.set("db.test", Record::A(vec![B]));
+    assert!(matches!(
+        proxy.reload(dbsplice::inbox::Trigger::Forced).await,
+        dbsplice::inbox::ReloadOutcome::Applied { .. }
+    ));
+    assert_eq!(served_by(&proxy).await.as_deref(), Some("127.0.0.3"));
+    at_a.query_drop("DO 1").await.unwrap();
+    a.pause();
+    let closed = crate::support::closed_within(&mut at_a, Duration::from_secs(10)).await;
+    a.resume();
+    assert!(closed, "the session at the former address was closed");
+    drop(b);
+}
