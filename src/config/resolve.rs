@@ -26,6 +26,9 @@ use crate::inbox::Inbox;
 
 /// One lookup, all tries included, takes at most this long.
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
+/// A source's lookup (an SRV record and each of its targets) takes at most
+/// this long.
+const MEMBERS_DEADLINE: Duration = Duration::from_secs(15);
 /// One UDP try waits this long for its answer.
 const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A name is not asked again within this of its last lookup, whatever
@@ -43,31 +46,27 @@ pub struct Lookup {
 
 impl Lookup {
     /// The addresses `host` has, each with `port`: IPv4 first, then IPv6.
+    /// Looked up on a blocking thread, within [`LOOKUP_DEADLINE`].
     pub async fn addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        let found = match self.server {
-            None => tokio::time::timeout(LOOKUP_DEADLINE, tokio::net::lookup_host((host, port)))
-                .await
-                .map_err(|_| format!("no answer within {}s", LOOKUP_DEADLINE.as_secs()))?
-                .map(Iterator::collect::<Vec<_>>)
-                .map_err(|e| e.to_string())?,
-            Some(server) => {
-                tokio::time::timeout(LOOKUP_DEADLINE, ask_addresses(server, host, port))
-                    .await
-                    .map_err(|_| {
-                        format!(
-                            "{server} gave no answer within {}s",
-                            LOOKUP_DEADLINE.as_secs()
-                        )
-                    })??
-            }
-        };
-        ordered(host, found)
+        let (lookup, host) = (*self, host.to_owned());
+        off_thread(LOOKUP_DEADLINE, move || {
+            lookup.addresses_blocking(&host, port)
+        })
+        .await
     }
 
-    /// [`Lookup::addresses`] for a thread that may block (the config load).
+    /// The members source `source` gives now, looked up on a blocking
+    /// thread within [`MEMBERS_DEADLINE`].
+    pub async fn members(&self, source: &Source) -> Result<Vec<BackendConfig>, String> {
+        let (lookup, source) = (*self, source.clone());
+        off_thread(MEMBERS_DEADLINE, move || lookup.members_blocking(&source)).await
+    }
+
+    /// [`Lookup::addresses`] on the caller's thread, which may block (the
+    /// config load).
     pub fn addresses_blocking(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
@@ -79,7 +78,7 @@ impl Lookup {
             Some(server) => {
                 let mut found = Vec::new();
                 for kind in [Kind::A, Kind::Aaaa] {
-                    let answer = exchange_blocking(server, host, kind)?;
+                    let answer = exchange(server, host, kind)?;
                     found.extend(addresses_of(answer, port));
                 }
                 found
@@ -87,9 +86,7 @@ impl Lookup {
         };
         ordered(host, found)
     }
-}
 
-impl Lookup {
     /// The DNS server SRV questions go to: `resolver`, or the first
     /// `nameserver` of `/etc/resolv.conf`.
     fn dns_server(&self) -> Result<SocketAddr, String> {
@@ -99,41 +96,8 @@ impl Lookup {
         }
     }
 
-    /// The members source `source` gives now.
-    pub async fn members(&self, source: &Source) -> Result<Vec<BackendConfig>, String> {
-        match &source.kind {
-            SourceKind::All(template) => {
-                let found = self
-                    .addresses(&template.address.host, template.address.port)
-                    .await?;
-                Ok(expand::from_addresses(&source.key, template, &found))
-            }
-            SourceKind::Srv {
-                name,
-                max_connections,
-            } => {
-                let server = self.dns_server()?;
-                let records =
-                    tokio::time::timeout(LOOKUP_DEADLINE, exchange(server, name, Kind::Srv))
-                        .await
-                        .map_err(|_| {
-                            format!(
-                                "{server} gave no answer within {}s",
-                                LOOKUP_DEADLINE.as_secs()
-                            )
-                        })??;
-                let mut targets = Vec::new();
-                for srv in services(name, records)? {
-                    if let Ok(found) = self.addresses(&srv.target, srv.port).await {
-                        targets.extend(found.first().map(|a| (srv.clone(), *a)));
-                    }
-                }
-                srv_members(&source.key, name, *max_connections, &targets)
-            }
-        }
-    }
-
-    /// [`Lookup::members`] for a thread that may block (the config load).
+    /// [`Lookup::members`] on the caller's thread, which may block (the
+    /// config load).
     pub fn members_blocking(&self, source: &Source) -> Result<Vec<BackendConfig>, String> {
         match &source.kind {
             SourceKind::All(template) => {
@@ -145,7 +109,7 @@ impl Lookup {
                 name,
                 max_connections,
             } => {
-                let records = exchange_blocking(self.dns_server()?, name, Kind::Srv)?;
+                let records = exchange(self.dns_server()?, name, Kind::Srv)?;
                 let mut targets = Vec::new();
                 for srv in services(name, records)? {
                     if let Ok(found) = self.addresses_blocking(&srv.target, srv.port) {
@@ -224,17 +188,17 @@ fn addresses_of(answer: Answer, port: u16) -> Vec<SocketAddr> {
     }
 }
 
-/// A and AAAA records of `host` from `server`.
-async fn ask_addresses(
-    server: SocketAddr,
-    host: &str,
-    port: u16,
-) -> Result<Vec<SocketAddr>, String> {
-    let mut found = Vec::new();
-    for kind in [Kind::A, Kind::Aaaa] {
-        found.extend(addresses_of(exchange(server, host, kind).await?, port));
+/// Runs `lookup` on a blocking thread (getaddrinfo and the UDP exchange
+/// block), giving up on it after `deadline`.
+async fn off_thread<T: Send + 'static>(
+    deadline: Duration,
+    lookup: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, tokio::task::spawn_blocking(lookup)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => Err(format!("the lookup failed: {e}")),
+        Err(_) => Err(format!("no answer within {}s", deadline.as_secs())),
     }
-    Ok(found)
 }
 
 /// A local socket of `server`'s family, connected to it: only its
@@ -248,46 +212,9 @@ fn local_for(server: SocketAddr) -> SocketAddr {
 }
 
 /// Asks `server` for `name`'s `kind` records over UDP: two tries, each a
-/// new random id; datagrams that are not the answer are ignored.
-async fn exchange(server: SocketAddr, name: &str, kind: Kind) -> Result<Answer, String> {
-    let socket = tokio::net::UdpSocket::bind(local_for(server))
-        .await
-        .map_err(|e| format!("no UDP socket: {e}"))?;
-    socket
-        .connect(server)
-        .await
-        .map_err(|e| format!("{server}: {e}"))?;
-    let mut buf = vec![0u8; MAX_UDP];
-    let mut last = format!("{server} gave no answer");
-    for _ in 0..2 {
-        let id = fastrand::u16(..);
-        let query = dns::query(id, name, kind)?;
-        socket
-            .send(&query)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
-        let deadline = Instant::now() + TRY_TIMEOUT;
-        loop {
-            let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await
-            else {
-                break;
-            };
-            let n = received.map_err(|e| format!("{server}: {e}"))?;
-            match dns::parse(buf.get(..n).unwrap_or_default(), id, kind) {
-                Err(Failure::NotOurs) => continue,
-                Ok(answer) => return Ok(answer),
-                Err(failure) => {
-                    last = format!("{server}: {failure}");
-                    return Err(last);
-                }
-            }
-        }
-    }
-    Err(last)
-}
-
-/// [`exchange`] for a thread that may block.
-fn exchange_blocking(server: SocketAddr, name: &str, kind: Kind) -> Result<Answer, String> {
+/// new random id, each waiting [`TRY_TIMEOUT`]; datagrams that are not the
+/// answer are ignored.
+fn exchange(server: SocketAddr, name: &str, kind: Kind) -> Result<Answer, String> {
     let socket =
         std::net::UdpSocket::bind(local_for(server)).map_err(|e| format!("no UDP socket: {e}"))?;
     socket

@@ -227,8 +227,9 @@ pub fn switchover(servers: &[Server], to: Option<&str>) -> Result<SwitchoverPlan
     Ok(SwitchoverPlan { old, new, others })
 }
 
-/// Whether `server` may replace the primary whose facts are `primary`.
-fn promotable<'a>(server: &'a Server, primary: &ServerFacts) -> Result<&'a ServerFacts, String> {
+/// What `server` said, when it answered and may be promoted at all; why
+/// not otherwise.
+fn candidate_facts(server: &Server) -> Result<&ServerFacts, String> {
     let facts = match &server.seen {
         Seen::Answered(f) => f,
         Seen::Unusable(why) => return Err(format!("its replication cannot be read ({why})")),
@@ -237,6 +238,12 @@ fn promotable<'a>(server: &'a Server, primary: &ServerFacts) -> Result<&'a Serve
     if !server.candidate {
         return Err("candidate = false in the config".into());
     }
+    Ok(facts)
+}
+
+/// Whether `server` may replace the primary whose facts are `primary`.
+fn promotable<'a>(server: &'a Server, primary: &ServerFacts) -> Result<&'a ServerFacts, String> {
+    let facts = candidate_facts(server)?;
     let Some(source) = &facts.source else {
         return Err("it replicates from no one".into());
     };
@@ -472,14 +479,7 @@ fn failover_candidate<'a>(
     follows: bool,
     others: &[&ServerFacts],
 ) -> Result<&'a Source, String> {
-    let facts = match &server.seen {
-        Seen::Answered(f) => f,
-        Seen::Unusable(why) => return Err(format!("its replication cannot be read ({why})")),
-        Seen::Unreachable(why) => return Err(format!("unreachable ({why})")),
-    };
-    if !server.candidate {
-        return Err("candidate = false in the config".into());
-    }
+    let facts = candidate_facts(server)?;
     let Some(source) = facts.source.as_ref().filter(|_| follows) else {
         return Err("it does not replicate from the primary".into());
     };

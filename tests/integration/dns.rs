@@ -42,6 +42,16 @@ async fn served_by(proxy: &Proxy) -> Option<String> {
     bind
 }
 
+/// Waits (up to 20 s) until new sessions through `proxy` reach the server
+/// at `ip`; `what` says what that shows when they never do.
+async fn reaches(proxy: &Proxy, ip: Ipv4Addr, what: &str) {
+    let found = wait_until(Duration::from_secs(20), || async {
+        (served_by(proxy).await? == ip.to_string()).then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "new sessions never reached {ip}: {what}");
+}
+
 /// New connections through dbsplice, one query each, until stopped: how
 /// many failed, and how many were served.
 struct Clients {
@@ -103,20 +113,12 @@ async fn a_name_moved_to_another_server_takes_new_sessions_within_resolve_interv
     let (a, b) = tokio::join!(MariaDb::start_at(A, port), MariaDb::start_at(B, port));
     dns.set("db.test", Record::A(vec![A]));
     let proxy = proxy(&dns, port, "resolve_interval = \"1s\"");
-    wait_until(Duration::from_secs(20), || async {
-        (served_by(&proxy).await? == A.to_string()).then_some(())
-    })
-    .await
-    .expect("db.test reaches the first server");
+    reaches(&proxy, A, "db.test reaches the first server").await;
     let clients = Clients::start(proxy.addr("rw"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let moved = tokio::time::Instant::now();
     dns.set("db.test", Record::A(vec![B]));
-    wait_until(Duration::from_secs(10), || async {
-        (served_by(&proxy).await? == B.to_string()).then_some(())
-    })
-    .await
-    .expect("new sessions follow the name");
+    reaches(&proxy, B, "new sessions follow the name").await;
     let took = moved.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (served, failed) = clients.stop().await;
@@ -181,21 +183,13 @@ async fn a_failed_probe_has_the_name_resolved_at_once() {
         port,
         "resolve_interval = \"1h\"\nhold_timeout = \"10s\"",
     );
-    wait_until(Duration::from_secs(20), || async {
-        (served_by(&proxy).await? == A.to_string()).then_some(())
-    })
-    .await
-    .expect("db.test reaches the first server");
+    reaches(&proxy, A, "db.test reaches the first server").await;
     let asked = dns.asked("db.test");
     dns.set("db.test", Record::A(vec![B]));
     let killed = tokio::time::Instant::now();
     a.kill();
     let clients = Clients::start(proxy.addr("rw"));
-    wait_until(Duration::from_secs(10), || async {
-        (served_by(&proxy).await? == B.to_string()).then_some(())
-    })
-    .await
-    .expect("the failed probe had the name resolved again");
+    reaches(&proxy, B, "the failed probe had the name resolved again").await;
     let took = killed.elapsed();
     let (served, failed) = clients.stop().await;
     eprintln!(
@@ -350,11 +344,7 @@ async fn srv_targets_are_members_with_the_records_weights_and_priorities() {
     assert!(members
         .iter()
         .any(|x| x.0.starts_with("a.") && x.2 == "standby"));
-    wait_until(Duration::from_secs(10), || async {
-        (served_by(&proxy).await? == C.to_string()).then_some(())
-    })
-    .await
-    .expect("new sessions go to the new primary tier");
+    reaches(&proxy, C, "new sessions go to the new primary tier").await;
 
     // The record stops resolving: its members stay, and status says why.
     dns.set("_mysql._tcp.db.test", Record::Fail);
@@ -423,18 +413,10 @@ async fn sessions_left_at_a_former_address_follow_on_down_when_it_stops_answerin
     let (a, b) = tokio::join!(MariaDb::start_at(A, port), MariaDb::start_at(B, port));
     dns.set("db.test", Record::A(vec![A]));
     let proxy = proxy(&dns, port, "resolve_interval = \"1s\"\non_down = \"close\"");
-    wait_until(Duration::from_secs(20), || async {
-        (served_by(&proxy).await? == A.to_string()).then_some(())
-    })
-    .await
-    .expect("db.test reaches the first server");
+    reaches(&proxy, A, "db.test reaches the first server").await;
     let mut at_a = crate::support::connect(proxy.addr("rw")).await.unwrap();
     dns.set("db.test", Record::A(vec![B]));
-    wait_until(Duration::from_secs(10), || async {
-        (served_by(&proxy).await? == B.to_string()).then_some(())
-    })
-    .await
-    .expect("new sessions follow the name");
+    reaches(&proxy, B, "new sessions follow the name").await;
     let mut at_b = crate::support::connect(proxy.addr("rw")).await.unwrap();
     // The old server still answers: its session goes on.
     at_a.query_drop("DO 1").await.unwrap();
@@ -532,11 +514,7 @@ async fn a_reload_that_finds_a_name_moved_watches_its_former_address_too() {
     );
     std::fs::write(&path, toml).unwrap();
     let proxy = Proxy::start_file(&path);
-    wait_until(Duration::from_secs(20), || async {
-        (served_by(&proxy).await? == A.to_string()).then_some(())
-    })
-    .await
-    .expect("db.test reaches the first server");
+    reaches(&proxy, A, "db.test reaches the first server").await;
     let mut at_a = crate::support::connect(proxy.addr("rw")).await.unwrap();
     dns.set("db.test", Record::A(vec![B]));
     assert!(matches!(
