@@ -28,7 +28,7 @@ use crate::inbox::Inbox;
 pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
 /// A source's lookup (an SRV record and each of its targets) takes at most
 /// this long.
-const MEMBERS_DEADLINE: Duration = Duration::from_secs(15);
+pub const MEMBERS_DEADLINE: Duration = Duration::from_secs(15);
 /// One UDP try waits this long for its answer.
 const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A name is not asked again within this of its last lookup, whatever
