@@ -54,6 +54,8 @@ pub struct App {
     /// The worker threads that accept and carry sessions; `None`: the
     /// runtime `App::start` was called on does.
     workers: Option<Arc<WorkerSet>>,
+    /// The accept loops, shared with the control module.
+    listeners: Arc<std::sync::Mutex<crate::control::listeners::Listeners>>,
 }
 
 impl App {
@@ -61,7 +63,7 @@ impl App {
     /// Must be called inside a tokio runtime, which then also carries the
     /// control module and the sessions. Reloads are refused: there is no file.
     pub fn start(config: Config, bound: Vec<BoundListener>) -> io::Result<App> {
-        App::launch(config, None, bound, Vec::new())
+        App::launch(config, None, bound, Vec::new(), None)
     }
 
     /// Like [`App::start`], with every listener accepted on each of the
@@ -72,7 +74,7 @@ impl App {
         bound: Vec<BoundListener>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> io::Result<App> {
-        App::launch(config, None, bound, workers)
+        App::launch(config, None, bound, workers, None)
     }
 
     /// Like [`App::start_on`], for `config` as read from `file`, which
@@ -83,7 +85,20 @@ impl App {
         bound: Vec<BoundListener>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> io::Result<App> {
-        App::launch(config, Some(file), bound, workers)
+        App::launch(config, Some(file), bound, workers, None)
+    }
+
+    /// Like [`App::start_from_file`], on listening sockets taken over from
+    /// the process before this one, and starting from what it knew of each
+    /// backend (`seeds`). Nothing is accepted until [`App::open_now`].
+    pub fn take_over(
+        config: Config,
+        file: &Path,
+        bound: Vec<BoundListener>,
+        workers: Vec<tokio::runtime::Handle>,
+        seeds: &[crate::handover::format::Backend],
+    ) -> io::Result<App> {
+        App::launch(config, Some(file), bound, workers, Some(seeds))
     }
 
     fn launch(
@@ -91,19 +106,67 @@ impl App {
         file: Option<&Path>,
         bound: Vec<BoundListener>,
         workers: Vec<tokio::runtime::Handle>,
+        seeds: Option<&[crate::handover::format::Backend]>,
     ) -> io::Result<App> {
         let workers = (!workers.is_empty()).then(|| Arc::new(WorkerSet::new(workers)));
-        let started = control::start(config, file, bound, workers.clone())?;
-        started.life.tasks.spawn(open_when_probed(
-            Arc::clone(&started.shared),
-            started.life.open.clone(),
-        ));
+        let started = control::start(
+            config,
+            file,
+            bound,
+            workers.clone(),
+            seeds.unwrap_or_default(),
+        )?;
+        if seeds.is_none() {
+            started.life.tasks.spawn(open_when_probed(
+                Arc::clone(&started.shared),
+                started.life.open.clone(),
+            ));
+        }
         Ok(App {
             inbox: started.inbox,
             shared: started.shared,
             life: started.life,
             workers,
+            listeners: started.listeners,
         })
+    }
+
+    /// Opens the listeners now (a process that took over).
+    pub fn open_now(&self) {
+        self.life.open.cancel();
+    }
+
+    /// Where sessions pause for a hand-over.
+    pub fn board(&self) -> &Arc<crate::proxy::park::Board> {
+        &self.life.board
+    }
+
+    fn listeners(&self) -> std::sync::MutexGuard<'_, crate::control::listeners::Listeners> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops accepting on every listener (clients wait in the backlog)
+    /// and resolves once no accept loop runs.
+    pub async fn suspend_accepting(&self) {
+        let stopped = self.listeners().suspend();
+        stopped.await;
+    }
+
+    /// Accepts again after [`App::suspend_accepting`].
+    pub fn resume_accepting(&self) {
+        self.listeners().resume();
+    }
+
+    /// Copies of every listening socket, by listener name.
+    pub fn listener_sockets(&self) -> io::Result<Vec<(String, std::net::TcpListener)>> {
+        self.listeners().sockets()
+    }
+
+    /// Where listener `name` carries sessions taken over.
+    pub fn adopter(&self, name: &str) -> Option<crate::proxy::Adopter> {
+        self.listeners().adopter(name)
     }
 
     /// Resolves once the listeners accept (every backend probed once, or

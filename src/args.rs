@@ -88,6 +88,18 @@ pub enum Command {
     },
     /// Reload the running instance's config file now.
     Reload(AdminArgs),
+    /// Hand every listener and open session to a new process of the
+    /// binary at the running one's path (or `--binary`), which first checks
+    /// the config; no session closes. On any failure the running process
+    /// keeps every session and says why.
+    Upgrade {
+        /// The binary to start instead of the running one's path.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How to reach the running instance.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Let backends held by `failback = "manual"` take traffic in a pool.
     Failback {
         /// The pool's name.

@@ -18,8 +18,9 @@ use dbsplice::admin::cli::{Action, Target};
 use dbsplice::app;
 use dbsplice::args::{AdminArgs, Cli, Command, LogFormat, RunArgs};
 use dbsplice::config::{Config, ConfigDiff};
-use dbsplice::service::{self, Signals};
+use dbsplice::service::{self, Given, Signals, Succession};
 use dbsplice::systemd::Notifier;
+use dbsplice::upgrade::Takeover;
 use dbsplice::workers::Workers;
 
 /// Exit code for a config that cannot be used (EX_USAGE).
@@ -41,6 +42,10 @@ fn main() -> ExitCode {
         }) => remote(&admin, Action::Disable(name, duration)),
         Some(Command::Enable { name, admin }) => remote(&admin, Action::Enable(name)),
         Some(Command::Reload(admin)) => remote(&admin, Action::Reload),
+        Some(Command::Upgrade { binary, admin }) => remote(
+            &admin,
+            Action::Upgrade(binary.map(|b| b.display().to_string())),
+        ),
         Some(Command::Failback { pool, admin }) => remote(&admin, Action::Failback(pool)),
         Some(Command::Pause {
             pool,
@@ -139,6 +144,13 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
     // Read before any thread starts: the environment is cleared of them.
     let notifier = Notifier::from_env();
     let inherited = dbsplice::systemd::inherited_listeners();
+    let handover = Takeover::socket_from_env();
+    let succession = Succession {
+        exe: std::env::current_exe()
+            .or_else(|_| std::env::args_os().next().map(Into::into).ok_or(()))
+            .unwrap_or_else(|()| "dbsplice".into()),
+        args: std::env::args_os().skip(1).collect(),
+    };
     // Sessions run on the worker threads; checks, the control module and
     // reloads on this one.
     let count = config.workers.unwrap_or_else(Workers::default_count);
@@ -148,13 +160,26 @@ fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let handles = workers.handles();
+    // Started to take over from a running process: the config is loaded and
+    // the threads run, so the sessions wait only for what follows.
+    let takeover = match handover.as_deref().map(Takeover::receive) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(why)) => anyhow::bail!("cannot take over: {why}"),
+        None => None,
+    };
     let served = runtime.block_on(async {
         let signals = Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?,
         };
-        service::run(config, path, signals, notifier, inherited, handles).await?;
+        let given = Given {
+            listeners: inherited,
+            takeover,
+            succession,
+        };
+        service::run(config, path, signals, notifier, given, handles).await?;
         Ok(())
     });
     // A reload may still be waiting for a name server on a blocking thread:

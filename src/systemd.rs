@@ -68,6 +68,20 @@ impl Notifier {
         self.notify(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
 
+    /// The watchdog interval systemd asked for, in microseconds.
+    pub fn watchdog_usec(&self) -> Option<u64> {
+        self.watchdog
+            .map(|w| u64::try_from(w.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// Takes on the watchdog interval a former process was asked for (its
+    /// `WATCHDOG_PID` named that process, not this one).
+    pub fn set_watchdog(&mut self, usec: Option<u64>) {
+        if let Some(usec) = usec.filter(|u| *u > 0) {
+            self.watchdog = Some(Duration::from_micros(usec));
+        }
+    }
+
     /// How often to send WATCHDOG=1: half the interval systemd asked for.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|w| w / 2)

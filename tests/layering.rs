@@ -28,6 +28,7 @@ const LEVELS: &[(&str, u8)] = &[
     ("replication::gtid", 0),
     ("replication::plan", 0),
     ("replication::report", 0),
+    ("handover::format", 0),
     // 1: shared state: atomics, one ArcSwap, channels.
     ("cluster", 1),
     ("inbox", 1),
@@ -43,10 +44,12 @@ const LEVELS: &[(&str, u8)] = &[
     ("workers", 2),
     ("systemd", 2),
     ("replication", 2),
+    ("handover", 2),
     // 3: wiring.
     ("control", 3),
     ("app", 3),
     ("service", 3),
+    ("upgrade", 3),
 ];
 
 /// What level-0 code must not name: the async runtime and the ways to reach

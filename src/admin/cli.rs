@@ -33,6 +33,9 @@ pub enum Action {
     Resume(String),
     /// Switch a pool's primary over (optionally to the named backend).
     Switchover(String, Option<String>),
+    /// Hand every session to a new process of this binary (or the one at
+    /// the path given).
+    Upgrade(Option<String>),
 }
 
 /// Where the admin server is and the token for actions.
@@ -154,7 +157,7 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
     let (method, path) = route(action);
     // A switchover waits for its servers (catch_up_timeout and a few
     // logins); everything else answers at once.
-    let within = if matches!(action, Action::Switchover(..)) {
+    let within = if matches!(action, Action::Switchover(..) | Action::Upgrade(..)) {
         std::time::Duration::from_secs(300)
     } else {
         std::time::Duration::from_secs(30)
@@ -183,7 +186,7 @@ pub async fn run(target: &Target, action: &Action) -> Result<String, CliError> {
     }
     Ok(match action {
         Action::Status => table(&value) + &replication(&value),
-        Action::Reload => value
+        Action::Reload | Action::Upgrade(_) => value
             .get("outcome")
             .and_then(Value::as_str)
             .unwrap_or("done")
@@ -231,6 +234,13 @@ fn route(action: &Action) -> (&'static str, String) {
             with_for(&format!("/api/pools/{pool}/pause"), until.as_deref()),
         ),
         Action::Resume(pool) => ("POST", format!("/api/pools/{pool}/resume")),
+        Action::Upgrade(binary) => (
+            "POST",
+            match binary {
+                Some(b) => format!("/api/upgrade?binary={}", encoded(b)),
+                None => "/api/upgrade".to_owned(),
+            },
+        ),
         Action::Switchover(pool, to) => (
             "POST",
             match to {

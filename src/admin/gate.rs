@@ -105,7 +105,7 @@ pub fn admit(
 
 /// `segment` with each `%XX` replaced by its byte; a `%` not followed by
 /// two hex digits, or bytes that are not UTF-8, leave it as written.
-fn percent_decoded(segment: &str) -> String {
+pub fn percent_decoded(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -143,7 +143,7 @@ fn is_read(path: &[&str]) -> bool {
 fn is_action(path: &[&str]) -> bool {
     matches!(
         path,
-        ["api", "reload"]
+        ["api", "reload" | "upgrade"]
             | [
                 "api",
                 "pools",

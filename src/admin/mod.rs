@@ -46,6 +46,20 @@ pub struct Admin {
     tls: tls::Cache,
     /// Log lines that a flood must not multiply.
     logs: Logs,
+    /// Where upgrade requests go (the process's owner), if it takes them.
+    upgrades: Option<tokio::sync::mpsc::Sender<UpgradeAsk>>,
+}
+
+/// An operator's request to hand every session to a new process, for the
+/// owner of the process to carry out.
+#[derive(Debug)]
+pub struct UpgradeAsk {
+    /// The binary to start, if not the running one's.
+    pub binary: Option<std::path::PathBuf>,
+    /// Who asked, in words.
+    pub origin: String,
+    /// The outcome: what moved, or why nothing did.
+    pub reply: tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>,
 }
 
 /// The admin server's rate-limited log lines.
@@ -66,7 +80,14 @@ impl Admin {
             inbox,
             tls: tls::Cache::default(),
             logs: Logs::default(),
+            upgrades: None,
         }
+    }
+
+    /// The same, sending `POST /api/upgrade` to `upgrades`.
+    pub fn with_upgrades(mut self, upgrades: tokio::sync::mpsc::Sender<UpgradeAsk>) -> Admin {
+        self.upgrades = Some(upgrades);
+        self
     }
 }
 
@@ -90,6 +111,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     let share = conns::admin_share(admin.shared.session_cap.reserved());
     let table = Arc::new(conns::Table::new());
+    let connections = tokio_util::task::TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     while let Some((stream, peer)) = accept(&listener, &admin, &stop, &mut backoff).await {
         let cap = admin
@@ -123,14 +145,20 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationT
                 continue;
             }
         };
-        tokio::spawn(connection(Arc::clone(&admin), conn, acceptor, stream, peer));
+        connections.spawn(connection(Arc::clone(&admin), conn, acceptor, stream, peer));
         // Let a connection this admission evicted close its socket before the
         // next accept: under a flood the admin runtime would otherwise accept
         // faster than evicted connections give their descriptors back, and
         // run the whole process out of them.
         tokio::task::yield_now().await;
     }
+    // Answers being written (the reply to an upgrade, say) get a moment.
+    connections.close();
+    let _ = tokio::time::timeout(FINISH_WITHIN, connections.wait()).await;
 }
+
+/// How long a stopping admin server lets its connections finish.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
 
 /// The next accepted connection, backing off after failed accepts (out of
 /// descriptors, say); `None` once `stop` is cancelled.
@@ -321,6 +349,7 @@ async fn act(admin: &Admin, path: &[&str], query: &str, peer: SocketAddr) -> Rep
     match path {
         ["api", "backends", name, action] => set_override(admin, name, action, query, peer).await,
         ["api", "reload"] => reload(admin).await,
+        ["api", "upgrade"] => upgrade(admin, query, peer).await,
         ["api", "pools", pool, "pause"] => pause(admin, pool, query, peer).await,
         ["api", "pools", pool, "switchover"] => switchover(admin, pool, query, peer).await,
         ["api", "pools", pool, "resume"] => {
@@ -441,6 +470,35 @@ async fn pause(admin: &Admin, pool: &str, query: &str, peer: SocketAddr) -> Repl
             &serde_json::json!({ "pool": pool, "paused_for_seconds": duration.as_secs_f64() }),
         ),
         Ok(false) => error(StatusCode::NOT_FOUND, "no such pool"),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// `POST /api/upgrade[?binary=PATH]`: what moved to the new process, or
+/// (409) why nothing did and everything stays here.
+async fn upgrade(admin: &Admin, query: &str, peer: SocketAddr) -> Reply {
+    let Some(upgrades) = &admin.upgrades else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process cannot be upgraded in place (not started by `dbsplice run`)",
+        );
+    };
+    let binary = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("binary="))
+        .map(|b| std::path::PathBuf::from(gate::percent_decoded(b)));
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let ask = UpgradeAsk {
+        binary,
+        origin: format!("admin API from {peer}"),
+        reply,
+    };
+    if upgrades.send(ask).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match outcome.await {
+        Ok(Ok(done)) => json(StatusCode::OK, &done),
+        Ok(Err(why)) => json(StatusCode::CONFLICT, &serde_json::json!({ "error": why })),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }

@@ -301,6 +301,18 @@ impl BackendState {
         }
     }
 
+    /// Starts from what the process before this one knew (a hand-over):
+    /// its checker carries on from this health.
+    pub fn seed(&self, health: Health, reason: &str, role: Role) {
+        self.set_health(health, reason);
+        let code = match role {
+            Role::Unknown => 0,
+            Role::Writable => 1,
+            Role::ReadOnly => 2,
+        };
+        self.role.store(code, Ordering::Release);
+    }
+
     /// How long ago it came back from down, if it ever did.
     pub fn recovered_for(&self) -> Option<Duration> {
         match self.recovered_at.load(Ordering::Acquire) {

@@ -69,6 +69,8 @@ pub struct Lifecycle {
     pub stop_checks: CancellationToken,
     /// Cancelled when the first probe round is done: accept loops start.
     pub open: CancellationToken,
+    /// Where sessions pause for a hand-over to a new process.
+    pub board: Arc<crate::proxy::park::Board>,
 }
 
 /// What [`start`] hands back: how to reach and observe the running module.
@@ -80,6 +82,8 @@ pub struct Started {
     pub shared: Arc<Shared>,
     /// The tasks and tokens to stop it by.
     pub life: Lifecycle,
+    /// The running accept loops.
+    pub listeners: Arc<std::sync::Mutex<Listeners>>,
 }
 
 /// A reload being loaded, and the callers waiting for its outcome.
@@ -91,7 +95,9 @@ pub struct Control {
     routes: Arc<ArcSwap<Snapshot>>,
     registry: Registry,
     supervisor: Supervisor,
-    listeners: Listeners,
+    /// Shared with the [`crate::app::App`], which suspends them for a
+    /// hand-over; never locked across an await.
+    listeners: Arc<std::sync::Mutex<Listeners>>,
     memory: Memory,
     /// The config file, if dbsplice was started from one.
     reloader: Option<Reloader>,
@@ -118,16 +124,21 @@ const RESUME_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// loops on the `bound` sockets (accepted on each of the `workers` runtimes,
 /// or on the caller's without), and runs the control module on the caller's
 /// runtime until a shutdown event. `file` is where reloads read the config.
+///
+/// `seeds` are what the process that handed this one its sessions knew
+/// about each backend: the checkers carry on from there.
 pub fn start(
     config: Config,
     file: Option<&Path>,
     bound: Vec<BoundListener>,
     workers: Option<Arc<WorkerSet>>,
+    seeds: &[crate::handover::format::Backend],
 ) -> io::Result<Started> {
     let (inbox, events) = Inbox::new();
     let life = Lifecycle::default();
     let mut registry = Registry::default();
     let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry);
+    seed(&snapshot, seeds);
     let routes = Arc::new(ArcSwap::from_pointee(snapshot));
     let histograms = Arc::new(ProbeHistograms::default());
     let cap = Arc::new(SessionCap::for_this_process());
@@ -136,15 +147,16 @@ pub fn start(
         Arc::clone(&histograms),
         Arc::clone(&cap),
     ));
-    tracing::info!(
-        max_sessions = cap.limit(),
-        "at most {} sessions at once: two open files each, within the open-files limit",
-        cap.limit()
-    );
+    announce(&cap);
     let mut control = Control {
         resolve_soon: start_resolver(&routes, &inbox, &life),
         supervisor: Supervisor::new(inbox.clone(), histograms),
-        listeners: Listeners::new(Arc::clone(&routes), cap, workers, life.clone()),
+        listeners: Arc::new(std::sync::Mutex::new(Listeners::new(
+            Arc::clone(&routes),
+            cap,
+            workers,
+            life.clone(),
+        ))),
         routes,
         registry,
         memory: Memory::default(),
@@ -161,19 +173,28 @@ pub fn start(
         &life.stop_checks,
     );
     for b in bound {
-        control.listeners.start(b)?;
+        control.listeners().start(b)?;
     }
     control.reconcile_watchers();
-    control.listeners.publish(&shared);
+    control.listeners().publish(&shared);
+    let listeners = Arc::clone(&control.listeners);
     life.tasks.spawn(control.run(events));
     Ok(Started {
         inbox,
         shared,
         life,
+        listeners,
     })
 }
 
 impl Control {
+    /// The accept loops, locked.
+    fn listeners(&self) -> std::sync::MutexGuard<'_, Listeners> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Handles events one at a time until a shutdown event (or until every
     /// sender is gone), deciding every pool again after each one and when a
     /// hold ends. A reload's loading runs beside the loop; reloads asked for
@@ -488,6 +509,50 @@ impl Control {
             format!("{name}: manual fail-back, {held} backends released"),
         );
         Some(held)
+    }
+}
+
+fn announce(cap: &SessionCap) {
+    tracing::info!(
+        max_sessions = cap.limit(),
+        "at most {} sessions at once: two open files each, within the open-files limit",
+        cap.limit()
+    );
+}
+
+/// Gives each backend of `snapshot` what a former process knew about it.
+fn seed(snapshot: &Snapshot, seeds: &[crate::handover::format::Backend]) {
+    use crate::vocabulary::Role;
+    for b in seeds {
+        let Some(state) = snapshot.backend(&b.address) else {
+            continue;
+        };
+        let health = match b.health.as_str() {
+            "up" => Health::Up,
+            "down" => Health::Down,
+            _ => Health::Unknown,
+        };
+        let role = match b.role.as_str() {
+            "writable" => Role::Writable,
+            "read-only" => Role::ReadOnly,
+            _ => Role::Unknown,
+        };
+        state.seed(health, &b.reason, role);
+        let mode = b.admin.as_ref().and_then(|o| match o.mode.as_str() {
+            "drain" => Some(OverrideMode::Drain),
+            "disable" => Some(OverrideMode::Disable),
+            _ => None,
+        });
+        if let (Some(o), Some(mode)) = (&b.admin, mode) {
+            state.set_admin_override(Some(Override {
+                mode,
+                origin: o.origin.clone(),
+                since_unix: o.since_unix,
+                until: o
+                    .remaining_ms
+                    .map(|ms| Instant::now() + std::time::Duration::from_millis(ms)),
+            }));
+        }
     }
 }
 

@@ -153,15 +153,15 @@ impl Control {
         self.routes.store(Arc::clone(&next));
         self.watch_moved(addresses);
         for name in &diff.listeners_removed {
-            self.listeners.stop(name);
+            self.listeners().stop(name);
         }
         for b in bound {
             let name = b.name.clone();
-            if let Err(e) = self.listeners.start(b) {
+            if let Err(e) = self.listeners().start(b) {
                 tracing::error!(listener = %name, "cannot start the listener: {e}");
             }
         }
-        self.listeners.publish(&self.shared);
+        self.listeners().publish(&self.shared);
         self.supervisor.reconcile(
             &config,
             &self.registry,

@@ -125,6 +125,14 @@ impl ActiveGuard {
     }
 }
 
+impl ActiveGuard {
+    /// A place taken whatever the limit: for a session admitted before.
+    fn adopt(stats: &Arc<ListenerStats>) -> ActiveGuard {
+        stats.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(Arc::clone(stats))
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
@@ -154,6 +162,8 @@ pub struct AcceptLoop {
     pub kill: CancellationToken,
     /// The process-wide session cap the open-files limit allows.
     pub cap: Arc<SessionCap>,
+    /// Where sessions pause for a hand-over.
+    pub board: Arc<super::park::Board>,
     /// Cancelled once accepting makes sense: every backend has been probed
     /// (until then clients wait in the kernel's backlog instead of getting
     /// "no backend" from a process that has not looked yet).
@@ -222,6 +232,8 @@ impl AcceptLoop {
         let holding = session::Holding {
             routes: Arc::clone(&self.routes),
             draining: self.draining.clone(),
+            listener: Arc::from(self.name.as_str()),
+            board: Arc::clone(&self.board),
         };
         let serve = move |client, on_worker: Option<WorkerSession>| async move {
             if let Err(refusal) = session::serve(client, peer, pool, timeouts, kill, &holding).await
@@ -321,6 +333,166 @@ impl AcceptLoop {
             }
         };
         self.sessions.spawn_on(moved.instrument(span), handle);
+    }
+}
+
+/// A session taken over from the process before this one.
+#[derive(Debug)]
+pub enum Taken {
+    /// Spliced to a backend: carries on where it stood.
+    Spliced {
+        /// The client socket.
+        client: std::net::TcpStream,
+        /// The backend socket.
+        backend: std::net::TcpStream,
+        /// The client's address.
+        peer: SocketAddr,
+        /// The backend's address as the config names it.
+        address: String,
+        /// Where the splice stood.
+        progress: super::splice::Progress,
+        /// When it began, in milliseconds since the Unix epoch.
+        started_unix_ms: u64,
+    },
+    /// Held: looks for a backend of its pool again.
+    Held {
+        /// The client socket.
+        client: std::net::TcpStream,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+}
+
+/// Where a listener carries the sessions it takes over.
+#[derive(Debug)]
+pub struct Adopter {
+    /// The listener's name.
+    pub name: String,
+    /// Its counters: a taken-over session counts in `active`, even past
+    /// `max_connections` (it was admitted before).
+    pub stats: Arc<ListenerStats>,
+    /// The current routing snapshot.
+    pub routes: Arc<ArcSwap<Snapshot>>,
+    /// Where session tasks are tracked.
+    pub sessions: TaskTracker,
+    /// Cancelled when shutdown begins.
+    pub draining: CancellationToken,
+    /// Cancelled to close open sessions.
+    pub kill: CancellationToken,
+    /// The session cap (a taken-over session takes a place where there is one).
+    pub cap: Arc<SessionCap>,
+    /// Where sessions pause for the next hand-over.
+    pub board: Arc<super::park::Board>,
+    /// The worker threads, if sessions run on them.
+    pub workers: Option<Arc<WorkerSet>>,
+}
+
+impl Adopter {
+    /// Carries `taken` on, in `pool`, once `go` is cancelled (the process
+    /// that gave it has let go); `backend` is its backend's state here.
+    pub fn adopt(
+        &self,
+        taken: Taken,
+        pool: Arc<crate::cluster::Pool>,
+        backend: Arc<crate::cluster::BackendState>,
+        go: CancellationToken,
+    ) {
+        let guard = ActiveGuard::adopt(&self.stats);
+        let slot = self.cap.try_slot();
+        let (idle, half_close) = {
+            let snapshot = self.routes.load();
+            snapshot
+                .listener(&self.name)
+                .map_or((None, Duration::from_secs(30)), |l| {
+                    (l.idle_timeout, l.half_close_timeout)
+                })
+        };
+        let timeouts = super::splice::Timeouts { idle, half_close };
+        let holding = session::Holding {
+            routes: Arc::clone(&self.routes),
+            draining: self.draining.clone(),
+            listener: Arc::from(self.name.as_str()),
+            board: Arc::clone(&self.board),
+        };
+        let kill = self.kill.clone();
+        let on_worker = self.workers.as_ref().map(|w| {
+            let there = w.place(0);
+            (w.handles().get(there).cloned(), w.session(there))
+        });
+        let peer = match &taken {
+            Taken::Spliced { peer, .. } | Taken::Held { peer, .. } => *peer,
+        };
+        let span = tracing::debug_span!("session", listener = %self.name, client = %peer, backend = tracing::field::Empty);
+        let carry = async move {
+            go.cancelled().await;
+            carry_on(taken, pool, backend, timeouts, kill, &holding).await;
+            drop((guard, slot));
+        };
+        match on_worker {
+            Some((Some(handle), on_worker)) => {
+                self.sessions.spawn_on(
+                    async move {
+                        carry.await;
+                        drop(on_worker);
+                    }
+                    .instrument(span),
+                    &handle,
+                );
+            }
+            _ => {
+                self.sessions.spawn(carry.instrument(span));
+            }
+        }
+    }
+}
+
+/// Registers a taken-over session's sockets here and carries it on.
+async fn carry_on(
+    taken: Taken,
+    pool: Arc<crate::cluster::Pool>,
+    backend: Arc<crate::cluster::BackendState>,
+    timeouts: super::splice::Timeouts,
+    kill: CancellationToken,
+    holding: &session::Holding,
+) {
+    match taken {
+        Taken::Spliced {
+            client,
+            backend: backend_socket,
+            peer,
+            address,
+            progress,
+            started_unix_ms,
+        } => {
+            let (client, backend_socket) = match (
+                TcpStream::from_std(client),
+                TcpStream::from_std(backend_socket),
+            ) {
+                (Ok(c), Ok(b)) => (c, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    return tracing::error!(client = %peer, "cannot carry a taken-over session: {e}");
+                }
+            };
+            let resumed = session::Resumed {
+                client,
+                backend: backend_socket,
+                peer,
+                address,
+                progress,
+                started_unix_ms,
+            };
+            session::resume(resumed, pool, backend, timeouts, kill, holding).await;
+        }
+        Taken::Held { client, peer } => match TcpStream::from_std(client) {
+            Ok(client) => {
+                if let Err(refusal) =
+                    session::serve(client, peer, pool, timeouts, kill, holding).await
+                {
+                    tracing::warn!(client = %peer, "refusing a taken-over client: {refusal}");
+                }
+            }
+            Err(e) => tracing::error!(client = %peer, "cannot carry a taken-over client: {e}"),
+        },
     }
 }
 

@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::splice::CloseReason;
+use super::park::{Board, Parked, Stage, Ticket, Verdict};
+use super::splice::{CloseReason, Spliced};
 use super::{greeting, sockopt, splice};
 use crate::cluster::backend::ConnectFailure;
 use crate::cluster::waiting::{Held, Waiting};
@@ -187,8 +188,8 @@ impl Attempt {
     }
 }
 
-/// Serves one accepted client until it ends; why it was refused when no
-/// backend could take it.
+/// Serves one accepted client until it ends (or a new process takes it
+/// over); why it was refused when no backend could take it.
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -197,21 +198,138 @@ pub async fn serve(
     kill: CancellationToken,
     holding: &Holding,
 ) -> Result<(), Refusal> {
+    let mut seat = Seat::new(holding, peer, &pool.config.name, unix_ms_now());
     // The client socket inherited TCP_NODELAY and keepalive from its listener.
     let opened = match proxy_header_for(&client, peer, &pool) {
-        Ok(header) => open(pool, header.as_deref(), holding).await,
+        Ok(header) => open(pool, header.as_deref(), holding, &client, &mut seat).await,
         Err(refusal) => Err(refusal),
     };
     match opened {
-        Ok((pool, backend)) => {
-            relay(client, peer, &pool, backend, timeouts, kill).await;
+        Ok(Some((pool, mut backend))) => {
+            let progress = splice::Progress {
+                backend_pending: std::mem::take(&mut backend.greeting),
+                ..splice::Progress::default()
+            };
+            relay(client, &pool, backend, timeouts, kill, seat, progress).await;
             Ok(())
         }
+        Ok(None) => Ok(()),
         Err(refusal) => {
             refuse(&mut client, &refusal.to_client()).await;
             Err(refusal)
         }
     }
+}
+
+/// A session taken over from the process before this one, spliced to its
+/// backend: carries on from where it stood.
+#[derive(Debug)]
+pub struct Resumed {
+    /// The client.
+    pub client: TcpStream,
+    /// Its backend.
+    pub backend: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The backend's address as the config names it.
+    pub address: String,
+    /// Where the splice stood.
+    pub progress: splice::Progress,
+    /// When the session began, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+}
+
+/// Carries a taken-over session on in `pool` (as this process's config has
+/// it) until it ends, or the next hand-over takes it.
+pub async fn resume(
+    resumed: Resumed,
+    pool: Arc<Pool>,
+    backend: Arc<crate::cluster::BackendState>,
+    timeouts: splice::Timeouts,
+    kill: CancellationToken,
+    holding: &Holding,
+) {
+    let seat = Seat::new(
+        holding,
+        resumed.peer,
+        &pool.config.name,
+        resumed.started_unix_ms,
+    );
+    let index = pool
+        .members
+        .iter()
+        .position(|m| Arc::ptr_eq(&m.state, &backend))
+        .unwrap_or(usize::MAX);
+    let mut guard = backend.session();
+    guard.established();
+    let connected = Connected {
+        stream: resumed.backend,
+        guard,
+        index,
+        greeting: Vec::new(),
+    };
+    relay(
+        resumed.client,
+        &pool,
+        connected,
+        timeouts,
+        kill,
+        seat,
+        resumed.progress,
+    )
+    .await;
+}
+
+/// A session as a hand-over names it, and its place on the board.
+struct Seat {
+    listener: String,
+    peer: SocketAddr,
+    pool: String,
+    started_unix_ms: u64,
+    ticket: Ticket,
+}
+
+impl Seat {
+    fn new(holding: &Holding, peer: SocketAddr, pool: &str, started_unix_ms: u64) -> Seat {
+        Seat {
+            listener: holding.listener.to_string(),
+            peer,
+            pool: pool.to_owned(),
+            started_unix_ms,
+            ticket: holding.board.ticket(),
+        }
+    }
+
+    /// Leaves the session on the board (with copies of its sockets) and
+    /// waits for the verdict. A socket that cannot be copied (out of
+    /// descriptors) keeps the session here: the hand-over, missing it,
+    /// fails and every session resumes.
+    async fn park(&self, client: &TcpStream, stage: impl FnOnce() -> io::Result<Stage>) -> Verdict {
+        use std::os::fd::AsFd;
+        let parked = client.as_fd().try_clone_to_owned().and_then(|client| {
+            Ok(Parked {
+                listener: self.listener.clone(),
+                peer: self.peer,
+                pool: self.pool.clone(),
+                client,
+                started_unix_ms: self.started_unix_ms,
+                stage: stage()?,
+            })
+        });
+        match parked {
+            Ok(parked) => self.ticket.park(parked).await,
+            Err(e) => {
+                tracing::warn!(client = %self.peer, "cannot copy a session's sockets for the hand-over: {e}");
+                Verdict::Resume
+            }
+        }
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a held client needs: where to find its pool again (a reload may have
@@ -223,6 +341,10 @@ pub struct Holding {
     pub routes: Arc<ArcSwap<Snapshot>>,
     /// Cancelled when shutdown begins.
     pub draining: CancellationToken,
+    /// The listener that accepted the client.
+    pub listener: Arc<str>,
+    /// Where sessions pause for a hand-over.
+    pub board: Arc<Board>,
 }
 
 /// Connects the client to a backend of `pool`. While none can take it, the
@@ -234,7 +356,9 @@ async fn open(
     mut pool: Arc<Pool>,
     header: Option<&[u8]>,
     holding: &Holding,
-) -> Result<(Arc<Pool>, Connected), Refusal> {
+    client: &TcpStream,
+    seat: &mut Seat,
+) -> Result<Option<(Arc<Pool>, Connected)>, Refusal> {
     let mut held = queue_behind(&pool)?;
     let mut look_now = held.as_ref().is_none_or(|h| !h.behind());
     // The most telling refusal so far: backends that were tried and failed
@@ -248,7 +372,7 @@ async fn open(
                     if let Some(h) = held {
                         h.served();
                     }
-                    return Ok((pool, connected));
+                    return Ok(Some((pool, connected)));
                 }
                 Err(r @ (Refusal::NoBackend { .. } | Refusal::AllFailed { .. })) => r,
                 Err(r) => return Err(r),
@@ -271,22 +395,28 @@ async fn open(
             () = holding.draining.cancelled() => {
                 return Err(Refusal::ShuttingDown { pool: pool.config.name.clone() });
             }
+            () = seat.ticket.pause_asked() => {
+                let waited = h.waited();
+                if seat.park(client, || Ok(Stage::Held { waited })).await == Verdict::Gone {
+                    return Ok(None);
+                }
+            }
         }
         held = Some(h);
-        // The pool as the newest config has it; gone, nothing can take the
-        // client.
-        let Some(newest) = holding
-            .routes
-            .load()
-            .pool(&pool.config.name)
-            .map(Arc::clone)
-        else {
-            return Err(Refusal::NoBackend {
-                pool: pool.config.name.clone(),
-            });
-        };
-        pool = newest;
+        pool = newest(holding, &pool)?;
     }
+}
+
+/// The pool as the newest config has it; gone, nothing can take the client.
+fn newest(holding: &Holding, pool: &Pool) -> Result<Arc<Pool>, Refusal> {
+    holding
+        .routes
+        .load()
+        .pool(&pool.config.name)
+        .map(Arc::clone)
+        .ok_or_else(|| Refusal::NoBackend {
+            pool: pool.config.name.clone(),
+        })
 }
 
 /// A place in line for a client that finds others held already (first come,
@@ -382,18 +512,21 @@ fn proxy_header_for(
     }
 }
 
-/// Forwards the greeting already read, splices until either side is done,
-/// and accounts for the session.
+/// Splices from `progress` (for a new session: the greeting already read,
+/// pending for the client) until either side is done, pausing whenever a
+/// hand-over asks, and accounts for the session; one taken over by a new
+/// process ends here untouched.
 async fn relay(
     mut client: TcpStream,
-    peer: SocketAddr,
     pool: &Pool,
     mut backend: Connected,
     timeouts: splice::Timeouts,
     kill: CancellationToken,
+    mut seat: Seat,
+    mut progress: splice::Progress,
 ) {
-    let address = &backend.guard.backend().address;
-    tracing::Span::current().record("backend", tracing::field::display(address));
+    let address = backend.guard.backend().address.clone();
+    tracing::Span::current().record("backend", tracing::field::display(&address));
     sockopt::tune(&backend.stream);
     let started = Instant::now();
     let evict = pool
@@ -401,27 +534,56 @@ async fn relay(
         .get(backend.index)
         .map(|m| m.evict_token())
         .unwrap_or_default();
-    let stop = async {
-        tokio::select! {
-            () = kill.cancelled() => CloseReason::Killed,
-            () = evict.cancelled() => CloseReason::Evicted,
+    let outcome = loop {
+        let stop = async {
+            tokio::select! {
+                () = kill.cancelled() => CloseReason::Killed,
+                () = evict.cancelled() => CloseReason::Evicted,
+            }
+        };
+        let pause = seat.ticket.pause_asked();
+        match splice::splice(
+            &mut client,
+            &mut backend.stream,
+            timeouts,
+            progress,
+            stop,
+            pause,
+        )
+        .await
+        {
+            Spliced::Ended(outcome) => break outcome,
+            Spliced::Paused(now) => {
+                let stage = || {
+                    use std::os::fd::AsFd;
+                    Ok(Stage::Spliced {
+                        backend: backend.stream.as_fd().try_clone_to_owned()?,
+                        address: address.clone(),
+                        progress: now.clone(),
+                    })
+                };
+                if seat.park(&client, stage).await == Verdict::Gone {
+                    tracing::debug!(client = %seat.peer, backend = %address, "session handed over");
+                    return;
+                }
+                progress = now;
+            }
         }
     };
-    if !backend.greeting.is_empty() && client.write_all(&backend.greeting).await.is_err() {
-        return;
-    }
-    let outcome = splice::splice(&mut client, &mut backend.stream, timeouts, stop).await;
-    let to_client = outcome.to_client + backend.greeting.len() as u64;
-    backend
-        .guard
-        .backend()
+    account(&backend, &seat, &outcome, started);
+}
+
+/// Counts a finished session's bytes and logs its end.
+fn account(backend: &Connected, seat: &Seat, outcome: &splice::Outcome, started: Instant) {
+    let state = backend.guard.backend();
+    state
         .counters
-        .session_bytes(outcome.to_backend, to_client);
+        .session_bytes(outcome.to_backend, outcome.to_client);
     tracing::debug!(
-        client = %peer,
-        backend = %address,
+        client = %seat.peer,
+        backend = %state.address,
         to_backend = outcome.to_backend,
-        to_client,
+        to_client = outcome.to_client,
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         reason = %outcome.reason,
         "session closed"

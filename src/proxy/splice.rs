@@ -59,7 +59,9 @@ impl Drop for Buffer {
         // whichever thread drops it keeps it.
         let _ = BUFFERS.try_with(|b| {
             let mut b = b.borrow_mut();
-            if b.len() < CACHED_PER_THREAD {
+            // Only copy buffers: a resumed session's pending bytes came in
+            // one of their own size.
+            if b.len() < CACHED_PER_THREAD && buf.len() == CHUNK {
                 b.push(buf);
             }
         });
@@ -127,6 +129,84 @@ pub struct Outcome {
     pub reason: CloseReason,
 }
 
+/// Where one direction of a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlowState {
+    /// Bytes may still come.
+    #[default]
+    Open,
+    /// Its source sent EOF, not yet passed on to the other side.
+    Eof,
+    /// Its source sent EOF and that was passed on (or needed not be).
+    Done,
+}
+
+/// A session between two chunks: what a pause hands over and a resume
+/// starts from. A new session starts from [`Progress::default`], or with the
+/// greeting the gate read as bytes pending for the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes written to the backend so far.
+    pub to_backend: u64,
+    /// Bytes written to the client so far.
+    pub to_client: u64,
+    /// Read from the client, not yet written to the backend.
+    pub client_pending: Vec<u8>,
+    /// Read from the backend, not yet written to the client.
+    pub backend_pending: Vec<u8>,
+    /// The client-to-backend direction.
+    pub client_flow: FlowState,
+    /// The backend-to-client direction.
+    pub backend_flow: FlowState,
+    /// Which side sent EOF first, if one did.
+    pub first_eof: Option<Side>,
+    /// How long before the pause the last byte moved.
+    pub idle_for: Duration,
+}
+
+/// What [`splice`] ended with.
+#[derive(Debug)]
+pub enum Spliced {
+    /// The session is over.
+    Ended(Outcome),
+    /// Paused between chunks: where it stands. Its sockets were not touched
+    /// since, and a resume from this carries on exactly.
+    Paused(Progress),
+}
+
+/// One direction's bytes that a pause must not lose: the buffer read into
+/// and how much of it is still to write.
+struct Carry {
+    buf: Buffer,
+    start: usize,
+    end: usize,
+}
+
+/// One direction: what it carries and where it stands.
+struct Flow {
+    carry: Option<Carry>,
+    state: FlowState,
+}
+
+impl Flow {
+    fn new(pending: Vec<u8>, state: FlowState) -> Flow {
+        let carry = (!pending.is_empty()).then(|| Carry {
+            start: 0,
+            end: pending.len(),
+            buf: Buffer(pending.into_boxed_slice()),
+        });
+        Flow { carry, state }
+    }
+
+    /// The bytes still to write, taken out.
+    fn pending(&mut self) -> Vec<u8> {
+        self.carry
+            .take()
+            .and_then(|c| c.buf.0.get(c.start..c.end).map(<[u8]>::to_vec))
+            .unwrap_or_default()
+    }
+}
+
 /// Shared between the two directions of one session.
 struct Tally {
     to_backend: AtomicU64,
@@ -144,6 +224,29 @@ struct Tally {
 }
 
 impl Tally {
+    fn new(progress: &Progress, idle_timeout: Option<Duration>) -> Tally {
+        let now = Instant::now();
+        let tally = Tally {
+            to_backend: AtomicU64::new(progress.to_backend),
+            to_client: AtomicU64::new(progress.to_client),
+            first_eof: AtomicU8::new(progress.first_eof.map_or(0, eof_code)),
+            backend_done: tokio::sync::Notify::new(),
+            half_closed: tokio::sync::Notify::new(),
+            // A resumed session's silence goes on counting from its last byte.
+            last_activity: idle_timeout.map(|_| {
+                let start = now.checked_sub(progress.idle_for).unwrap_or(now);
+                (start, AtomicU64::new(0))
+            }),
+        };
+        if progress.first_eof.is_some() {
+            tally.half_closed.notify_one();
+        }
+        if progress.backend_flow == FlowState::Done {
+            tally.backend_done.notify_one();
+        }
+        tally
+    }
+
     fn touch(&self) {
         if let Some((start, last)) = &self.last_activity {
             let ms =
@@ -157,6 +260,32 @@ impl Tally {
         let (start, last) = self.last_activity.as_ref()?;
         Some(*start + Duration::from_millis(last.load(Ordering::Relaxed)) + timeout)
     }
+
+    /// How long ago the last byte moved (zero without an idle timeout).
+    fn idle_for(&self) -> Duration {
+        self.last_activity
+            .as_ref()
+            .map_or(Duration::ZERO, |(start, last)| {
+                start
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)))
+            })
+    }
+
+    fn first_eof(&self) -> Option<Side> {
+        match self.first_eof.load(Ordering::Relaxed) {
+            1 => Some(Side::Client),
+            2 => Some(Side::Backend),
+            _ => None,
+        }
+    }
+}
+
+fn eof_code(side: Side) -> u8 {
+    match side {
+        Side::Client => 1,
+        Side::Backend => 2,
+    }
 }
 
 /// A listener's deadlines for its sessions.
@@ -168,110 +297,200 @@ pub struct Timeouts {
     pub half_close: Duration,
 }
 
-/// Splices until both directions end, one fails, the session idles out or
-/// stays half-closed too long, or `stop` resolves (shutdown, or the pool's
-/// `on_down` policy) with its reason.
+/// Why the select in [`splice`] ended.
+enum Stopped {
+    Ended(CloseReason),
+    Paused,
+}
+
+/// Splices from `progress` until both directions end, one fails, the
+/// session idles out or stays half-closed too long, or `stop` resolves
+/// (shutdown, or the pool's `on_down` policy) with its reason; or, when
+/// `pause` resolves first, stops between two writes and says where it stands.
 pub async fn splice(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     timeouts: Timeouts,
+    progress: Progress,
     stop: impl std::future::Future<Output = CloseReason>,
-) -> Outcome {
+    pause: impl std::future::Future<Output = ()>,
+) -> Spliced {
     let idle_timeout = timeouts.idle;
-    let tally = Tally {
-        to_backend: AtomicU64::new(0),
-        to_client: AtomicU64::new(0),
-        first_eof: AtomicU8::new(0),
-        backend_done: tokio::sync::Notify::new(),
-        half_closed: tokio::sync::Notify::new(),
-        last_activity: idle_timeout.map(|_| (Instant::now(), AtomicU64::new(0))),
-    };
+    let tally = Tally::new(&progress, idle_timeout);
+    let mut up = Flow::new(progress.client_pending, progress.client_flow);
+    let mut down = Flow::new(progress.backend_pending, progress.backend_flow);
     let (mut client_read, mut client_write) = client.split();
     let (mut backend_read, mut backend_write) = backend.split();
-    let both = async {
-        tokio::try_join!(
-            pump(
-                &mut client_read,
-                &mut backend_write,
-                Side::Client,
-                &tally.to_backend,
-                &tally
-            ),
-            pump(
-                &mut backend_read,
-                &mut client_write,
-                Side::Backend,
-                &tally.to_client,
-                &tally
-            ),
-        )
+    let stopped = {
+        let both = async {
+            tokio::try_join!(
+                pump(
+                    &mut client_read,
+                    &mut backend_write,
+                    Side::Client,
+                    &mut up,
+                    &tally
+                ),
+                pump(
+                    &mut backend_read,
+                    &mut client_write,
+                    Side::Backend,
+                    &mut down,
+                    &tally
+                ),
+            )
+        };
+        tokio::select! {
+            r = both => Stopped::Ended(match r {
+                Ok(((), ())) => CloseReason::Closed(tally.first_eof().unwrap_or(Side::Client)),
+                Err((side, e)) => CloseReason::Error(side, e),
+            }),
+            () = idle_watch(idle_timeout, &tally) => Stopped::Ended(CloseReason::IdleTimeout),
+            side = half_close_watch(timeouts.half_close, &tally) => Stopped::Ended(CloseReason::HalfCloseTimeout(side)),
+            reason = stop => Stopped::Ended(reason),
+            () = pause => Stopped::Paused,
+        }
     };
-    let reason = tokio::select! {
-        r = both => match r {
-            Ok(((), ())) => CloseReason::Closed(if tally.first_eof.load(Ordering::Relaxed) == 2 { Side::Backend } else { Side::Client }),
-            Err((side, e)) => CloseReason::Error(side, e),
-        },
-        () = idle_watch(idle_timeout, &tally) => CloseReason::IdleTimeout,
-        side = half_close_watch(timeouts.half_close, &tally) => CloseReason::HalfCloseTimeout(side),
-        reason = stop => reason,
-    };
-    Outcome {
+    match stopped {
+        Stopped::Ended(reason) => Spliced::Ended(Outcome {
+            to_backend: tally.to_backend.load(Ordering::Relaxed),
+            to_client: tally.to_client.load(Ordering::Relaxed),
+            reason,
+        }),
+        Stopped::Paused => Spliced::Paused(where_it_stands(&tally, up, down)),
+    }
+}
+
+/// A paused session's progress.
+fn where_it_stands(tally: &Tally, mut up: Flow, mut down: Flow) -> Progress {
+    Progress {
         to_backend: tally.to_backend.load(Ordering::Relaxed),
         to_client: tally.to_client.load(Ordering::Relaxed),
-        reason,
+        client_pending: up.pending(),
+        backend_pending: down.pending(),
+        client_flow: up.state,
+        backend_flow: down.state,
+        first_eof: tally.first_eof(),
+        idle_for: tally.idle_for(),
     }
 }
 
 /// Copies from `src` (on side `from`) to `dst` until EOF, then shuts `dst`'s
-/// write half so the peer sees the half-close.
+/// write half so the peer sees the half-close. Whatever it has read and not
+/// yet written stays in `flow`, so that the future may be dropped at any
+/// await (a pause) and nothing is lost.
 async fn pump(
     src: &mut ReadHalf<'_>,
     dst: &mut WriteHalf<'_>,
     from: Side,
-    moved: &AtomicU64,
+    flow: &mut Flow,
     tally: &Tally,
 ) -> Result<(), (Side, io::Error)> {
-    let to = match from {
-        Side::Client => Side::Backend,
-        Side::Backend => Side::Client,
-    };
+    let to = other(from);
+    match flow.state {
+        FlowState::Open => {}
+        FlowState::Eof => {
+            let first = tally.first_eof() == Some(from);
+            pass_eof(from, dst, tally, !first).await?;
+            flow.state = FlowState::Done;
+            return Ok(());
+        }
+        FlowState::Done => return Ok(()),
+    }
     loop {
-        src.readable().await.map_err(|e| (from, e))?;
-        let mut buf = Buffer::take();
-        loop {
-            match read_now(src, &mut buf.0).await {
-                None => {
-                    drop(buf);
-                    // Either the socket is empty (its readiness is cleared
-                    // and the wait below is real) or the task used up its
-                    // scheduling budget, which only a yield restores:
-                    // `readable` alone would spin.
-                    tokio::task::consume_budget().await;
-                    break;
+        if let Some(carry) = flow.carry.as_mut() {
+            match write_carry(dst, carry, from, tally).await {
+                Ok(()) => {}
+                Err(e) if peer_gone(&e, to, tally) => return Ok(()),
+                Err(e) => return Err((to, e)),
+            }
+            let full = carry.end == CHUNK;
+            let Some(Carry { buf, .. }) = flow.carry.take() else {
+                continue;
+            };
+            if full {
+                // The socket may hold more: read again before waiting.
+                if read_into(src, buf, flow, from, dst, tally).await? {
+                    return Ok(());
                 }
-                Some(Ok(0)) => {
-                    drop(buf);
-                    return ended(from, dst, tally).await;
-                }
-                Some(Ok(n)) => {
-                    let data = buf.0.get(..n).unwrap_or_default();
-                    if let Err(e) = dst.write_all(data).await {
-                        return if peer_gone(&e, to, tally) {
-                            Ok(())
-                        } else {
-                            Err((to, e))
-                        };
-                    }
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                    tally.touch();
-                    if n < buf.0.len() {
-                        // Drained: tokio cleared the socket's readiness.
-                        break;
-                    }
-                }
-                Some(Err(e)) => return Err((from, e)),
+                continue;
             }
         }
+        src.readable().await.map_err(|e| (from, e))?;
+        if read_into(src, Buffer::take(), flow, from, dst, tally).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// One read into `buf`: what it got is left in `flow` to write, an empty
+/// socket (or a spent scheduling budget) leaves nothing, and EOF ends the
+/// direction (true).
+async fn read_into(
+    src: &mut ReadHalf<'_>,
+    mut buf: Buffer,
+    flow: &mut Flow,
+    from: Side,
+    dst: &mut WriteHalf<'_>,
+    tally: &Tally,
+) -> Result<bool, (Side, io::Error)> {
+    match read_now(src, &mut buf.0).await {
+        None => {
+            drop(buf);
+            // Either the socket is empty (its readiness is cleared and the
+            // wait that follows is real) or the task used up its scheduling
+            // budget, which only a yield restores: `readable` alone would
+            // spin.
+            tokio::task::consume_budget().await;
+            Ok(false)
+        }
+        Some(Ok(0)) => {
+            drop(buf);
+            flow.state = FlowState::Eof;
+            ended(from, dst, tally).await?;
+            flow.state = FlowState::Done;
+            Ok(true)
+        }
+        Some(Ok(n)) => {
+            flow.carry = Some(Carry {
+                buf,
+                start: 0,
+                end: n,
+            });
+            Ok(false)
+        }
+        Some(Err(e)) => Err((from, e)),
+    }
+}
+
+/// Writes what `carry` holds, counting each write as it lands.
+async fn write_carry(
+    dst: &mut WriteHalf<'_>,
+    carry: &mut Carry,
+    from: Side,
+    tally: &Tally,
+) -> io::Result<()> {
+    let moved = match from {
+        Side::Client => &tally.to_backend,
+        Side::Backend => &tally.to_client,
+    };
+    while carry.start < carry.end {
+        let data = carry.buf.0.get(carry.start..carry.end).unwrap_or_default();
+        let n = dst.write(data).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        carry.start += n;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        tally.touch();
+    }
+    Ok(())
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
     }
 }
 
@@ -294,18 +513,24 @@ async fn ended(
     dst: &mut WriteHalf<'_>,
     tally: &Tally,
 ) -> Result<(), (Side, io::Error)> {
-    let to = match from {
-        Side::Client => Side::Backend,
-        Side::Backend => Side::Client,
-    };
-    let code = if from == Side::Client { 1 } else { 2 };
     let other_ended_first = tally
         .first_eof
-        .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
+        .compare_exchange(0, eof_code(from), Ordering::Relaxed, Ordering::Relaxed)
         .is_err();
     if !other_ended_first {
         tally.half_closed.notify_one();
     }
+    pass_eof(from, dst, tally, other_ended_first).await
+}
+
+/// The rest of [`ended`], where a resumed session that paused in it picks up.
+async fn pass_eof(
+    from: Side,
+    dst: &mut WriteHalf<'_>,
+    tally: &Tally,
+    other_ended_first: bool,
+) -> Result<(), (Side, io::Error)> {
+    let to = other(from);
     // Once both directions have ended the session closes both sockets, and
     // the close sends the FIN: a shutdown call is needed only to pass on a
     // half-close.
@@ -396,13 +621,19 @@ mod tests {
                 idle: None,
                 half_close: Duration::from_secs(30),
             };
-            splice(
+            let spliced = splice(
                 &mut client_inner,
                 &mut backend_inner,
                 timeouts,
+                Progress::default(),
+                std::future::pending(),
                 std::future::pending(),
             )
-            .await
+            .await;
+            match spliced {
+                Spliced::Ended(outcome) => outcome,
+                Spliced::Paused(_) => unreachable!("never paused"),
+            }
         });
         let mut backend = backend;
         backend.write_all(b"bye").await.unwrap();
@@ -427,15 +658,117 @@ mod tests {
         );
     }
 
-    fn tally_with_idle_timeout() -> Tally {
-        Tally {
-            to_backend: AtomicU64::new(0),
-            to_client: AtomicU64::new(0),
-            first_eof: AtomicU8::new(0),
-            backend_done: tokio::sync::Notify::new(),
-            half_closed: tokio::sync::Notify::new(),
-            last_activity: Some((Instant::now(), AtomicU64::new(0))),
+    /// A session paused over and over while both directions stream, each
+    /// time carried on from where it stood: every byte arrives once, in order.
+    #[tokio::test]
+    async fn a_session_paused_and_resumed_mid_stream_loses_no_byte() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut client_inner) = pair().await;
+        let (mut backend_inner, mut backend) = pair().await;
+        // Small socket buffers: the kernel cannot take the whole stream at
+        // once, so writes wait and pauses find bytes in the middle.
+        for s in [&client, &client_inner, &backend_inner, &backend] {
+            let s = socket2::SockRef::from(s);
+            s.set_send_buffer_size(4096).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
         }
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (up, down) = (data.clone(), data.clone());
+        let (mut client_read, mut client_write) = client.split();
+        let (mut backend_read, mut backend_write) = backend.split();
+        let ends = async {
+            let mut got_by_client = Vec::new();
+            let mut got_by_backend = Vec::new();
+            tokio::join!(
+                async {
+                    client_write.write_all(&up).await.unwrap();
+                    client_write.shutdown().await.unwrap();
+                },
+                async {
+                    backend_write.write_all(&down).await.unwrap();
+                    backend_write.shutdown().await.unwrap();
+                },
+                async {
+                    // A slow reader: writes to it block, and pauses find
+                    // bytes read and not yet written.
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = client_read.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got_by_client.extend_from_slice(&buf[..n]);
+                        tokio::task::yield_now().await;
+                    }
+                },
+                async {
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let n = backend_read.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got_by_backend.extend_from_slice(&buf[..n]);
+                        tokio::task::yield_now().await;
+                    }
+                },
+            );
+            (got_by_client, got_by_backend)
+        };
+        // Owned, so that the sockets close (and send their FIN) once done.
+        let middle = async move {
+            let timeouts = Timeouts {
+                idle: Some(Duration::from_secs(60)),
+                half_close: Duration::from_secs(30),
+            };
+            let mut progress = Progress::default();
+            let mut pauses = 0;
+            let mut carried = 0;
+            loop {
+                // Pauses at uneven times: wherever the pumps are.
+                let pause = tokio::time::sleep(Duration::from_micros(1000 + pauses % 7 * 300));
+                match splice(
+                    &mut client_inner,
+                    &mut backend_inner,
+                    timeouts,
+                    progress,
+                    std::future::pending(),
+                    pause,
+                )
+                .await
+                {
+                    Spliced::Ended(outcome) => break (outcome, pauses, carried),
+                    Spliced::Paused(now) => {
+                        carried += now.backend_pending.len() + now.client_pending.len();
+                        pauses += 1;
+                        progress = now;
+                    }
+                }
+            }
+        };
+        let ((got_by_client, got_by_backend), (outcome, pauses, carried)) =
+            tokio::join!(ends, middle);
+        assert!(pauses > 20, "paused {pauses} times");
+        assert!(carried > 0, "no pause found bytes read and not yet written");
+        assert!(
+            got_by_client == data,
+            "the client got every byte once, in order"
+        );
+        assert!(
+            got_by_backend == data,
+            "the backend got every byte once, in order"
+        );
+        assert_eq!(outcome.to_client, data.len() as u64);
+        assert_eq!(outcome.to_backend, data.len() as u64);
+        assert!(
+            matches!(outcome.reason, CloseReason::Closed(_)),
+            "{}",
+            outcome.reason
+        );
+    }
+
+    fn tally_with_idle_timeout() -> Tally {
+        Tally::new(&Progress::default(), Some(Duration::from_secs(1)))
     }
 
     /// A byte moved part-way through a millisecond still buys a full timeout.

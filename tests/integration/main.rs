@@ -34,3 +34,4 @@ mod roles;
 mod soak;
 mod switchover;
 mod systemd;
+mod upgrade;
