@@ -129,6 +129,10 @@ async fn hand_over(
     let (channel, pid, version) = hello(channel).await?;
     let began = Instant::now();
     app.suspend_accepting().await;
+    tracing::info!(
+        sessions = app.board().live(),
+        "upgrade: pausing every session"
+    );
     let entries = match app.board().pause_all(PAUSE_WITHIN).await {
         Ok(entries) => entries,
         Err(entries) => {

@@ -201,3 +201,210 @@ async fn a_new_binary_that_fails_leaves_every_session_here() {
     assert_eq!(running.child.id(), running.child.id());
     assert!(alive(running.child.id()), "the old process serves on");
 }
+
+/// Open descriptors of process `pid`.
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// The fewest descriptors process `pid` has open over 200 ms (a probe's
+/// socket in flight does not count).
+async fn resting_fds(pid: u32) -> usize {
+    let mut fewest = usize::MAX;
+    for _ in 0..10 {
+        fewest = fewest.min(fds_of(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fewest
+}
+
+/// Rows a streaming session reads, each `seq` and 200 bytes made from it.
+const STREAM_ROWS: u32 = 2_000;
+const STREAM_QUERY: &str = "SELECT seq, REPEAT(CHAR(65 + seq % 26), 200) FROM up.seq_1_to_2000";
+
+/// Streams the large result again and again until `stop`, checking every
+/// byte of every row; returns how many results arrived whole.
+async fn stream_until(
+    mut conn: mysql_async::Conn,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<u64, String> {
+    let id: u64 = conn
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    let mut whole = 0;
+    while !stop.is_cancelled() {
+        let rows: Vec<(u32, String)> = conn
+            .query(STREAM_QUERY)
+            .await
+            .map_err(|e| format!("stream {id}: {e}"))?;
+        if rows.len() != STREAM_ROWS as usize {
+            return Err(format!("stream {id}: {} rows", rows.len()));
+        }
+        for (i, (seq, text)) in rows.iter().enumerate() {
+            let expected = char::from(b'A' + u8::try_from(seq % 26).unwrap())
+                .to_string()
+                .repeat(200);
+            if *seq != u32::try_from(i).unwrap() + 1 || *text != expected {
+                return Err(format!("stream {id}: row {i} is wrong"));
+            }
+        }
+        whole += 1;
+    }
+    let same: u64 = conn
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    if same != id {
+        return Err(format!("stream {id} came back as {same}"));
+    }
+    Ok(whole)
+}
+
+/// Asks `SELECT CONNECTION_ID()` now and then until `stop`: the same
+/// server session every time.
+async fn idle_until(
+    mut conn: mysql_async::Conn,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let id: u64 = conn
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    while !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let same: u64 = conn
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .map_err(|e| format!("idle {id}: {e}"))?
+            .unwrap_or(0);
+        if same != id {
+            return Err(format!("session {id} came back as {same}"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_sessions_survive_twenty_upgrades_in_a_row() {
+    let test_began = std::time::Instant::now();
+    let db = MariaDb::start_with(&["--max-connections=1000".to_owned()]).await;
+    let (_dir, mut running) = start(&db, "upgrade-loop");
+    let admin = running.admin_addr().await;
+    let addr = running.addr;
+    let baseline = resting_fds(running.child.id()).await;
+    connect(addr)
+        .await
+        .unwrap()
+        .query_drop("CREATE DATABASE IF NOT EXISTS up")
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Every session opened first, fifty at a time, then set going.
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            batch.spawn(connect(addr));
+        }
+        while let Some(conn) = batch.join_next().await {
+            conns.push(conn.unwrap().unwrap());
+        }
+    }
+    let mut sessions = tokio::task::JoinSet::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let stop = stop.clone();
+        if i % 2 == 0 {
+            sessions.spawn(async move { stream_until(conn, stop).await.map(|_| ()) });
+        } else {
+            sessions.spawn(idle_until(conn, stop));
+        }
+    }
+    // New clients all along: none may be refused.
+    let churn = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut served, mut refused) = (0u64, Vec::new());
+            while !stop.is_cancelled() {
+                match connect(addr).await {
+                    Ok(mut c) => match c.query_first::<u64, _>("SELECT 1").await {
+                        Ok(Some(1)) => served += 1,
+                        other => refused.push(format!("{other:?}")),
+                    },
+                    Err(e) => refused.push(e.to_string()),
+                }
+            }
+            (served, refused)
+        })
+    };
+    let mut pid = running.child.id();
+    let began = std::time::Instant::now();
+    eprintln!(
+        "500 sessions open after {:.1}s",
+        test_began.elapsed().as_secs_f64()
+    );
+    for round in 1..=20 {
+        let (code, answer) = upgrade(admin, "").await;
+        assert_eq!(code, 200, "upgrade {round}: {answer}");
+        eprintln!(
+            "upgrade {round}: {}",
+            answer["outcome"].as_str().unwrap_or_default()
+        );
+        let new = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+        let logs = running.logs();
+        let said: Vec<&str> = logs.lines().filter(|l| l.contains("upgrade")).collect();
+        assert!(
+            answer["sessions"].as_u64().unwrap() >= 500,
+            "{answer} {said:?}"
+        );
+        let old = pid;
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                (!alive(old)).then_some(())
+            })
+            .await
+            .is_some(),
+            "the process before upgrade {round} exits"
+        );
+        pid = new;
+    }
+    let _ = running.child.wait();
+    eprintln!("20 upgrades in {:.1}s", began.elapsed().as_secs_f64());
+    stop.cancel();
+    let mut broken = Vec::new();
+    while let Some(done) = sessions.join_next().await {
+        if let Err(why) = done.unwrap() {
+            broken.push(why);
+        }
+    }
+    let (served, refused) = churn.await.unwrap();
+    assert!(
+        broken.is_empty(),
+        "{} broken sessions: {:?}",
+        broken.len(),
+        broken.first()
+    );
+    assert!(
+        refused.is_empty(),
+        "{} refused of {}: {:?}",
+        refused.len(),
+        served + refused.len() as u64,
+        refused.first()
+    );
+    assert!(served > 0);
+    eprintln!("sessions ended at {:.1}s", began.elapsed().as_secs_f64());
+    // Every session closed: the last process is back to the first's baseline.
+    let settled = wait_until(Duration::from_secs(30), || async {
+        (resting_fds(pid).await <= baseline).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{} descriptors open, {baseline} before",
+        fds_of(pid)
+    );
+    end(pid);
+}
