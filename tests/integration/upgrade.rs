@@ -408,3 +408,101 @@ async fn five_hundred_sessions_survive_twenty_upgrades_in_a_row() {
     );
     end(pid);
 }
+
+/// A `mariadb` client process kept open, fed statements line by line.
+struct Shell {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Shell {
+    fn open(addr: std::net::SocketAddr, extra: &[String]) -> Shell {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("mariadb")
+            .args([
+                "--protocol=tcp",
+                "-h",
+                &addr.ip().to_string(),
+                "-P",
+                &addr.port().to_string(),
+            ])
+            .args(["-u", crate::support::mariadb::USER])
+            .arg(format!("-p{}", crate::support::mariadb::PASSWORD))
+            .args(["--batch", "--skip-column-names", "--unbuffered"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the mariadb client runs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Shell { child, lines }
+    }
+
+    /// Sends one statement and returns its one line of output.
+    fn ask(&mut self, sql: &str) -> String {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{sql}").unwrap();
+        stdin.flush().unwrap();
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no answer to {sql}"))
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_session_survives_an_upgrade() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("upgrade-tls-{}", std::process::id()));
+    let pki = crate::support::certs::make(&dir, "db");
+    let db = MariaDb::start_with(&[
+        format!("--ssl-ca={}", pki.ca.display()),
+        format!("--ssl-cert={}", pki.cert.display()),
+        format!("--ssl-key={}", pki.key.display()),
+    ])
+    .await;
+    let (_dir, mut running) = start(&db, "upgrade-tls");
+    let admin = running.admin_addr().await;
+    let mut shell = Shell::open(
+        running.addr,
+        &[
+            "--ssl".to_owned(),
+            format!("--ssl-ca={}", pki.ca.display()),
+            "--ssl-verify-server-cert=0".to_owned(),
+        ],
+    );
+    let cipher = shell.ask("SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher';");
+    assert!(
+        !cipher.trim().is_empty(),
+        "the client speaks TLS to the server through dbsplice"
+    );
+    let id = shell.ask("SELECT CONNECTION_ID();");
+    let (code, answer) = upgrade(admin, "").await;
+    assert_eq!(code, 200, "{answer}");
+    eprintln!("{}", answer["outcome"]);
+    let new = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    let _ = running.child.wait();
+    // The same TLS stream, carried on by the new process.
+    assert_eq!(shell.ask("SELECT CONNECTION_ID();"), id);
+    let after = shell.ask("SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher';");
+    assert_eq!(after, cipher);
+    drop(shell);
+    end(new);
+    let _ = std::fs::remove_dir_all(&dir);
+}
