@@ -335,3 +335,212 @@ async fn it_serves_as_an_unprivileged_user() {
     conn.disconnect().await.unwrap();
     running.stop().await;
 }
+
+/// Sends SIGKILL to each pid (processes the test started) when dropped.
+struct Ends(Vec<u32>);
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Collects notify messages with the pid of the process that sent each
+/// (the kernel's credentials, as systemd reads them).
+fn listen_with_senders(path: &std::path::Path) -> Arc<Mutex<Vec<(u32, String)>>> {
+    use rustix::net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketType,
+    };
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&socket, &rustix::net::SocketAddrUnix::new(path).unwrap()).unwrap();
+    rustix::net::sockopt::set_socket_passcred(&socket, true).unwrap();
+    rustix::net::sockopt::set_socket_timeout(
+        &socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        for _ in 0..1500 {
+            let mut space =
+                [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let Ok(got) = rustix::net::recvmsg(
+                &socket,
+                &mut [std::io::IoSliceMut::new(&mut buf)],
+                &mut control,
+                RecvFlags::empty(),
+            ) else {
+                continue;
+            };
+            let pid = control.drain().find_map(|m| match m {
+                RecvAncillaryMessage::ScmCredentials(c) => {
+                    Some(c.pid.as_raw_nonzero().get().unsigned_abs())
+                }
+                _ => None,
+            });
+            let text = String::from_utf8_lossy(&buf[..got.bytes]).into_owned();
+            sink.lock().unwrap().push((pid.unwrap_or(0), text));
+        }
+    });
+    seen
+}
+
+/// An upgrade under socket activation, as an unprivileged user: the
+/// service manager hears the new main pid from the old process, READY=1 and
+/// then keep-alives from the new one, and the session and the passed
+/// listener carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_socket_activation_moves_the_main_pid_and_keeps_sessions() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("activation-upgrade");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notify = dir.0.join("notify.sock");
+    let notes = listen_with_senders(&notify);
+    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let port = crate::support::mariadb::free_port();
+    let path = dir.0.join("dbsplice.toml");
+    let text = config(
+        "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+        &[backend(db.addr(), 1, "primary")],
+    )
+    .replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{port}"), "--fdname=rw"])
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify.display()))
+        .arg("--setenv=WATCHDOG_USEC=1000000")
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "run",
+            "--config",
+        ])
+        .arg(&path)
+        .spawn()
+        .expect("systemd-socket-activate runs");
+    let first = child.id();
+    // Whatever happens, the processes this test started end.
+    let _ends = Ends(vec![first]);
+    let from = |pid: u32, what: &'static str| {
+        let notes = Arc::clone(&notes);
+        move || {
+            let notes = Arc::clone(&notes);
+            async move {
+                notes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(p, m)| *p == pid && m.contains(what))
+                    .then_some(())
+            }
+        }
+    };
+    // systemd-socket-activate starts the service at the first client, who
+    // waits in the backlog meanwhile.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut conn = wait_until(Duration::from_secs(20), || async {
+        connect(addr).await.ok()
+    })
+    .await
+    .expect("serving");
+    wait_until(Duration::from_secs(20), from(first, "READY=1"))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "READY=1 from the first process: {:?}",
+                notes.lock().unwrap()
+            )
+        });
+    let id: u64 = mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+
+    Command::new("kill")
+        .args(["-USR2", &first.to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process exits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        exited,
+        Some(0),
+        "the first process exits 0 once the new one has everything"
+    );
+    let announced: Vec<u32> = notes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| *p == first)
+        .filter_map(|(_, m)| m.strip_prefix("MAINPID=")?.trim().parse().ok())
+        .collect();
+    let _ends_too = Ends(announced.clone());
+    let [second] = announced[..] else {
+        panic!(
+            "one MAINPID= from the first process: {:?}",
+            notes.lock().unwrap()
+        );
+    };
+    wait_until(Duration::from_secs(10), from(second, "READY=1"))
+        .await
+        .expect("READY=1 from the new main process");
+    wait_until(Duration::from_secs(10), from(second, "WATCHDOG=1"))
+        .await
+        .expect("keep-alives from the new main process");
+    let status = std::fs::read_to_string(format!("/proc/{second}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "still nobody: {uid}"
+    );
+
+    let same: u64 =
+        mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT CONNECTION_ID()")
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(same, id, "the same server session");
+    let mut fresh = connect(addr).await.unwrap();
+    assert_eq!(
+        server_port(&mut fresh).await,
+        db.port,
+        "the passed listener accepts in the new process"
+    );
+    drop((conn, fresh));
+    let _ = Command::new("kill").arg(second.to_string()).status();
+}
