@@ -90,15 +90,16 @@ impl App {
 
     /// Like [`App::start_from_file`], on listening sockets taken over from
     /// the process before this one, and starting from what it knew of each
-    /// backend (`seeds`). Nothing is accepted until [`App::open_now`].
+    /// backend and remembered between decisions (`inherited`). Nothing is
+    /// accepted until [`App::open_now`].
     pub fn take_over(
         config: Config,
         file: &Path,
         bound: Vec<BoundListener>,
         workers: Vec<tokio::runtime::Handle>,
-        seeds: &[crate::handover::format::Backend],
+        inherited: &crate::handover::format::State,
     ) -> io::Result<App> {
-        App::launch(config, Some(file), bound, workers, Some(seeds))
+        App::launch(config, Some(file), bound, workers, Some(inherited))
     }
 
     fn launch(
@@ -106,17 +107,11 @@ impl App {
         file: Option<&Path>,
         bound: Vec<BoundListener>,
         workers: Vec<tokio::runtime::Handle>,
-        seeds: Option<&[crate::handover::format::Backend]>,
+        inherited: Option<&crate::handover::format::State>,
     ) -> io::Result<App> {
         let workers = (!workers.is_empty()).then(|| Arc::new(WorkerSet::new(workers)));
-        let started = control::start(
-            config,
-            file,
-            bound,
-            workers.clone(),
-            seeds.unwrap_or_default(),
-        )?;
-        if seeds.is_none() {
+        let started = control::start(config, file, bound, workers.clone(), inherited)?;
+        if inherited.is_none() {
             started.life.tasks.spawn(open_when_probed(
                 Arc::clone(&started.shared),
                 started.life.open.clone(),

@@ -151,6 +151,11 @@ pub enum Event {
         /// The backend's address as written in the config.
         address: String,
     },
+    /// What the control module remembers, for a hand-over to a new process.
+    Remember {
+        /// The memory, its moments as ages now.
+        reply: oneshot::Sender<crate::handover::format::Memory>,
+    },
     /// Answer at once: the watchdog's proof that the control module still
     /// handles events.
     Ping {
@@ -448,6 +453,11 @@ impl Inbox {
         let _ = self.tx.try_send(Event::ResolveSoon {
             address: address.to_owned(),
         });
+    }
+
+    /// What the control module remembers now, for a hand-over.
+    pub async fn remember(&self) -> Result<crate::handover::format::Memory, Stopped> {
+        self.ask(|reply| Event::Remember { reply }).await
     }
 
     /// Whether the control module handles an event within `within`.

@@ -238,7 +238,7 @@ async fn start(
     let inherited = takeover.as_mut().map_or(inherited, Takeover::listeners);
     let bound = bind::bind_with(&config, inherited)?;
     let app = match &takeover {
-        Some(t) => App::take_over(config, path, bound, workers, &t.state.backends)?,
+        Some(t) => App::take_over(config, path, bound, workers, &t.state)?,
         None => App::start_from_file(config, path, bound, workers)?,
     };
     let mut admin = None;

@@ -246,7 +246,8 @@ async fn transfer(
     mut entries: Vec<Entry>,
     child: &mut Child,
 ) -> Result<(Channel, Vec<Entry>, usize, usize), (String, Vec<Entry>)> {
-    let (state, fds) = match describe(app, plan, &mut entries) {
+    let memory = app.inbox().remember().await.unwrap_or_default();
+    let (mut state, fds) = match describe(app, plan, &mut entries) {
         Ok(built) => built,
         Err(e) => {
             return Err((
@@ -255,6 +256,7 @@ async fn transfer(
             ))
         }
     };
+    state.memory = memory;
     let spliced = state
         .sessions
         .iter()

@@ -39,7 +39,58 @@ pub struct Memory {
     level: u32,
 }
 
+/// A [`Memory`] with its moments as ages at one instant: what crosses to
+/// another process, whose clock has other instants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Aged {
+    /// The health last seen.
+    pub last: Option<Health>,
+    /// How long it has been up, if it is.
+    pub up_for: Option<std::time::Duration>,
+    /// It came back from down and waits for its fail-back.
+    pub returned: bool,
+    /// An operator approved the fail-back.
+    pub approved: bool,
+    /// How long ago each recent change of state was.
+    pub flips_ago: Vec<std::time::Duration>,
+    /// How long the hold-down still lasts.
+    pub damped_for: Option<std::time::Duration>,
+    /// The hold-down's level.
+    pub level: u32,
+}
+
 impl Memory {
+    /// This memory as ages at `now`.
+    pub fn aged(&self, now: Instant) -> Aged {
+        Aged {
+            last: self.last,
+            up_for: self.up_since.map(|t| now.saturating_duration_since(t)),
+            returned: self.returned,
+            approved: self.approved,
+            flips_ago: self
+                .flips
+                .iter()
+                .map(|t| now.saturating_duration_since(*t))
+                .collect(),
+            damped_for: self.damped_until.map(|t| t.saturating_duration_since(now)),
+            level: self.level,
+        }
+    }
+
+    /// The memory `aged` describes, at `now`.
+    pub fn from_aged(aged: &Aged, now: Instant) -> Memory {
+        let ago = |d: std::time::Duration| now.checked_sub(d).unwrap_or(now);
+        Memory {
+            last: aged.last,
+            up_since: aged.up_for.map(ago),
+            returned: aged.returned,
+            approved: aged.approved,
+            flips: aged.flips_ago.iter().map(|d| ago(*d)).collect(),
+            damped_until: aged.damped_for.map(|d| now + d),
+            level: aged.level,
+        }
+    }
+
     /// Takes the backend's health at `now`; returns whether it is held out
     /// and when the answer may change by itself.
     pub fn update(
@@ -136,6 +187,47 @@ mod tests {
 
     fn secs(t0: Instant, s: u64) -> Instant {
         t0 + Duration::from_secs(s)
+    }
+
+    /// A memory carried to another process (another clock) as ages decides
+    /// the same from there on: a held fail-back stays held, a flapping
+    /// backend stays damped for what was left.
+    #[test]
+    fn a_memory_carried_as_ages_decides_the_same() {
+        let t0 = Instant::now();
+        let p = policy(Failback::Manual);
+        let mut flapping = Memory::default();
+        let mut returned = Memory::default();
+        for (i, h) in [Up, Down, Up, Down, Up, Down, Up].into_iter().enumerate() {
+            let at = secs(t0, i as u64);
+            flapping.update(h, at, &p);
+        }
+        returned.update(Up, t0, &p);
+        returned.update(Down, secs(t0, 1), &p);
+        returned.update(Up, secs(t0, 2), &p);
+        let then = secs(t0, 7);
+        // The other process's clock is an hour further on.
+        let elsewhere = then + Duration::from_secs(3600);
+        for m in [&flapping, &returned] {
+            let carried = Memory::from_aged(&m.aged(then), elsewhere);
+            assert_eq!(carried.aged(elsewhere), m.aged(then));
+            for later in [1, 5, 30, 120] {
+                let (mut here, mut there) = (m.clone(), carried.clone());
+                assert_eq!(
+                    here.update(Up, secs(then, later), &p).0,
+                    there.update(Up, secs(elsewhere, later), &p).0,
+                    "{later}s on"
+                );
+            }
+        }
+        assert!(
+            flapping.clone().update(Up, then, &p).0.is_some(),
+            "the flapping one is held"
+        );
+        assert_eq!(
+            returned.clone().update(Up, then, &p).0,
+            Some(Held::Failback)
+        );
     }
 
     #[test]

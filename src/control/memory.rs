@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::admin::shared::PoolView;
 use crate::balance::hold;
-use crate::vocabulary::Tier;
+use crate::handover::format;
+use crate::vocabulary::{Health, Tier};
 
 /// The control module's memory.
 #[derive(Debug, Default)]
@@ -139,6 +140,111 @@ impl Memory {
             None => failures.remove(key),
         };
         changed
+    }
+
+    /// This memory for a hand-over, its moments as ages now, with each
+    /// pool's operator pause from `snapshot`.
+    pub fn carried(&self, snapshot: &crate::cluster::Snapshot) -> format::Memory {
+        let now = std::time::Instant::now();
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let pools = snapshot
+            .pools()
+            .map(|p| {
+                let name = &p.config.name;
+                let m = self.pools.get(name).cloned().unwrap_or_default();
+                format::PoolMemory {
+                    pool: name.clone(),
+                    writer: m.writer,
+                    last_writer: m.last_writer,
+                    tier: m.tier.map(|t| t.as_str().to_owned()),
+                    fallback: m.fallback,
+                    failovers: m.failovers,
+                    writer_changes: m.writer_changes,
+                    paused_ms: p.waiting.paused_for().map(ms),
+                }
+            })
+            .collect();
+        let members = self
+            .members
+            .iter()
+            .map(|((pool, address), m)| {
+                let aged = m.hold.aged(now);
+                format::MemberMemory {
+                    pool: pool.clone(),
+                    address: address.clone(),
+                    lagged_out: m.lagged_out,
+                    hold: format::Hold {
+                        last: aged.last.map(|h| h.as_str().to_owned()),
+                        up_ms: aged.up_for.map(ms),
+                        returned: aged.returned,
+                        approved: aged.approved,
+                        flips_ago_ms: aged.flips_ago.into_iter().map(ms).collect(),
+                        damped_ms: aged.damped_for.map(ms),
+                        level: aged.level,
+                    },
+                }
+            })
+            .collect();
+        let tokio_now = tokio::time::Instant::now();
+        let down = self
+            .down_since
+            .iter()
+            .map(|(address, since)| format::Down {
+                address: address.clone(),
+                for_ms: ms(tokio_now.saturating_duration_since(*since)),
+            })
+            .collect();
+        format::Memory {
+            pools,
+            members,
+            down,
+        }
+    }
+
+    /// Takes on what a former process remembered (see [`Memory::carried`]).
+    pub fn restore(&mut self, carried: &format::Memory, snapshot: &crate::cluster::Snapshot) {
+        let now = std::time::Instant::now();
+        let tokio_now = tokio::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        for p in &carried.pools {
+            let memory = self.pool(&p.pool);
+            memory.writer = p.writer.clone();
+            memory.last_writer = p.last_writer.clone();
+            memory.tier = p.tier.as_deref().and_then(|t| match t {
+                "primary" => Some(Tier::Primary),
+                "standby" => Some(Tier::Standby),
+                _ => None,
+            });
+            memory.fallback = p.fallback;
+            memory.failovers = p.failovers;
+            memory.writer_changes = p.writer_changes;
+            if let (Some(left), Some(pool)) = (p.paused_ms, snapshot.pool(&p.pool)) {
+                pool.waiting.pause(tokio_now + ms(left));
+            }
+        }
+        for m in &carried.members {
+            let health = |h: &str| match h {
+                "up" => Some(Health::Up),
+                "down" => Some(Health::Down),
+                _ => None,
+            };
+            let aged = hold::Aged {
+                last: m.hold.last.as_deref().and_then(health),
+                up_for: m.hold.up_ms.map(ms),
+                returned: m.hold.returned,
+                approved: m.hold.approved,
+                flips_ago: m.hold.flips_ago_ms.iter().copied().map(ms).collect(),
+                damped_for: m.hold.damped_ms.map(ms),
+                level: m.hold.level,
+            };
+            let member = self.member(&m.pool, &m.address);
+            member.lagged_out = m.lagged_out;
+            member.hold = hold::Memory::from_aged(&aged, now);
+        }
+        for d in &carried.down {
+            let since = tokio_now.checked_sub(ms(d.for_ms)).unwrap_or(tokio_now);
+            self.down_since.insert(d.address.clone(), since);
+        }
     }
 
     /// What the admin server shows of `pool`.

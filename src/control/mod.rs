@@ -125,20 +125,25 @@ const RESUME_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// or on the caller's without), and runs the control module on the caller's
 /// runtime until a shutdown event. `file` is where reloads read the config.
 ///
-/// `seeds` are what the process that handed this one its sessions knew
-/// about each backend: the checkers carry on from there.
+/// `inherited` is what the process that handed this one its sessions knew
+/// of each backend and remembered between decisions: the checkers and the
+/// decisions carry on from there.
 pub fn start(
     config: Config,
     file: Option<&Path>,
     bound: Vec<BoundListener>,
     workers: Option<Arc<WorkerSet>>,
-    seeds: &[crate::handover::format::Backend],
+    inherited: Option<&crate::handover::format::State>,
 ) -> io::Result<Started> {
     let (inbox, events) = Inbox::new();
     let life = Lifecycle::default();
     let mut registry = Registry::default();
     let snapshot = Snapshot::build(Arc::new(config), 1, &mut registry);
-    seed(&snapshot, seeds);
+    let mut memory = Memory::default();
+    if let Some(state) = inherited {
+        seed(&snapshot, &state.backends);
+        memory.restore(&state.memory, &snapshot);
+    }
     let routes = Arc::new(ArcSwap::from_pointee(snapshot));
     let histograms = Arc::new(ProbeHistograms::default());
     let cap = Arc::new(SessionCap::for_this_process());
@@ -159,7 +164,7 @@ pub fn start(
         ))),
         routes,
         registry,
-        memory: Memory::default(),
+        memory,
         reloader: file.map(Reloader::new),
         shared: Arc::clone(&shared),
         life: life.clone(),
@@ -317,6 +322,10 @@ impl Control {
             | Event::Discovered { .. }
             | Event::ResolveSoon { .. } => self.resolver_event(event),
             Event::Ping { reply } => drop(reply.send(())),
+            Event::Remember { reply } => {
+                let snapshot = self.routes.load();
+                drop(reply.send(self.memory.carried(&snapshot)));
+            }
             Event::Reload { .. } | Event::Shutdown { .. } => {
                 debug_assert!(false, "handled by the loop");
             }

@@ -119,6 +119,102 @@ pub struct State {
     /// asked the giving process for keep-alives.
     #[serde(default)]
     pub watchdog_usec: Option<u64>,
+    /// What the control module remembered between decisions.
+    #[serde(default)]
+    pub memory: Memory,
+}
+
+/// The control module's memory, its moments as ages at the hand-over.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Memory {
+    /// By pool.
+    #[serde(default)]
+    pub pools: Vec<PoolMemory>,
+    /// By pool and backend.
+    #[serde(default)]
+    pub members: Vec<MemberMemory>,
+    /// Backends their checkers find down, and for how long (the failover
+    /// clock).
+    #[serde(default)]
+    pub down: Vec<Down>,
+}
+
+/// What was remembered of one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PoolMemory {
+    /// The pool.
+    pub pool: String,
+    /// A writer pool's writer, by address.
+    #[serde(default)]
+    pub writer: Option<String>,
+    /// Its last writer, kept while there is none.
+    #[serde(default)]
+    pub last_writer: Option<String>,
+    /// `primary` or `standby`: the tier taking new sessions.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// A reader pool fell back to its writers.
+    #[serde(default)]
+    pub fallback: bool,
+    /// Times new sessions moved to standbys.
+    #[serde(default)]
+    pub failovers: u64,
+    /// Times the writer changed.
+    #[serde(default)]
+    pub writer_changes: u64,
+    /// Milliseconds an operator's pause still lasts.
+    #[serde(default)]
+    pub paused_ms: Option<u64>,
+}
+
+/// What was remembered of one backend in one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemberMemory {
+    /// The pool.
+    pub pool: String,
+    /// The backend's address.
+    pub address: String,
+    /// Out of a reader pool for lag (hysteresis).
+    #[serde(default)]
+    pub lagged_out: bool,
+    /// Fail-back and flap history.
+    #[serde(default)]
+    pub hold: Hold,
+}
+
+/// Fail-back and flap history of one member.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Hold {
+    /// `up`, `down` or none: the health last seen.
+    #[serde(default)]
+    pub last: Option<String>,
+    /// Milliseconds it has been up.
+    #[serde(default)]
+    pub up_ms: Option<u64>,
+    /// Back from down, waiting for its fail-back.
+    #[serde(default)]
+    pub returned: bool,
+    /// An operator approved the fail-back.
+    #[serde(default)]
+    pub approved: bool,
+    /// Milliseconds since each recent change of state.
+    #[serde(default)]
+    pub flips_ago_ms: Vec<u64>,
+    /// Milliseconds the hold-down still lasts.
+    #[serde(default)]
+    pub damped_ms: Option<u64>,
+    /// The hold-down's level.
+    #[serde(default)]
+    pub level: u32,
+}
+
+/// A backend found down.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Down {
+    /// Its address.
+    pub address: String,
+    /// For how many milliseconds.
+    pub for_ms: u64,
 }
 
 /// A listening socket.
@@ -331,7 +427,7 @@ mod tests {
 
     /// Format 1 as this release writes it. Never edit this sample: a later
     /// release must still take sessions from this one.
-    const FROZEN_FORMAT_1: &str = r#"{"kind":"state","format":1,"from_pid":4242,"from_version":"0.1.0","listeners":[{"name":"mysql","fd":0},{"name":"mysql-ro","fd":1}],"admin":2,"sessions":[{"listener":"mysql","peer":"127.0.0.1:50312","pool":"writer","client":3,"started_unix_ms":1764620000123,"stage":{"stage":"spliced","backend":4,"address":"db1:3306","to_backend":812,"to_client":40960,"client_pending":"","backend_pending":"0a0b0cff","client_flow":"open","backend_flow":"open","first_eof":null,"idle_ms":15}},{"listener":"mysql-ro","peer":"[::1]:41000","pool":"readers","client":5,"started_unix_ms":1764620001000,"stage":{"stage":"spliced","backend":6,"address":"db2:3306","to_backend":99,"to_client":7,"client_pending":"","backend_pending":"","client_flow":"done","backend_flow":"open","first_eof":"client","idle_ms":0}},{"listener":"mysql","peer":"127.0.0.1:50400","pool":"writer","client":7,"started_unix_ms":1764620002000,"stage":{"stage":"held","waited_ms":1200}}],"backends":[{"address":"db1:3306","health":"up","reason":"ping ok","role":"writable","admin":null},{"address":"db2:3306","health":"up","reason":"ping ok","role":"read-only","admin":{"mode":"drain","origin":"admin API from 127.0.0.1:40000","since_unix":1764619000,"remaining_ms":60000}}],"watchdog_usec":30000000}"#;
+    const FROZEN_FORMAT_1: &str = r#"{"kind":"state","format":1,"from_pid":4242,"from_version":"0.1.0","listeners":[{"name":"mysql","fd":0},{"name":"mysql-ro","fd":1}],"admin":2,"sessions":[{"listener":"mysql","peer":"127.0.0.1:50312","pool":"writer","client":3,"started_unix_ms":1764620000123,"stage":{"stage":"spliced","backend":4,"address":"db1:3306","to_backend":812,"to_client":40960,"client_pending":"","backend_pending":"0a0b0cff","client_flow":"open","backend_flow":"open","first_eof":null,"idle_ms":15}},{"listener":"mysql-ro","peer":"[::1]:41000","pool":"readers","client":5,"started_unix_ms":1764620001000,"stage":{"stage":"spliced","backend":6,"address":"db2:3306","to_backend":99,"to_client":7,"client_pending":"","backend_pending":"","client_flow":"done","backend_flow":"open","first_eof":"client","idle_ms":0}},{"listener":"mysql","peer":"127.0.0.1:50400","pool":"writer","client":7,"started_unix_ms":1764620002000,"stage":{"stage":"held","waited_ms":1200}}],"backends":[{"address":"db1:3306","health":"up","reason":"ping ok","role":"writable","admin":null},{"address":"db2:3306","health":"up","reason":"ping ok","role":"read-only","admin":{"mode":"drain","origin":"admin API from 127.0.0.1:40000","since_unix":1764619000,"remaining_ms":60000}}],"watchdog_usec":30000000,"memory":{"pools":[{"pool":"writer","writer":"db1:3306","last_writer":"db1:3306","tier":"primary","fallback":false,"failovers":2,"writer_changes":1,"paused_ms":null}],"members":[{"pool":"readers","address":"db3:3306","lagged_out":false,"hold":{"last":"up","up_ms":5000,"returned":true,"approved":false,"flips_ago_ms":[5000,65000],"damped_ms":null,"level":0}}],"down":[{"address":"db3:3306","for_ms":0}]}}"#;
 
     #[test]
     fn the_frozen_format_1_sample_decodes() {
@@ -382,6 +478,18 @@ mod tests {
         let drained = state.backends.get(1).and_then(|b| b.admin.as_ref());
         assert_eq!(drained.map(|o| o.mode.as_str()), Some("drain"));
         assert_eq!(drained.and_then(|o| o.remaining_ms), Some(60_000));
+        let memory = &state.memory;
+        assert_eq!(
+            memory.pools.first().and_then(|p| p.writer.as_deref()),
+            Some("db1:3306")
+        );
+        let held = memory.members.first().map(|m| &m.hold);
+        assert_eq!(held.map(|h| h.returned), Some(true));
+        assert_eq!(
+            held.map(|h| h.flips_ago_ms.clone()),
+            Some(vec![5000, 65000])
+        );
+        assert_eq!(memory.down.len(), 1);
     }
 
     #[test]

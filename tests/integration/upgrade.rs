@@ -506,3 +506,53 @@ async fn a_tls_session_survives_an_upgrade() {
     end(new);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_old_process_knew_carries_over() {
+    let (db1, db2) = tokio::join!(MariaDb::start(), MariaDb::start());
+    let dir = Scratch::new("upgrade-state");
+    std::fs::write(dir.0.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    std::fs::write(
+        &path,
+        with_token_admin(&config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"200ms\"\nrise = 1\n",
+            &[
+                backend(db1.addr(), 1, "primary"),
+                backend(db2.addr(), 1, "primary"),
+            ],
+        )),
+    )
+    .unwrap();
+    let mut running = Running::start(&path, None);
+    let admin = running.admin_addr().await;
+    let name = db2.addr().to_string();
+    let (code, _) = http(
+        admin,
+        "POST",
+        &format!("/api/backends/{name}/drain?for=10m"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = http(admin, "POST", "/api/pools/main/pause?for=5m", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+
+    let (code, answer) = upgrade(admin, "").await;
+    assert_eq!(code, 200, "{answer}");
+    let new = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    let _ = running.child.wait();
+    let (_, status) = http(admin, "GET", "/api/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pid"], new, "the new process answers");
+    let pool = &status["pools"].as_array().unwrap()[0];
+    let paused = pool["paused_for_seconds"].as_f64().unwrap_or(0.0);
+    assert!(paused > 200.0, "the operator's pause carries on: {pool}");
+    let backends = pool["backends"].as_array().unwrap();
+    let drained = backends.iter().find(|b| b["address"] == name).unwrap();
+    assert_eq!(drained["admin"]["state"], "drain", "{drained}");
+    for b in backends {
+        assert_eq!(b["health"], "up", "known up from the first answer: {b}");
+    }
+    end(new);
+}
