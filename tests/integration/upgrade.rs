@@ -477,7 +477,8 @@ async fn a_tls_session_survives_an_upgrade() {
         format!("--ssl-key={}", pki.key.display()),
     ])
     .await;
-    let (_dir, mut running) = start(&db, "upgrade-tls");
+    let (scratch, mut running) = start(&db, "upgrade-tls");
+    let dir_of = |_: &Running| scratch.0.clone();
     let admin = running.admin_addr().await;
     let mut shell = Shell::open(
         running.addr,
@@ -493,10 +494,28 @@ async fn a_tls_session_survives_an_upgrade() {
         "the client speaks TLS to the server through dbsplice"
     );
     let id = shell.ask("SELECT CONNECTION_ID();");
-    let (code, answer) = upgrade(admin, "").await;
-    assert_eq!(code, 200, "{answer}");
-    eprintln!("{}", answer["outcome"]);
-    let new = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    // The operator's command this time: it reads the config for the admin
+    // address and token.
+    let config_path = dir_of(&running).join("dbsplice.toml");
+    let out = tokio::process::Command::new(BIN)
+        .args(["upgrade", "--admin", &admin.to_string(), "--config"])
+        .arg(&config_path)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{said}");
+    let new: u32 = said
+        .split("moved to pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the new pid in {said}"));
     let _ = running.child.wait();
     // The same TLS stream, carried on by the new process.
     assert_eq!(shell.ask("SELECT CONNECTION_ID();"), id);
