@@ -238,6 +238,7 @@ impl App {
         // it sees the cancellation: that session must be counted below.
         life.accept_loops.close();
         life.accept_loops.wait().await;
+        self.listeners().close_all();
         life.sessions.close();
         let open = life.sessions.len();
         if open > 0 {

@@ -340,10 +340,12 @@ fn describe(
     if let Some(admin) = plan.admin {
         state.admin = Some(number(OwnedFd::from(admin.try_clone()?), &mut fds));
     }
+    let gone = || std::io::Error::other("a parked session's socket was taken already");
     for entry in entries.iter_mut() {
         let parked = &mut entry.parked;
-        let client = number(parked.client.try_clone()?, &mut fds);
-        let stage = match &parked.stage {
+        // Moved, not copied: a paused session already holds two copies.
+        let client = number(parked.client.take().ok_or_else(gone)?, &mut fds);
+        let stage = match &mut parked.stage {
             Stage::Held { waited } => format::Stage::Held {
                 waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             },
@@ -351,7 +353,11 @@ fn describe(
                 backend,
                 address,
                 progress,
-            } => spliced(number(backend.try_clone()?, &mut fds), address, progress),
+            } => spliced(
+                number(backend.take().ok_or_else(gone)?, &mut fds),
+                address,
+                progress,
+            ),
         };
         state.sessions.push(format::Session {
             listener: parked.listener.clone(),

@@ -181,6 +181,16 @@ impl Listeners {
         }
     }
 
+    /// Forgets every listener, closing the copies of their sockets kept
+    /// here: at shutdown, once the accept loops have ended, new clients are
+    /// refused instead of queueing in a backlog no one reads.
+    pub fn close_all(&mut self) {
+        for handle in self.running.values() {
+            handle.stop.cancel();
+        }
+        self.running.clear();
+    }
+
     /// Copies of every listening socket, by listener name.
     pub fn sockets(&self) -> io::Result<Vec<(String, std::net::TcpListener)>> {
         self.running

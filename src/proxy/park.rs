@@ -29,8 +29,8 @@ pub enum Verdict {
 pub enum Stage {
     /// Spliced to a backend.
     Spliced {
-        /// A copy of the backend socket.
-        backend: OwnedFd,
+        /// A copy of the backend socket (taken by the hand-over).
+        backend: Option<OwnedFd>,
         /// The backend's address as the config names it.
         address: String,
         /// Where the splice stands.
@@ -52,8 +52,8 @@ pub struct Parked {
     pub peer: SocketAddr,
     /// Its pool.
     pub pool: String,
-    /// A copy of the client socket.
-    pub client: OwnedFd,
+    /// A copy of the client socket (taken by the hand-over).
+    pub client: Option<OwnedFd>,
     /// When the session began, in milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
     /// Spliced or held.

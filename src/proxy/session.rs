@@ -311,7 +311,7 @@ impl Seat {
                 listener: self.listener.clone(),
                 peer: self.peer,
                 pool: self.pool.clone(),
-                client,
+                client: Some(client),
                 started_unix_ms: self.started_unix_ms,
                 stage: stage()?,
             })
@@ -557,7 +557,7 @@ async fn relay(
                 let stage = || {
                     use std::os::fd::AsFd;
                     Ok(Stage::Spliced {
-                        backend: backend.stream.as_fd().try_clone_to_owned()?,
+                        backend: Some(backend.stream.as_fd().try_clone_to_owned()?),
                         address: address.clone(),
                         progress: now.clone(),
                     })

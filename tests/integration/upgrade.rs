@@ -260,6 +260,7 @@ async fn stream_until(
     if same != id {
         return Err(format!("stream {id} came back as {same}"));
     }
+    conn.disconnect().await.map_err(|e| e.to_string())?;
     Ok(whole)
 }
 
@@ -285,7 +286,7 @@ async fn idle_until(
             return Err(format!("session {id} came back as {same}"));
         }
     }
-    Ok(())
+    conn.disconnect().await.map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,12 +297,12 @@ async fn five_hundred_sessions_survive_twenty_upgrades_in_a_row() {
     let admin = running.admin_addr().await;
     let addr = running.addr;
     let baseline = resting_fds(running.child.id()).await;
-    connect(addr)
-        .await
-        .unwrap()
+    let mut setup = connect(addr).await.unwrap();
+    setup
         .query_drop("CREATE DATABASE IF NOT EXISTS up")
         .await
         .unwrap();
+    setup.disconnect().await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     // Every session opened first, fifty at a time, then set going.
     let mut conns = Vec::new();
@@ -330,10 +331,14 @@ async fn five_hundred_sessions_survive_twenty_upgrades_in_a_row() {
             let (mut served, mut refused) = (0u64, Vec::new());
             while !stop.is_cancelled() {
                 match connect(addr).await {
-                    Ok(mut c) => match c.query_first::<u64, _>("SELECT 1").await {
-                        Ok(Some(1)) => served += 1,
-                        other => refused.push(format!("{other:?}")),
-                    },
+                    Ok(mut c) => {
+                        match c.query_first::<u64, _>("SELECT 1").await {
+                            Ok(Some(1)) => served += 1,
+                            other => refused.push(format!("{other:?}")),
+                        }
+                        // Closed now, not by a task the runtime may drop.
+                        let _ = c.disconnect().await;
+                    }
                     Err(e) => refused.push(e.to_string()),
                 }
             }
