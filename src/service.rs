@@ -155,9 +155,7 @@ async fn upgrade(app: &App, mut plan: Plan<'_>, ask: Option<UpgradeAsk>) -> bool
         plan.binary = binary;
     }
     tracing::info!(%origin, binary = %plan.binary.display(), "upgrade: starting the new process");
-    plan.notifier.notify("WATCHDOG=1");
-    let outcome = crate::upgrade::give(app, &plan).await;
-    plan.notifier.notify("WATCHDOG=1");
+    let outcome = with_keep_alives(app, plan.notifier, crate::upgrade::give(app, &plan)).await;
     let done = outcome.is_ok();
     let reply = match outcome {
         Ok(u) => {
@@ -192,6 +190,26 @@ async fn upgrade(app: &App, mut plan: Plan<'_>, ask: Option<UpgradeAsk>) -> bool
         let _ = ask.reply.send(reply);
     }
     done
+}
+
+/// Runs `work` while sending the watchdog's keep-alives: an upgrade may
+/// wait longer than `WatchdogSec` for a new binary that is slow to start.
+async fn with_keep_alives<T>(
+    app: &App,
+    notifier: &Notifier,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(every) = notifier.watchdog_interval() else {
+        return work.await;
+    };
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => keep_alive(app, notifier).await,
+        }
+    }
 }
 
 /// A binary named over the admin API must be one only its owner (root or

@@ -350,9 +350,12 @@ impl Drop for Ends {
     }
 }
 
+/// Notify messages: the sender's pid, the text, when it arrived.
+type Notes = Vec<(u32, String, std::time::Instant)>;
+
 /// Collects notify messages with the pid of the process that sent each
 /// (the kernel's credentials, as systemd reads them).
-fn listen_with_senders(path: &std::path::Path) -> Arc<Mutex<Vec<(u32, String)>>> {
+fn listen_with_senders(path: &std::path::Path) -> Arc<Mutex<Notes>> {
     use rustix::net::{
         AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketType,
     };
@@ -394,7 +397,9 @@ fn listen_with_senders(path: &std::path::Path) -> Arc<Mutex<Vec<(u32, String)>>>
                 _ => None,
             });
             let text = String::from_utf8_lossy(&buf[..got.bytes]).into_owned();
-            sink.lock().unwrap().push((pid.unwrap_or(0), text));
+            sink.lock()
+                .unwrap()
+                .push((pid.unwrap_or(0), text, std::time::Instant::now()));
         }
     });
     seen
@@ -453,7 +458,7 @@ async fn an_upgrade_under_socket_activation_moves_the_main_pid_and_keeps_session
                     .lock()
                     .unwrap()
                     .iter()
-                    .any(|(p, m)| *p == pid && m.contains(what))
+                    .any(|(p, m, _)| *p == pid && m.contains(what))
                     .then_some(())
             }
         }
@@ -503,8 +508,8 @@ async fn an_upgrade_under_socket_activation_moves_the_main_pid_and_keeps_session
         .lock()
         .unwrap()
         .iter()
-        .filter(|(p, _)| *p == first)
-        .filter_map(|(_, m)| m.strip_prefix("MAINPID=")?.trim().parse().ok())
+        .filter(|(p, _, _)| *p == first)
+        .filter_map(|(_, m, _)| m.strip_prefix("MAINPID=")?.trim().parse().ok())
         .collect();
     let _ends_too = Ends(announced.clone());
     let [second] = announced[..] else {
@@ -544,4 +549,75 @@ async fn an_upgrade_under_socket_activation_moves_the_main_pid_and_keeps_session
     );
     drop((conn, fresh));
     let _ = Command::new("kill").arg(second.to_string()).status();
+}
+
+/// A new binary slow to start: the watchdog must not starve meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_go_on_while_a_slow_new_binary_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = MariaDb::start().await;
+    let dir = Scratch::new("slow-upgrade");
+    let notify = dir.0.join("notify.sock");
+    let notes = listen_with_senders(&notify);
+    std::fs::write(dir.0.join("admin.token"), "tok-slow\n").unwrap();
+    let path = dir.0.join("dbsplice.toml");
+    std::fs::write(
+        &path,
+        crate::support::with_token_admin(&config(
+            "[pool.main.check]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\n",
+            &[backend(db.addr(), 1, "primary")],
+        )),
+    )
+    .unwrap();
+    let slow = dir.0.join("slow-dbsplice");
+    std::fs::write(
+        &slow,
+        format!("#!/bin/sh\n[ \"$1\" = check ] || sleep 3\nexec {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", notify.display().to_string()),
+        ("WATCHDOG_USEC", "1000000".to_owned()),
+    ];
+    let mut running = Running::start_with(&path, None, &env);
+    let admin = running.admin_addr().await;
+    let old = running.child.id();
+    let asked = std::time::Instant::now();
+    let (code, body) = crate::support::binary::http(
+        admin,
+        "POST",
+        &format!("/api/upgrade?binary={}", slow.display()),
+        Some("tok-slow"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    let _ends = Ends(vec![new]);
+    let _ = running.child.wait();
+    let took = asked.elapsed();
+    assert!(
+        took > Duration::from_secs(3),
+        "the new binary took its time: {took:?}"
+    );
+    let keep_alives: Vec<std::time::Instant> = notes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, m, at)| *p == old && m == "WATCHDOG=1" && *at >= asked)
+        .map(|(_, _, at)| *at)
+        .collect();
+    // Every half interval (500 ms) while the new binary slept: no gap near
+    // the 1 s the service manager would allow.
+    assert!(
+        keep_alives.len() >= 4,
+        "{} keep-alives in {took:?}",
+        keep_alives.len()
+    );
+    let gaps = keep_alives.windows(2).map(|w| w[1] - w[0]);
+    assert!(
+        gaps.into_iter().all(|g| g < Duration::from_millis(900)),
+        "{keep_alives:?}"
+    );
 }
