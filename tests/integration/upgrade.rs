@@ -580,3 +580,55 @@ async fn what_the_old_process_knew_carries_over() {
     }
     end(new);
 }
+
+/// `held_clients` of the first pool, as `/api/status` says.
+async fn held_clients(admin: std::net::SocketAddr) -> u64 {
+    let (_, status) = http(admin, "GET", "/api/status", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+    status["pools"][0]["held_clients"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_client_is_served_by_the_new_process() {
+    let db = MariaDb::start().await;
+    let (_dir, mut running) = start(&db, "upgrade-held");
+    let admin = running.admin_addr().await;
+    let (code, _) = http(admin, "POST", "/api/pools/main/pause?for=60s", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    let addr = running.addr;
+    let client = tokio::spawn(async move {
+        let mut conn = connect(addr).await.map_err(|e| e.to_string())?;
+        conn.query_first::<u64, _>("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())
+    });
+    wait_until(Duration::from_secs(10), || async {
+        (held_clients(admin).await == 1).then_some(())
+    })
+    .await
+    .expect("the client is held while the pool is paused");
+
+    let (code, answer) = upgrade(admin, "").await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["held"], 1, "{answer}");
+    let new = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    let _ = running.child.wait();
+    wait_until(Duration::from_secs(10), || async {
+        (held_clients(admin).await == 1).then_some(())
+    })
+    .await
+    .expect("held in the new process, the pool still paused");
+    assert!(
+        !client.is_finished(),
+        "the client still waits, having seen nothing"
+    );
+    let (code, _) = http(admin, "POST", "/api/pools/main/resume", Some(TOKEN)).await;
+    assert_eq!(code, 200);
+    let answered = tokio::time::timeout(Duration::from_secs(10), client).await;
+    assert_eq!(
+        answered.unwrap().unwrap(),
+        Ok(Some(1)),
+        "served once the pool resumed"
+    );
+    end(new);
+}
